@@ -1,0 +1,56 @@
+"""Side-tuning feature extractor (Sec. 3.1): EdgeNeXt-small CNN + frozen monocular prior.
+
+The CNN (timm's EdgeNeXt-small, built without downloading weights) gives a 1/4..1/32 pyramid;
+a U-Net style decoder fuses it back to 1/4, where the DepthAnything V2 features are
+concatenated and mixed. Left and right go through the network as one batch.
+"""
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import timm
+import torch
+import torch.nn as nn
+
+from .layers import ConvNormLeakyReLU, ResidualBlock, UpsampleConcatConv
+from .monocular import FrozenMonocularPrior
+
+
+class SideTuningFeatures(nn.Module):
+    """Fused feature pyramid (1/4, 1/8, 1/16, 1/32) and the 1/4 monocular features."""
+
+    def __init__(self, edgenext_channels: Sequence[int], monocular_channels: int, vit_spec: dict,
+                 patch_size: int, vit_max_side: int):
+        super().__init__()
+        c = list(edgenext_channels)
+        backbone = timm.create_model("edgenext_small", pretrained=False)
+        if [s.blocks[0].mlp.fc2.out_features for s in backbone.stages] != c:
+            raise ValueError(f"timm's edgenext_small stage widths differ from {c}")
+        self.stem = backbone.stem
+        self.stages = backbone.stages
+        self.dino = FrozenMonocularPrior(
+            vit_spec["embed_dim"], vit_spec["depth"], vit_spec["num_heads"], vit_spec["dpt_features"],
+            vit_spec["dpt_out_channels"], vit_spec["intermediate_layers"], patch_size, vit_max_side)
+        self.deconv32_16 = UpsampleConcatConv(c[3], c[2], norm="instance", fuse="residual_instance")
+        self.deconv16_8 = UpsampleConcatConv(c[2] * 2, c[1], norm="instance", fuse="residual_instance")
+        self.deconv8_4 = UpsampleConcatConv(c[1] * 2, c[0], norm="instance", fuse="residual_instance")
+        fused = c[0] * 2 + monocular_channels
+        self.conv4 = nn.Sequential(
+            ConvNormLeakyReLU(fused, fused, norm="instance", kernel_size=3, stride=1, padding=1),
+            ResidualBlock(fused, fused, norm="instance"),
+            ResidualBlock(fused, fused, norm="instance"),
+        )
+        self.out_channels = (fused, c[1] * 2, c[2] * 2, c[3])
+
+    def forward(self, images: torch.Tensor) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        """images: normalised (N, 3, H, W), H and W multiples of 32."""
+        mono = self.dino(images)  # (N, C_mono, H/4, W/4)
+        x4 = self.stages[0](self.stem(images))
+        x8 = self.stages[1](x4)
+        x16 = self.stages[2](x8)
+        x32 = self.stages[3](x16)
+        x16 = self.deconv32_16(x32, x16)
+        x8 = self.deconv16_8(x16, x8)
+        x4 = self.deconv8_4(x8, x4)
+        x4 = self.conv4(torch.cat([x4, mono], dim=1))
+        return [x4, x8, x16, x32], mono

@@ -1,0 +1,1 @@
+"""ROS-free processing of one stereo pair: rectify -> infer -> depth / points / colour."""

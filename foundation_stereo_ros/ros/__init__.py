@@ -1,0 +1,1 @@
+"""rclpy node, message conversions, synchronisation, QoS and parameters."""

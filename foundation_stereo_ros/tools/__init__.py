@@ -1,0 +1,1 @@
+"""Command-line programs: infer a pair, evaluate a bag, benchmark, export."""

@@ -1,0 +1,36 @@
+"""ament_python package that also installs with plain pip into a virtual environment."""
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "foundation_stereo_ros"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(exclude=["test", "test.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+    ],
+    python_requires=">=3.10",
+    install_requires=["numpy", "pyyaml", "opencv-python-headless", "setuptools"],
+    extras_require={
+        # torch/torchvision are installed by scripts/setup_env.sh (pinned per platform) or by
+        # JetPack on a Jetson, so they are not forced here.
+        "model": ["timm>=1.0"],
+        "test": ["pytest", "hypothesis"],
+    },
+    zip_safe=True,
+    maintainer="foundation_stereo_ros maintainers",
+    description="Zero-shot stereo depth for ROS 2 with FoundationStereo",
+    license="Apache-2.0",
+    tests_require=["pytest"],
+    entry_points={
+        "console_scripts": [
+            "foundation-stereo-infer = foundation_stereo_ros.tools.infer:main",
+        ],
+    },
+)
