@@ -1,0 +1,58 @@
+"""Shared test fixtures: the parity fixtures of ../shared/parity and small checkpoints built from them."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+OPENCV_DATA = Path(os.environ.get("OPENCV_SAMPLE_DATA", "/usr/share/doc/opencv-doc/examples/data"))
+
+
+def parity_dir() -> Path:
+    """The published-network fixtures: $FOUNDATION_STEREO_PARITY_DIR or ../shared/parity."""
+    d = Path(os.environ.get("FOUNDATION_STEREO_PARITY_DIR", REPO.parent / "shared" / "parity"))
+    if not (d / "manifest_vits.tsv").is_file():
+        raise RuntimeError(f"parity fixtures not found in {d}; set FOUNDATION_STEREO_PARITY_DIR")
+    return d
+
+
+def deterministic_weights_module():
+    spec = importlib.util.spec_from_file_location("deterministic_weights", parity_dir() / "deterministic_weights.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def write_deterministic_checkpoint(folder: Path, vit_size: str = "vits", **cfg) -> Path:
+    """A published-format checkpoint folder (model_best_bp2.pth + cfg.yaml) with the
+    deterministic weights of the parity manifests."""
+    import torch
+
+    dw = deterministic_weights_module()
+    rows = dw.read_manifest(parity_dir() / f"manifest_{vit_size}.tsv")
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": dw.deterministic_state_dict(rows), "global_step": 0, "epoch": 0},
+               folder / "model_best_bp2.pth")
+    config = dict(vit_size=vit_size, max_disp=416, hidden_dims=[128, 128, 128], n_gru_layers=3,
+                  corr_radius=4, corr_levels=2, n_downsample=2, mixed_precision=False)
+    config.update(cfg)
+    (folder / "cfg.yaml").write_text(yaml.safe_dump(config))
+    return folder / "model_best_bp2.pth"
+
+
+@pytest.fixture(scope="session")
+def vits_checkpoint(tmp_path_factory) -> Path:
+    """Path to a ViT-S checkpoint file in the published format, deterministic weights."""
+    return write_deterministic_checkpoint(tmp_path_factory.mktemp("ckpt_vits") / "11-33-40")
+
+
+@pytest.fixture(scope="session")
+def opencv_data() -> Path:
+    if not (OPENCV_DATA / "aloeL.jpg").is_file():
+        pytest.skip(f"Debian's opencv-doc sample data is not installed ({OPENCV_DATA}); "
+                    f"scripts/setup_env.sh installs it")
+    return OPENCV_DATA
