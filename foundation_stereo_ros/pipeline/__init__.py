@@ -1,1 +1,78 @@
-"""ROS-free processing of one stereo pair: rectify -> infer -> depth / points / colour."""
+"""ROS-free processing of one stereo pair: decode -> rectify -> match -> depth / points / colour.
+
+The live node (``foundation_stereo_ros.ros.stereo_depth_node``) and the offline tools (bag
+evaluation, benchmarks) both go through :class:`StereoProcessor`, so a recording evaluated offline
+is processed exactly as the node would process it live. Nothing here imports rclpy.
+
+API
+---
+::
+
+    from foundation_stereo_ros.pipeline import ProcessorConfig, StereoProcessor, Outputs, StereoInputError
+
+    config = ProcessorConfig(backend="sgbm", rectify="auto", max_depth=20.0)   # ValueError if invalid
+    # or ProcessorConfig.from_mapping(yaml_dict["stereo_depth_node"]["ros__parameters"], ignore_unknown=True)
+    proc = StereoProcessor(config)            # loads the network / builds the matcher; raises
+                                              # CheckpointError / BackendError (ValueErrors)
+
+    # From messages (rclpy or rosbags objects with the sensor_msgs field names):
+    try:
+        result = proc.process_messages(left_img, right_img, left_info, right_info,
+                                       outputs=Outputs(depth=True, points=True, disparity_color=False))
+    except StereoInputError as e:            # bad frame: e.problem is a stable key, str(e) the reason
+        ...
+    # Or step by step:
+    pair = decode_stereo_pair(left_img, right_img)                     # DecodedPair(left, right, grey)
+    calib = StereoCalibration.from_camera_info(left_info, right_info)   # validated
+    result = proc.process(pair, calib)
+
+    proc2 = proc.reconfigured(config.replace(iters=16))   # shares the loaded network and maps
+
+``StereoResult`` fields (all arrays (H, W[, C]) at the camera resolution):
+
+* ``disparity`` float32 px, NaN invalid, *pre-adjusted* as stereo_msgs/DisparityImage requires:
+  ``disparity = x_left - x_right - delta_cx`` with ``delta_cx = cx_left - cx_right`` of the two
+  rectified P matrices, so that ``depth = f * t / disparity`` (stereo_image_proc's convention).
+* ``f`` (right P fx, px), ``t`` (baseline = -P_right[0,3] / P_right[0,0]), ``delta_cx``,
+  ``min_disparity`` / ``max_disparity`` (the backend's search range, in the same adjusted
+  convention as ``disparity``), ``delta_d`` (1/16 for SGBM, 0 for the continuous network output),
+  ``valid_window`` (x, y, width, height).
+* ``depth`` float32 metres, NaN where the disparity is invalid or <= 0 or the depth is outside
+  ``[min_depth, max_depth]`` (REP 118); ``points`` float32 (H, W, 3) x y z in the left rectified
+  optical frame (x right, y down, z forward), NaN where depth is NaN; ``colors`` uint32
+  ``0x00RRGGBB`` from ``left_rect``; ``disparity_color`` uint8 RGB colour map (if asked).
+* ``left_rect`` / ``right_rect`` uint8 RGB: the images that were matched (rectified if
+  ``rectified``); ``camera``: the :class:`CameraModel` of the rectified left image (K = P[:3,:3],
+  D = 0, R = I) - the CameraInfo of depth, disparity and left_rect; ``grey``: input was grey.
+* ``timings``: seconds per stage ('decode', 'rectify', 'match', 'depth', 'points', 'colorize',
+  'total').
+
+Rectification (``rectify``): 'auto' remaps both images when either CameraInfo has non-zero
+distortion or a non-identity R, 'always' remaps, 'never' passes images through (they must
+already be rectified; P is used for geometry). Maps are computed once per calibration and cached.
+
+Errors: every per-frame fault raises a :class:`StereoInputError` (a ValueError) subclass -
+:class:`ImageDecodeError`, :class:`CalibrationError`, :class:`PairMismatchError` - whose
+``problem`` attribute is a stable key (listed in :mod:`.errors`) for counting and reporting.
+"""
+from .backends import BackendError, DisparityBackend, FoundationStereoBackend, SGBMBackend, make_backend
+from .calibration import (RECTIFY_MODES, CameraModel, Rectifier, RectificationMaps, StereoCalibration,
+                          camera_info_values, make_camera_model, rectification_maps)
+from .config import PROCESSOR_PARAMETERS, SPECS, ParamSpec, ProcessorConfig, config_problems
+from .errors import CalibrationError, ImageDecodeError, PairMismatchError, StereoInputError
+from .geometry import (PointProjector, colorize_disparity, depth_to_points, disparity_to_depth, pack_rgb,
+                       project_points, unpack_rgb)
+from .image import (ENCODINGS, DecodedPair, auto_max16, decode_image, decode_image_msg, decode_stereo_pair,
+                    encoding_info, image_to_numpy, to_rgb8)
+from .processor import ALL_OUTPUTS, Outputs, StereoProcessor, StereoResult
+
+__all__ = [
+    "ALL_OUTPUTS", "BackendError", "CalibrationError", "CameraModel", "DecodedPair", "DisparityBackend", "ENCODINGS",
+    "FoundationStereoBackend", "ImageDecodeError", "Outputs", "PROCESSOR_PARAMETERS", "PairMismatchError",
+    "ParamSpec", "PointProjector", "ProcessorConfig", "RECTIFY_MODES", "RectificationMaps", "Rectifier",
+    "SGBMBackend", "SPECS", "StereoCalibration", "StereoInputError", "StereoProcessor", "StereoResult",
+    "auto_max16", "camera_info_values", "colorize_disparity", "config_problems", "decode_image",
+    "decode_image_msg", "decode_stereo_pair", "depth_to_points", "disparity_to_depth", "encoding_info",
+    "image_to_numpy", "make_backend", "make_camera_model", "pack_rgb", "project_points", "rectification_maps",
+    "to_rgb8", "unpack_rgb",
+]

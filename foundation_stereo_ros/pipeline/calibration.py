@@ -1,0 +1,307 @@
+"""Camera models and stereo calibration from CameraInfo values, and cached rectification.
+
+Conventions are those of ROS (sensor_msgs/CameraInfo, image_geometry):
+
+* ``K``, ``D``, ``R`` describe the raw (distorted) camera; ``P`` (3x4) projects into the
+  rectified image. For the right camera ``P[0, 3] = -fx * baseline``, so
+  ``baseline = -P_right[0, 3] / P_right[0, 0]`` and the focal length is ``P_right[0, 0]``
+  (stereo_image_proc reads both from the right camera).
+* The principal points of the two rectified images may differ in x (verged cameras, or a
+  rectification that keeps the whole image): ``delta_cx = cx_left - cx_right``. A point at depth
+  ``Z`` then has raw disparity ``d = x_left - x_right = f * B / Z + delta_cx``; the disparity
+  that DisparityImage carries is pre-adjusted, ``d' = d - delta_cx``, so that ``Z = f * B / d'``.
+
+A :class:`StereoCalibration` is validated when built (every problem raises
+:class:`~.errors.CalibrationError` with a ``problem`` key). A :class:`Rectifier` computes the
+remap tables once per calibration and keeps them, so rectifying a frame is two ``cv2.remap``.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from .errors import CalibrationError
+
+RECTIFY_MODES = ("auto", "always", "never")
+
+#: Distortion models that OpenCV can undistort. An unknown model is accepted only with all-zero D.
+PINHOLE_MODELS = ("plumb_bob", "rational_polynomial", "")
+FISHEYE_MODELS = ("equidistant", "fisheye")
+_OPENCV_D_LENGTHS = (4, 5, 8, 12, 14)
+
+
+def _matrix(values: Any, shape: Tuple[int, int], name: str, which: str) -> np.ndarray:
+    a = np.asarray(values if values is not None else (), dtype=np.float64).reshape(-1)
+    if a.size != shape[0] * shape[1]:
+        raise CalibrationError("calibration_shape", f"{which} camera_info {name} has {a.size} values, expected "
+                                                    f"{shape[0] * shape[1]}")
+    return a.reshape(shape)
+
+
+@dataclass(frozen=True, eq=False)
+class CameraModel:
+    """One camera of a stereo pair, as CameraInfo describes it (float64 arrays, ROS conventions)."""
+
+    width: int
+    height: int
+    K: np.ndarray  # (3, 3) raw intrinsics
+    D: np.ndarray  # (n,) distortion coefficients
+    R: np.ndarray  # (3, 3) rectification rotation
+    P: np.ndarray  # (3, 4) rectified projection
+    distortion_model: str = "plumb_bob"
+    name: str = "camera"  # 'left' or 'right', for messages
+    key: bytes = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        w, h = int(self.width), int(self.height)
+        object.__setattr__(self, "width", w)
+        object.__setattr__(self, "height", h)
+        for attr, shape in (("K", (3, 3)), ("R", (3, 3)), ("P", (3, 4))):
+            object.__setattr__(self, attr, _matrix(getattr(self, attr), shape, attr, self.name))
+        object.__setattr__(self, "D", np.asarray(self.D if self.D is not None else (), np.float64).reshape(-1))
+        # An all-zero R is what a driver leaves in an unfilled CameraInfo: no rotation.
+        if not self.R.any():
+            object.__setattr__(self, "R", np.eye(3))
+        for a in (self.K, self.D, self.R, self.P):
+            a.setflags(write=False)
+        key = b"".join(a.tobytes() for a in (self.K, self.D, self.R, self.P))
+        object.__setattr__(self, "key", key + f"|{w}x{h}|{self.distortion_model}".encode())
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_camera_info(cls, info: Any, name: str = "camera") -> "CameraModel":
+        """From any CameraInfo-like object: ROS 2 field names (k, d, r, p) or ROS 1 (K, D, R, P).
+
+        Binning and ROI are not supported (raises ``calibration_binning``) unless they describe
+        the full image.
+        """
+        if info is None:
+            raise CalibrationError("calibration_missing", f"no camera_info received for the {name} camera")
+
+        def get(lower: str) -> Any:
+            return getattr(info, lower, None) if hasattr(info, lower) else getattr(info, lower.upper(), None)
+
+        bx, by = int(getattr(info, "binning_x", 0) or 0), int(getattr(info, "binning_y", 0) or 0)
+        roi = getattr(info, "roi", None)
+        if bx > 1 or by > 1:
+            raise CalibrationError("calibration_binning", f"{name} camera_info has binning {bx}x{by}; binning is "
+                                                          f"not supported, publish full-resolution calibration")
+        if roi is not None and (roi.x_offset or roi.y_offset) and roi.width and roi.height:
+            raise CalibrationError("calibration_binning", f"{name} camera_info has a region of interest "
+                                                          f"({roi.width}x{roi.height}+{roi.x_offset}+{roi.y_offset}); "
+                                                          f"ROI is not supported")
+        return cls(width=int(info.width), height=int(info.height), K=get("k"), D=get("d"), R=get("r"), P=get("p"),
+                   distortion_model=str(getattr(info, "distortion_model", "") or ""), name=name)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def fx(self) -> float:
+        return float(self.P[0, 0])
+
+    @property
+    def fy(self) -> float:
+        return float(self.P[1, 1])
+
+    @property
+    def cx(self) -> float:
+        return float(self.P[0, 2])
+
+    @property
+    def cy(self) -> float:
+        return float(self.P[1, 2])
+
+    @property
+    def size(self) -> Tuple[int, int]:
+        """(width, height) as OpenCV wants it."""
+        return self.width, self.height
+
+    def is_fisheye(self) -> bool:
+        return self.distortion_model in FISHEYE_MODELS
+
+    def has_distortion(self) -> bool:
+        return bool(np.any(self.D != 0.0))
+
+    def has_rotation(self, tol: float = 1e-9) -> bool:
+        return bool(np.abs(self.R - np.eye(3)).max() > tol)
+
+    def needs_rectification(self) -> bool:
+        """What ``rectify: auto`` looks at: distortion or rotation present."""
+        return self.has_distortion() or self.has_rotation()
+
+    def rectified(self) -> "CameraModel":
+        """The model of this camera's rectified image: K from P, no distortion, no rotation."""
+        return CameraModel(self.width, self.height, self.P[:, :3].copy(), np.zeros(5), np.eye(3), self.P.copy(),
+                           "plumb_bob", self.name)
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, for_rectification: bool) -> None:
+        """Raise :class:`CalibrationError` if the model cannot be used (K/D/R too when rectifying)."""
+        n = self.name
+        if self.width <= 0 or self.height <= 0:
+            raise CalibrationError("calibration_size", f"{n} camera_info has size {self.width}x{self.height}")
+        for attr in ("K", "D", "R", "P"):
+            if not np.all(np.isfinite(getattr(self, attr))):
+                raise CalibrationError("calibration_nonfinite", f"{n} camera_info {attr} has NaN or infinite values")
+        if self.P[0, 0] <= 0 or self.P[1, 1] <= 0 or self.P[2, 2] != 1.0:
+            raise CalibrationError("calibration_zero_focal",
+                                   f"{n} camera_info P has fx={self.P[0, 0]:g}, fy={self.P[1, 1]:g}, "
+                                   f"P[2,2]={self.P[2, 2]:g}: the camera is not calibrated")
+        if not for_rectification:
+            return
+        if self.K[0, 0] <= 0 or self.K[1, 1] <= 0:
+            raise CalibrationError("calibration_zero_focal", f"{n} camera_info K has fx={self.K[0, 0]:g}, "
+                                                             f"fy={self.K[1, 1]:g}: the camera is not calibrated")
+        if np.abs(self.R @ self.R.T - np.eye(3)).max() > 1e-3 or abs(np.linalg.det(self.R) - 1.0) > 1e-3:
+            raise CalibrationError("calibration_rotation", f"{n} camera_info R is not a rotation matrix")
+        if self.has_distortion():
+            if self.is_fisheye():
+                if self.D.size < 4:
+                    raise CalibrationError("distortion_model", f"{n} camera_info: equidistant model needs 4 "
+                                                               f"coefficients, got {self.D.size}")
+            elif self.distortion_model not in PINHOLE_MODELS:
+                raise CalibrationError("distortion_model", f"{n} camera_info distortion model "
+                                                           f"{self.distortion_model!r} is not supported (use "
+                                                           f"plumb_bob, rational_polynomial or equidistant)")
+            elif self.D.size not in _OPENCV_D_LENGTHS:
+                raise CalibrationError("distortion_model", f"{n} camera_info D has {self.D.size} coefficients; "
+                                                           f"OpenCV takes 4, 5, 8, 12 or 14")
+
+
+@dataclass(frozen=True, eq=False)
+class StereoCalibration:
+    """A validated left/right pair. Build with :meth:`from_camera_info` or directly from models."""
+
+    left: CameraModel
+    right: CameraModel
+    key: bytes = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", self.left.key + b"||" + self.right.key)
+        self.left.validate(for_rectification=False)
+        self.right.validate(for_rectification=False)
+        l, r = self.left, self.right
+        if l.size != r.size:
+            raise CalibrationError("calibration_size", f"left camera_info is {l.width}x{l.height}, right is "
+                                                       f"{r.width}x{r.height}")
+        if abs(self.baseline) < 1e-9:
+            raise CalibrationError("zero_baseline", "right camera_info P[0,3] (-fx * baseline) is 0: the "
+                                                    "baseline is unknown; is this the right camera's CameraInfo?")
+        if abs(r.P[1, 3]) > 1e-3 * abs(r.P[0, 3]):
+            raise CalibrationError("vertical_stereo", "right camera_info P has a vertical translation "
+                                                      f"(P[1,3]={r.P[1, 3]:g}); only horizontal stereo is supported")
+        if self.baseline < 0:
+            raise CalibrationError("negative_baseline",
+                                   f"baseline from the right P is {self.baseline:g} (P[0,3] > 0): left and right "
+                                   f"seem swapped")
+        if (abs(l.fx - r.fx) > 1e-3 * r.fx or abs(l.fy - r.fy) > 1e-3 * r.fy or abs(l.cy - r.cy) > 0.5):
+            raise CalibrationError("not_rectified",
+                                   f"left and right P disagree (fx {l.fx:g}/{r.fx:g}, fy {l.fy:g}/{r.fy:g}, "
+                                   f"cy {l.cy:g}/{r.cy:g}); rectified cameras share focal length and row centre")
+
+    @classmethod
+    def from_camera_info(cls, left_info: Any, right_info: Any) -> "StereoCalibration":
+        """From two CameraInfo-like objects (rclpy or rosbags messages, ROS 1 or 2 field names)."""
+        return cls(CameraModel.from_camera_info(left_info, "left"), CameraModel.from_camera_info(right_info, "right"))
+
+    @property
+    def f(self) -> float:
+        """Focal length of the rectified images in px (from the right P, as stereo_image_proc)."""
+        return self.right.fx
+
+    @property
+    def baseline(self) -> float:
+        """Distance between the optical centres, in the units of P[0,3] (metres by ROS convention)."""
+        return -float(self.right.P[0, 3]) / float(self.right.P[0, 0])
+
+    @property
+    def delta_cx(self) -> float:
+        """cx_left - cx_right of the rectified images: raw disparity minus published disparity."""
+        return self.left.cx - self.right.cx
+
+    def needs_rectification(self, mode: str) -> bool:
+        """Whether ``mode`` ('auto' | 'always' | 'never') remaps the images of this calibration."""
+        if mode not in RECTIFY_MODES:
+            raise ValueError(f"rectify must be one of {RECTIFY_MODES}, got {mode!r}")
+        if mode == "auto":
+            return self.left.needs_rectification() or self.right.needs_rectification()
+        return mode == "always"
+
+    def check_image_size(self, width: int, height: int) -> None:
+        """Raise ``calibration_mismatch`` if the images are not the size the calibration is for."""
+        if (width, height) != self.left.size:
+            raise CalibrationError("calibration_mismatch",
+                                   f"images are {width}x{height} but camera_info is for "
+                                   f"{self.left.width}x{self.left.height}")
+
+
+@dataclass(frozen=True, eq=False)
+class RectificationMaps:
+    """cv2.remap tables (fixed-point CV_16SC2 + CV_16UC1, the fastest form) for both cameras."""
+
+    left: Tuple[np.ndarray, np.ndarray]
+    right: Tuple[np.ndarray, np.ndarray]
+
+
+def _camera_maps(cam: CameraModel) -> Tuple[np.ndarray, np.ndarray]:
+    new_k = cam.P[:, :3]
+    if cam.is_fisheye():
+        return cv2.fisheye.initUndistortRectifyMap(cam.K, cam.D[:4], cam.R, new_k, cam.size, cv2.CV_16SC2)
+    d = cam.D if cam.D.size else np.zeros(5)
+    return cv2.initUndistortRectifyMap(cam.K, d, cam.R, new_k, cam.size, cv2.CV_16SC2)
+
+
+def rectification_maps(calibration: StereoCalibration) -> RectificationMaps:
+    """Remap tables taking each raw image to its rectified image (K, D, R -> P)."""
+    calibration.left.validate(for_rectification=True)
+    calibration.right.validate(for_rectification=True)
+    return RectificationMaps(_camera_maps(calibration.left), _camera_maps(calibration.right))
+
+
+class Rectifier:
+    """Rectifies pairs; remap tables are computed once per calibration and cached (LRU of a few)."""
+
+    def __init__(self, cache_size: int = 4) -> None:
+        self._cache: "OrderedDict[bytes, RectificationMaps]" = OrderedDict()
+        self._cache_size = cache_size
+        self.maps_computed = 0  # how often tables were built: lets tests and diagnostics see the cache work
+
+    def maps(self, calibration: StereoCalibration) -> RectificationMaps:
+        maps = self._cache.get(calibration.key)
+        if maps is None:
+            maps = rectification_maps(calibration)
+            self.maps_computed += 1
+            self._cache[calibration.key] = maps
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(calibration.key)
+        return maps
+
+    def rectify(self, left: np.ndarray, right: np.ndarray,
+                calibration: StereoCalibration) -> Tuple[np.ndarray, np.ndarray]:
+        """Both images remapped to the rectified geometry of ``calibration`` (bilinear)."""
+        maps = self.maps(calibration)
+        return (cv2.remap(left, maps.left[0], maps.left[1], cv2.INTER_LINEAR),
+                cv2.remap(right, maps.right[0], maps.right[1], cv2.INTER_LINEAR))
+
+
+def make_camera_model(width: int, height: int, K: Sequence[float], D: Sequence[float], R: Sequence[float],
+                      P: Sequence[float], distortion_model: str = "plumb_bob", name: str = "camera") -> CameraModel:
+    """Convenience constructor from flat row-major sequences (as in CameraInfo)."""
+    return CameraModel(width, height, np.asarray(K, float), np.asarray(D, float), np.asarray(R, float),
+                       np.asarray(P, float), distortion_model, name)
+
+
+def camera_info_values(model: CameraModel) -> dict:
+    """Flat CameraInfo values of a model: width, height, distortion_model, d, k, r, p (lists of float)."""
+    return dict(width=model.width, height=model.height, distortion_model=model.distortion_model or "plumb_bob",
+                d=[float(v) for v in model.D], k=[float(v) for v in model.K.reshape(-1)],
+                r=[float(v) for v in model.R.reshape(-1)], p=[float(v) for v in model.P.reshape(-1)])
+
+
+__all__ = ["CameraModel", "StereoCalibration", "RectificationMaps", "Rectifier", "rectification_maps",
+           "make_camera_model", "camera_info_values", "RECTIFY_MODES"]

@@ -1,0 +1,106 @@
+"""Disparity -> depth -> organised 3D points, packed colours, and a disparity colour map.
+
+All functions take the *published* (pre-adjusted) disparity ``d' = x_left - x_right - delta_cx``
+(see :mod:`.calibration`), with NaN where invalid, so ``Z = f * B / d'`` and a point is
+``X = (u - cx) * Z / fx``, ``Y = (v - cy) * Z / fy`` in the left rectified camera's optical frame
+(x right, y down, z forward; REP 103 optical convention), with ``fx, fy, cx, cy`` from the left P.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import cv2
+import numpy as np
+
+
+def disparity_to_depth(disparity: np.ndarray, f: float, baseline: float, min_depth: float = 0.0,
+                       max_depth: float = 0.0) -> np.ndarray:
+    """Depth in the units of ``baseline`` (float32), NaN where invalid.
+
+    Invalid: NaN or non-positive disparity (no match, or a point at/behind infinity), and depths
+    outside ``[min_depth, max_depth]`` (``max_depth <= 0``: no upper limit).
+    """
+    if f <= 0 or baseline <= 0 or not np.isfinite(f * baseline):
+        raise ValueError(f"f and baseline must be positive and finite, got f={f}, baseline={baseline}")
+    d = np.asarray(disparity, dtype=np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        depth = np.float32(f * baseline) / d
+    bad = ~(d > 0)  # also catches NaN
+    if min_depth > 0:
+        bad |= depth < min_depth
+    if max_depth > 0:
+        bad |= depth > max_depth
+    depth[bad] = np.nan
+    return depth
+
+
+class PointProjector:
+    """Back-projects depth images; the per-column and per-row ray factors are cached per geometry."""
+
+    def __init__(self) -> None:
+        self._key: Optional[Tuple] = None
+        self._xr = self._yr = np.empty(0, np.float32)
+
+    def rays(self, width: int, height: int, fx: float, fy: float, cx: float, cy: float) -> Tuple[np.ndarray, np.ndarray]:
+        """((1, W) ``(u - cx) / fx``, (H, 1) ``(v - cy) / fy``) as float32."""
+        key = (width, height, fx, fy, cx, cy)
+        if key != self._key:
+            self._xr = ((np.arange(width, dtype=np.float64) - cx) / fx).astype(np.float32)[None, :]
+            self._yr = ((np.arange(height, dtype=np.float64) - cy) / fy).astype(np.float32)[:, None]
+            self._key = key
+        return self._xr, self._yr
+
+    def points(self, depth: np.ndarray, fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
+        """(H, W, 3) float32 x, y, z; NaN wherever depth is NaN."""
+        h, w = depth.shape
+        xr, yr = self.rays(w, h, fx, fy, cx, cy)
+        pts = np.empty((h, w, 3), np.float32)
+        np.multiply(depth, xr, out=pts[..., 0])
+        np.multiply(depth, yr, out=pts[..., 1])
+        pts[..., 2] = depth
+        return pts
+
+
+def depth_to_points(depth: np.ndarray, fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
+    """(H, W, 3) float32 points of a depth image through pinhole intrinsics (NaN stays NaN)."""
+    return PointProjector().points(np.asarray(depth, np.float32), fx, fy, cx, cy)
+
+
+def project_points(points: np.ndarray, fx: float, fy: float, cx: float, cy: float) -> Tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates (u, v) of (..., 3) points: the inverse of :func:`depth_to_points`."""
+    p = np.asarray(points, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return fx * p[..., 0] / p[..., 2] + cx, fy * p[..., 1] / p[..., 2] + cy
+
+
+def pack_rgb(rgb: np.ndarray) -> np.ndarray:
+    """(H, W) uint32 ``0x00RRGGBB`` of (H, W, 3) uint8 RGB (PCL's packed 'rgb' field layout)."""
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"pack_rgb needs (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
+    packed = rgb[..., 0].astype(np.uint32) << 16
+    packed |= rgb[..., 1].astype(np.uint32) << 8
+    packed |= rgb[..., 2]
+    return packed
+
+
+def unpack_rgb(packed: np.ndarray) -> np.ndarray:
+    """(..., 3) uint8 RGB of packed ``0x00RRGGBB`` values (uint32, or float32 bit patterns)."""
+    p = np.asarray(packed)
+    if p.dtype == np.float32:
+        p = p.view(np.uint32)
+    p = p.astype(np.uint32)
+    return np.stack([(p >> 16) & 0xFF, (p >> 8) & 0xFF, p & 0xFF], axis=-1).astype(np.uint8)
+
+
+def colorize_disparity(disparity: np.ndarray, min_disparity: float, max_disparity: float) -> np.ndarray:
+    """(H, W, 3) uint8 RGB picture of a disparity image (turbo colour map, invalid/NaN black)."""
+    span = max(float(max_disparity) - float(min_disparity), 1e-6)
+    d = np.asarray(disparity, np.float32)
+    valid = np.isfinite(d) & (d >= min_disparity)
+    scaled = np.where(valid, (d - np.float32(min_disparity)) * np.float32(255.0 / span), 0.0)
+    grey = np.clip(scaled, 0, 255).astype(np.uint8)
+    colour = cv2.applyColorMap(grey, cv2.COLORMAP_TURBO)  # BGR
+    colour = cv2.cvtColor(colour, cv2.COLOR_BGR2RGB)
+    colour[~valid] = 0
+    return colour

@@ -1,0 +1,166 @@
+"""StereoProcessor: one stereo pair in, everything the node publishes out.
+
+See the package docstring (:mod:`foundation_stereo_ros.pipeline`) for the API and conventions.
+"""
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+from .backends import DisparityBackend, make_backend
+from .calibration import CameraModel, Rectifier, StereoCalibration
+from .config import ProcessorConfig
+from .errors import PairMismatchError
+from .geometry import PointProjector, colorize_disparity, disparity_to_depth, pack_rgb
+from .image import DecodedPair, decode_stereo_pair
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Which optional products to compute (the node asks only for those with subscribers)."""
+
+    depth: bool = True
+    points: bool = True
+    disparity_color: bool = False
+
+
+ALL_OUTPUTS = Outputs(depth=True, points=True, disparity_color=True)
+
+
+@dataclass
+class StereoResult:
+    """Everything published for one pair. Arrays are new, owned by the result.
+
+    ``disparity`` follows stereo_msgs/DisparityImage: pre-adjusted for the principal-point
+    difference (``d = x_l - x_r - delta_cx``) so that ``depth = f * t / disparity``; NaN where
+    invalid (the ROS conversion writes ``min_disparity - 1`` there, as stereo_image_proc does).
+    """
+
+    disparity: np.ndarray  # (H, W) float32, published convention, NaN invalid
+    left_rect: np.ndarray  # (H, W, 3) uint8 RGB: the left image that was matched (rectified if rectified)
+    right_rect: np.ndarray  # (H, W, 3) uint8 RGB
+    grey: bool  # the camera gave grey images (left_rect's channels are equal)
+    rectified: bool  # whether the images were remapped
+    camera: CameraModel  # rectified left camera: CameraInfo of depth, disparity and left_rect
+    f: float  # DisparityImage.f: focal length, px (right P)
+    t: float  # DisparityImage.t: baseline (right P), metres
+    delta_cx: float  # cx_left - cx_right, px (raw disparity = disparity + delta_cx)
+    min_disparity: float  # DisparityImage.min_disparity (published convention)
+    max_disparity: float  # DisparityImage.max_disparity (published convention)
+    delta_d: float  # DisparityImage.delta_d, px (0: continuous)
+    valid_window: Tuple[int, int, int, int]  # (x_offset, y_offset, width, height)
+    depth: Optional[np.ndarray] = None  # (H, W) float32 metres, NaN invalid
+    points: Optional[np.ndarray] = None  # (H, W, 3) float32 x, y, z in the left optical frame, NaN invalid
+    colors: Optional[np.ndarray] = None  # (H, W) uint32 0x00RRGGBB of left_rect
+    disparity_color: Optional[np.ndarray] = None  # (H, W, 3) uint8 RGB colour map
+    timings: Dict[str, float] = field(default_factory=dict)  # seconds per stage, and 'total'
+
+    @property
+    def valid(self) -> np.ndarray:
+        """(H, W) bool: pixels with a valid disparity."""
+        return np.isfinite(self.disparity)
+
+
+class StereoProcessor:
+    """Rectify -> match -> depth -> points for one pair at a time (see the package docstring).
+
+    Not thread-safe: call from one thread (the node's worker) at a time. Caches the backend
+    (network weights, SGBM matcher), the rectification maps per calibration, validated
+    calibrations and the back-projection rays, so repeated frames do no setup work.
+    """
+
+    def __init__(self, config: ProcessorConfig, backend: Optional[DisparityBackend] = None,
+                 _rectifier: Optional[Rectifier] = None) -> None:
+        self.config = config
+        self.backend = backend if backend is not None else make_backend(config)
+        self.rectifier = _rectifier or Rectifier()
+        self._projector = PointProjector()
+        self._calibrations: "OrderedDict[bytes, StereoCalibration]" = OrderedDict()
+
+    def reconfigured(self, config: ProcessorConfig) -> "StereoProcessor":
+        """A processor for ``config`` that reuses this one's loaded network (same checkpoint and
+        device) and rectification maps. Raises like the constructor; ``self`` stays usable."""
+        return StereoProcessor(config, make_backend(config, previous=self.backend), _rectifier=self.rectifier)
+
+    # ------------------------------------------------------------------ calibration
+    def calibration(self, left_info: Any, right_info: Any) -> StereoCalibration:
+        """Validated calibration of two CameraInfo-like objects, cached by content."""
+        left = CameraModel.from_camera_info(left_info, "left")
+        right = CameraModel.from_camera_info(right_info, "right")
+        key = left.key + b"||" + right.key
+        calib = self._calibrations.get(key)
+        if calib is None:
+            calib = StereoCalibration(left, right)  # validates; raises CalibrationError
+            self._calibrations[key] = calib
+            while len(self._calibrations) > 4:
+                self._calibrations.popitem(last=False)
+        return calib
+
+    # ------------------------------------------------------------------ processing
+    def process_messages(self, left_image: Any, right_image: Any, left_info: Any, right_info: Any,
+                         outputs: Outputs = Outputs()) -> StereoResult:
+        """Decode two Image-like and two CameraInfo-like objects (rclpy or rosbags messages) and
+        :meth:`process` them. Raises :class:`StereoInputError` subclasses for bad input."""
+        t0 = time.perf_counter()
+        calib = self.calibration(left_info, right_info)
+        pair = decode_stereo_pair(left_image, right_image)
+        decode_s = time.perf_counter() - t0
+        result = self.process(pair, calib, outputs)
+        result.timings["decode"] = decode_s
+        result.timings["total"] += decode_s
+        return result
+
+    def process(self, pair: DecodedPair, calibration: StereoCalibration,
+                outputs: Outputs = Outputs()) -> StereoResult:
+        """Process a decoded pair (RGB uint8, equal sizes) with its calibration."""
+        timings: Dict[str, float] = {}
+        t_start = t = time.perf_counter()
+        left, right = pair.left, pair.right
+        if left.shape != right.shape or left.ndim != 3 or left.shape[2] != 3:
+            raise PairMismatchError("size_mismatch", f"left {left.shape} and right {right.shape} must both be "
+                                                     f"(H, W, 3) of the same size")
+        h, w = left.shape[:2]
+        calibration.check_image_size(w, h)
+        rectified = calibration.needs_rectification(self.config.rectify)
+        if rectified:
+            left, right = self.rectifier.rectify(left, right, calibration)
+        t = _lap(timings, "rectify", t)
+
+        backend = self.backend
+        disparity = backend.compute(left, right, pair.grey)
+        t = _lap(timings, "match", t)
+
+        delta_cx = calibration.delta_cx
+        if delta_cx:
+            disparity -= np.float32(delta_cx)
+        lo, hi = backend.search_range(w)
+        cam = calibration.left.rectified()
+        result = StereoResult(
+            disparity=disparity, left_rect=left, right_rect=right, grey=pair.grey, rectified=rectified,
+            camera=cam, f=calibration.f, t=calibration.baseline, delta_cx=delta_cx,
+            min_disparity=lo - delta_cx, max_disparity=hi - delta_cx, delta_d=backend.delta_d,
+            valid_window=backend.valid_window(w, h), timings=timings)
+
+        if outputs.depth or outputs.points:
+            result.depth = disparity_to_depth(disparity, calibration.f, calibration.baseline,
+                                              self.config.min_depth, self.config.max_depth)
+            t = _lap(timings, "depth", t)
+        if outputs.points:
+            result.points = self._projector.points(result.depth, cam.fx, cam.fy, cam.cx, cam.cy)
+            result.colors = pack_rgb(left)
+            t = _lap(timings, "points", t)
+        if outputs.disparity_color:
+            result.disparity_color = colorize_disparity(disparity, result.min_disparity, result.max_disparity)
+            t = _lap(timings, "colorize", t)
+        timings["total"] = t - t_start
+        return result
+
+
+def _lap(timings: Dict[str, float], stage: str, since: float) -> float:
+    now = time.perf_counter()
+    timings[stage] = now - since
+    return now
