@@ -1,0 +1,323 @@
+"""foundation-stereo-eval: evaluate stereo depth on a rosbag2 recording (sqlite3 or mcap).
+
+Usage::
+
+    foundation-stereo-eval BAG [--backend sgbm --backend foundation_stereo:iters=16] \\
+        [--checkpoint PATH] [--params config/zed.yaml] [--output DIR] [--output-bag DIR]
+
+Pairs left/right images and CameraInfo as the node does, runs every pair through the node's
+processing code (:class:`foundation_stereo_ros.pipeline.StereoProcessor`) with each backend,
+scores the outputs against the ground-truth topic when the bag has one, and writes a report
+folder (frames.csv, summary.json, report.md, report.html, pictures/). ``--output-bag`` also
+writes the outputs (disparity, depth, depth/camera_info, points2, left/image_rect) to a new bag
+for RViz or Foxglove. Exit status: 0 done, 2 bad input (bag, options, checkpoint).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, TypeVar
+
+from foundation_stereo_ros.evaluation import metrics as M
+from foundation_stereo_ros.evaluation.bag_io import STORAGES, StereoBagReader, StereoTopics
+from foundation_stereo_ros.evaluation.report import ReportPaths, ReportWriter
+from foundation_stereo_ros.evaluation.runner import (BackendRun, Evaluator, FrameEvaluation, Totals, coerce_value,
+                                                     config_from_parameter_file, parse_backend_spec)
+
+T = TypeVar("T")
+
+
+def progress(items: Iterable[T], total: Optional[int], desc: str, enabled: bool = True) -> Iterator[T]:
+    """tqdm when it is installed, else a one-line bar on stderr; silent when disabled."""
+    if not enabled:
+        yield from items
+        return
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        tqdm = None
+    if tqdm is not None:
+        yield from tqdm(items, total=total, desc=desc, unit="frame", file=sys.stderr)
+        return
+    n = 0
+    for item in items:
+        n += 1
+        if total:
+            filled = int(30 * min(n, total) / total)
+            sys.stderr.write(f"\r{desc}: [{'#' * filled}{'.' * (30 - filled)}] {n}/{total}")
+        else:
+            sys.stderr.write(f"\r{desc}: {n} frames")
+        sys.stderr.flush()
+        yield item
+    sys.stderr.write("\n")
+
+
+def default_device() -> str:
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+@dataclass
+class EvaluationOutcome:
+    paths: ReportPaths
+    summary: Dict[str, Any]
+    output_bag: Optional[Path] = None
+
+
+def _spread(n_pairs: int, n_pictures: int) -> Callable[[int], bool]:
+    """Frame indices that get pictures: ``n_pictures`` spread evenly over ``n_pairs``."""
+    if n_pictures <= 0 or n_pairs <= 0:
+        return lambda i: False
+    if n_pictures == 1:
+        chosen = {0}
+    else:
+        chosen = {round(k * (n_pairs - 1) / (n_pictures - 1)) for k in range(min(n_pictures, n_pairs))}
+    return lambda i: i in chosen
+
+
+class OutputBag:
+    """Writes each frame's outputs like the node publishes them, one namespace per backend."""
+
+    def __init__(self, path: Path, storage: str, namespaces: Dict[str, str]):
+        from foundation_stereo_ros.evaluation.bag_io import StereoBagWriter
+
+        self.path = path
+        self.namespaces = namespaces
+        self._writer = StereoBagWriter(path, storage=storage)
+        self._writer.__enter__()
+
+    def add(self, frame: FrameEvaluation) -> None:
+        from foundation_stereo_ros.evaluation import bag_io as B
+        from foundation_stereo_ros.evaluation.calibration_files import CameraInfoData
+
+        rec = frame.record
+        stamp = rec.stamp_ns
+        frame_id = rec.left.header.frame_id
+        for label, bf in frame.backends.items():
+            r = bf.result
+            if r is None:
+                continue
+            ns = self.namespaces[label]
+            cam = CameraInfoData(r.camera.width, r.camera.height, r.camera.K, r.camera.D, r.camera.R, r.camera.P,
+                                 r.camera.distortion_model or "plumb_bob")
+            self._writer.write(f"{ns}/disparity", B.disparity_msg(
+                r.disparity, stamp, frame_id, r.f, r.t, r.min_disparity, r.max_disparity, r.delta_d,
+                valid_window=r.valid_window, fill_invalid=True), stamp)
+            self._writer.write(f"{ns}/depth", B.image_msg(r.depth, "32FC1", stamp, frame_id), stamp)
+            self._writer.write(f"{ns}/depth/camera_info", B.camera_info_msg(cam, stamp, frame_id), stamp)
+            if r.points is not None:
+                self._writer.write(f"{ns}/points2", B.pointcloud2_msg(r.points, r.colors, stamp, frame_id), stamp)
+            self._writer.write(f"{ns}/left/image_rect", B.image_msg(r.left_rect, "rgb8", stamp, frame_id), stamp)
+            self._writer.write(f"{ns}/left/camera_info", B.camera_info_msg(cam, stamp, frame_id), stamp)
+
+    def close(self) -> None:
+        self._writer.__exit__(None, None, None)
+
+
+def evaluate_bag(bag: Path, runs: Sequence[BackendRun], output: Path, topic_overrides: Optional[Dict[str, str]] = None,
+                 output_bag: Optional[Path] = None, output_storage: str = "sqlite3", max_frames: int = 0,
+                 pictures: int = 3, warmup: int = 1, thresholds: Sequence[float] = M.DEFAULT_BAD_THRESHOLDS,
+                 show_progress: bool = True, extra_meta: Optional[Dict[str, Any]] = None,
+                 on_frame: Optional[Callable[[FrameEvaluation], None]] = None) -> EvaluationOutcome:
+    """Evaluate ``runs`` on ``bag`` and write the report to ``output``; see the module doc."""
+    evaluator = Evaluator(runs, points=output_bag is not None, warmup=warmup, thresholds=thresholds)
+    with StereoBagReader(bag, **(topic_overrides or {})) as reader:
+        counts = {c: n for c, n in _topic_counts(reader).items()}
+        n_pairs = min(counts.get(t, 0) for t in reader.topics.stereo())
+        if max_frames:
+            n_pairs = min(n_pairs, max_frames)
+        output.mkdir(parents=True, exist_ok=True)
+        writer = ReportWriter(output, evaluator.labels, _spread(n_pairs, pictures), thresholds)
+        out_bag = None
+        if output_bag is not None:
+            ns = _output_namespace(reader.topics)
+            out_bag = OutputBag(output_bag, output_storage, {
+                lb: ns if len(runs) == 1 else f"{ns}/{topic_token(lb)}" for lb in evaluator.labels})
+        totals = Totals(evaluator.labels)
+        try:
+            pairs = reader.pairs()
+            for i, frame in enumerate(progress(evaluator.run(_take(pairs, max_frames)), n_pairs, "evaluating",
+                                               show_progress)):
+                totals.add(frame)
+                writer.add(frame)
+                if out_bag is not None:
+                    out_bag.add(frame)
+                if on_frame is not None:
+                    on_frame(frame)
+        finally:
+            writer.close()
+            if out_bag is not None:
+                out_bag.close()
+        meta = {
+            "bag": str(bag), "frames": totals.frames, "unpaired": reader.unpaired,
+            "topics": {k: v for k, v in reader.topics.__dict__.items() if v},
+            "backends": {r.label: _config_summary(r.config) for r in runs},
+            "bad_thresholds_px": list(thresholds), "warmup_runs": warmup,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "host": {"python": platform.python_version(), "machine": platform.machine()},
+        }
+        meta.update(extra_meta or {})
+    if totals.frames == 0:
+        raise ValueError(f"{bag}: no synchronised stereo pairs (topics {reader.topics.stereo()}, "
+                         f"unpaired messages {reader.unpaired})")
+    paths = writer.finish(totals, meta)
+    import json
+
+    return EvaluationOutcome(paths, json.loads(paths.summary_json.read_text()), output_bag)
+
+
+def _take(items: Iterable[T], n: int) -> Iterator[T]:
+    for i, item in enumerate(items):
+        if n and i >= n:
+            return
+        yield item
+
+
+def _topic_counts(reader: StereoBagReader) -> Dict[str, int]:
+    return {c.topic: c.msgcount for c in reader._reader.connections}
+
+
+def topic_token(label: str) -> str:
+    """A backend label as a valid ROS name token (letters, digits, underscores; no leading digit)."""
+    token = re.sub(r"[^A-Za-z0-9_]+", "_", label).strip("_") or "backend"
+    return token if not token[0].isdigit() else f"b_{token}"
+
+
+def _output_namespace(topics: StereoTopics) -> str:
+    """The camera namespace of the input (``/stereo`` for ``/stereo/left/image_rect``)."""
+    parts = topics.left_image.split("/")
+    return "/".join(parts[:-2]) if len(parts) > 2 else ""
+
+
+def _config_summary(config: Any) -> Dict[str, Any]:
+    d = config.as_dict()
+    if d["backend"] == "sgbm":
+        return {k: v for k, v in d.items() if not k.startswith(("checkpoint", "iters", "hierarchical", "device",
+                                                                 "precision", "scale"))}
+    return {k: v for k, v in d.items() if not k.startswith("sgbm_")}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="foundation-stereo-eval", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bag", type=Path, help="rosbag2 folder (sqlite3 or mcap)")
+    p.add_argument("--backend", action="append", metavar="SPEC",
+                   help="backend to evaluate, repeatable: 'sgbm', 'foundation_stereo', or with overrides "
+                        "'foundation_stereo:iters=8,scale=0.5' (default: foundation_stereo when a checkpoint is "
+                        "given or found, else sgbm)")
+    p.add_argument("--params", type=Path, help="node parameter YAML (e.g. config/zed.yaml); its processing "
+                   "parameters are the defaults of every backend")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="processing parameter for "
+                   "every backend (repeatable), e.g. --set max_depth=10")
+    g = p.add_argument_group("FoundationStereo")
+    g.add_argument("--checkpoint", help="checkpoint .pth or folder (default: $FOUNDATION_STEREO_CHECKPOINT or "
+                   "~/.cache/foundation_stereo/<23-51-11|11-33-40>/)")
+    g.add_argument("--iters", type=int, help="GRU iterations")
+    g.add_argument("--scale", type=float, help="network input resolution relative to the camera")
+    g.add_argument("--precision", choices=("fp32", "fp16", "bf16"))
+    g.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default: cuda when available)")
+    g.add_argument("--hierarchical", action="store_true", default=None, help="coarse-to-fine inference")
+    t = p.add_argument_group("topics (default: detected from the bag)")
+    for name, helptext in (("left-topic", "left image"), ("right-topic", "right image"), ("left-info", "left "
+                           "CameraInfo"), ("right-info", "right CameraInfo"), ("gt-disparity-topic",
+                           "ground-truth disparity (DisparityImage or 32FC1)"), ("gt-depth-topic",
+                           "ground-truth depth (32FC1 m or 16UC1 mm)")):
+        t.add_argument(f"--{name}", help=helptext)
+    o = p.add_argument_group("output")
+    o.add_argument("--output", "-o", type=Path, help="report folder (default: ./eval_<bag name>_<time>)")
+    o.add_argument("--output-bag", type=Path, help="also write the outputs to this new bag")
+    o.add_argument("--output-storage", choices=STORAGES, default="sqlite3", help="storage of --output-bag")
+    o.add_argument("--pictures", type=int, default=3, help="frames with pictures, spread over the bag (default 3)")
+    o.add_argument("--max-frames", type=int, default=0, help="stop after this many pairs (0: all)")
+    o.add_argument("--warmup", type=int, default=1, help="untimed runs of the first pair per backend (default 1)")
+    o.add_argument("--bad-thresholds", default="1,2,3", help="bad-pixel thresholds in px (default 1,2,3)")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def build_runs(args: argparse.Namespace) -> List[BackendRun]:
+    """The backend configurations the options describe (ValueError on bad options)."""
+    from foundation_stereo_ros.evaluation.checkpoint_search import HOW_TO_GET, find_checkpoint
+    from foundation_stereo_ros.pipeline import SPECS, ProcessorConfig
+
+    values: Dict[str, Any] = {}
+    if args.params is not None:
+        values.update({k: v for k, v in config_from_parameter_file(str(args.params)).items() if k in SPECS})
+    for item in args.set:
+        key, eq, value = item.partition("=")
+        if not eq or key not in SPECS:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(SPECS))}")
+        values[key] = coerce_value(value)
+    for name in ("checkpoint", "iters", "scale", "precision", "hierarchical"):
+        v = getattr(args, name)
+        if v is not None:
+            values[name] = v
+    values["device"] = default_device() if args.device == "auto" else args.device
+    if not values.get("checkpoint"):
+        found = find_checkpoint()
+        if found is not None:
+            values["checkpoint"] = str(found)
+    specs = args.backend or ["foundation_stereo" if values.get("checkpoint") else "sgbm"]
+    if not args.backend and not values.get("checkpoint"):
+        print(f"foundation-stereo-eval: no FoundationStereo checkpoint given or found; evaluating the sgbm "
+              f"backend. {HOW_TO_GET}", file=sys.stderr)
+    values.pop("backend", None)
+    base = ProcessorConfig.from_mapping({**values, "backend": "sgbm"})
+    return [parse_backend_spec(s, base) for s in specs]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        thresholds = tuple(float(v) for v in args.bad_thresholds.split(",") if v.strip())
+        runs = build_runs(args)
+        output = args.output or Path(f"eval_{args.bag.name}_{datetime.datetime.now():%Y%m%d_%H%M%S}")
+        overrides = {"left_image": args.left_topic, "right_image": args.right_topic, "left_info": args.left_info,
+                     "right_info": args.right_info, "gt_disparity": args.gt_disparity_topic,
+                     "gt_depth": args.gt_depth_topic}
+        outcome = evaluate_bag(args.bag, runs, output, {k: v for k, v in overrides.items() if v},
+                               output_bag=args.output_bag, output_storage=args.output_storage,
+                               max_frames=args.max_frames, pictures=args.pictures, warmup=args.warmup,
+                               thresholds=thresholds, show_progress=not args.no_progress)
+    except ValueError as exc:  # also CheckpointError, BackendError, bad bags
+        print(f"foundation-stereo-eval: error: {exc}", file=sys.stderr)
+        return 2
+    print_outcome(outcome)
+    return 0
+
+
+def print_outcome(outcome: EvaluationOutcome, stream: Any = None) -> None:
+    stream = stream or sys.stdout
+    s = outcome.summary
+    for label, b in s["backends"].items():
+        m, lat = b["metrics"], b["latency"]
+        parts = [f"{label}: {b['frames']} frames"]
+        if b["skipped"]:
+            parts.append(f"{b['skipped']} skipped")
+        for key, name, fmt in (("epe", "EPE", "{:.3f} px"), ("bad_3", "bad-3", "{:.2f} %"), ("d1", "D1", "{:.2f} %"),
+                               ("abs_rel", "AbsRel", "{:.4f}"), ("completeness", "completeness", "{:.1f} %")):
+            if m.get(key) is not None:
+                parts.append(f"{name} {fmt.format(m[key])}")
+        if lat["median_ms"] is not None:
+            parts.append(f"latency median {lat['median_ms']:.1f} ms, p95 {lat['p95_ms']:.1f} ms")
+        print(", ".join(parts), file=stream)
+    print(f"report:  {outcome.paths.html}", file=stream)
+    print(f"         {outcome.paths.markdown}", file=stream)
+    print(f"summary: {outcome.paths.summary_json}", file=stream)
+    print(f"frames:  {outcome.paths.frames_csv}", file=stream)
+    if outcome.output_bag is not None:
+        print(f"outputs: {outcome.output_bag}", file=stream)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""foundation-stereo-make-bag: stereo image pairs (+ calibration, + optional ground truth) -> rosbag2.
+
+Usage::
+
+    foundation-stereo-make-bag OUT_BAG --left 'data/left/*.png' --right 'data/right/*.png' \\
+        --calib calib.yaml [--gt-disparity 'data/disp/*.pfm'] [--rate 10] [--storage mcap]
+
+The bag carries, for every pair, ``<ns>/left/image_rect``, ``<ns>/right/image_rect`` (or
+``image_raw`` with ``--raw``, for images the node must still rectify), both ``camera_info`` and,
+when given, ``<ns>/gt/disparity`` (stereo_msgs/DisparityImage, NaN = unknown) and
+``<ns>/gt/depth`` (32FC1 metres, NaN = unknown); ``<ns>`` is ``/stereo`` by default, which is what
+the node subscribes to when started in that namespace. Frames are stamped and logged at ``--rate``
+Hz, so replaying the bag reproduces a camera running at that rate.
+
+Ground-truth disparity files hold x_left - x_right in pixels (Middlebury/KITTI/Scene Flow
+convention): PFM, .npy, 8-bit PNG (value = disparity) or 16-bit PNG (value = 256 * disparity,
+KITTI), 0 or non-finite = unknown. The GT topic stores it as DisparityImage does, minus
+``cx_left - cx_right``. Depth files: PFM/.npy in metres or 16-bit PNG in millimetres.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from foundation_stereo_ros.evaluation.bag_io import (STORAGES, StereoBagWriter, StereoTopics, camera_info_msg,
+                                                     disparity_msg, image_msg)
+from foundation_stereo_ros.evaluation.calibration_files import StereoCameraInfo, load_stereo_calibration
+
+ENCODINGS = ("rgb8", "bgr8", "mono8")
+
+
+@dataclass
+class StereoFrame:
+    """One pair for the bag: RGB uint8 (H, W, 3) or grey (H, W) images, optional ground truth
+    (raw disparity x_left - x_right in px, 0 = unknown; depth in metres, NaN/0 = unknown) and an
+    optional per-frame calibration (default: the bag's)."""
+
+    left: np.ndarray
+    right: np.ndarray
+    gt_disparity: Optional[np.ndarray] = None
+    gt_depth: Optional[np.ndarray] = None
+    calibration: Optional[StereoCameraInfo] = None
+
+
+@dataclass
+class BagSummary:
+    path: Path
+    frames: int
+    topics: StereoTopics
+    counts: dict
+    start_ns: int
+    period_ns: int
+
+
+def _convert(rgb: np.ndarray, encoding: str) -> np.ndarray:
+    import cv2
+
+    if rgb.ndim == 2:
+        grey = rgb
+        return grey if encoding == "mono8" else np.repeat(grey[:, :, None], 3, axis=2)
+    if encoding == "rgb8":
+        return rgb
+    if encoding == "bgr8":
+        return np.ascontiguousarray(rgb[:, :, ::-1])
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+
+
+def write_stereo_bag(path: Path, frames: Iterable[StereoFrame], calibration: StereoCameraInfo,
+                     rate_hz: float = 10.0, start_ns: Optional[int] = None, storage: str = "sqlite3",
+                     topics: Optional[StereoTopics] = None, encoding: str = "rgb8",
+                     frame_id: str = "stereo_left_optical_frame",
+                     right_frame_id: str = "stereo_right_optical_frame", version: int = 8) -> BagSummary:
+    """Write ``frames`` to a new bag at ``path``; frame i is stamped and logged at
+    ``start_ns + i / rate_hz``."""
+    if not np.isfinite(rate_hz) or rate_hz <= 0:
+        raise ValueError(f"rate must be positive, got {rate_hz} Hz")
+    if encoding not in ENCODINGS:
+        raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+    calibration.validate()
+    topics = topics or StereoTopics.under()
+    start_ns = time.time_ns() if start_ns is None else int(start_ns)
+    period = int(round(1e9 / rate_hz))
+    writer = StereoBagWriter(path, storage=storage, version=version)
+    try:
+        n, counts = _write_frames(writer, frames, calibration, topics, start_ns, period, encoding, frame_id,
+                                  right_frame_id)
+    except BaseException:
+        # A half-written bag would be read later as if it were complete.
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+    return BagSummary(Path(path), n, topics, counts, start_ns, period)
+
+
+def _write_frames(writer: StereoBagWriter, frames: Iterable[StereoFrame], calibration: StereoCameraInfo,
+                  topics: StereoTopics, start_ns: int, period: int, encoding: str, frame_id: str,
+                  right_frame_id: str) -> Tuple[int, Dict[str, int]]:
+    n = 0
+    with writer:
+        for i, fr in enumerate(frames):
+            calib = fr.calibration or calibration
+            left, right = np.asarray(fr.left), np.asarray(fr.right)
+            if left.shape != right.shape:
+                raise ValueError(f"frame {i}: left {left.shape} and right {right.shape} differ in size")
+            if left.dtype != np.uint8:
+                raise ValueError(f"frame {i}: images must be uint8, got {left.dtype}")
+            h, w = left.shape[:2]
+            if (calib.left.width, calib.left.height) != (w, h):
+                raise ValueError(f"frame {i}: images are {w}x{h}, the calibration is for "
+                                 f"{calib.left.width}x{calib.left.height}")
+            stamp = start_ns + i * period
+            writer.write(topics.left_image, image_msg(_convert(left, encoding), encoding, stamp, frame_id))
+            writer.write(topics.left_info, camera_info_msg(calib.left, stamp, frame_id))
+            writer.write(topics.right_image, image_msg(_convert(right, encoding), encoding, stamp, right_frame_id))
+            writer.write(topics.right_info, camera_info_msg(calib.right, stamp, right_frame_id))
+            if fr.gt_disparity is not None:
+                if topics.gt_disparity is None:
+                    raise ValueError("ground-truth disparity given but no gt_disparity topic")
+                gt = np.asarray(fr.gt_disparity, dtype=np.float32)
+                if gt.shape != (h, w):
+                    raise ValueError(f"frame {i}: ground-truth disparity is {gt.shape[::-1]}, images {w}x{h}")
+                known = np.isfinite(gt) & (gt > 0)
+                published = np.full(gt.shape, np.nan, np.float32)
+                published[known] = gt[known] - calib.delta_cx
+                writer.write(topics.gt_disparity, disparity_msg(published, stamp, frame_id, calib.focal_px,
+                                                                calib.baseline_m))
+            if fr.gt_depth is not None:
+                if topics.gt_depth is None:
+                    raise ValueError("ground-truth depth given but no gt_depth topic")
+                z = np.asarray(fr.gt_depth, dtype=np.float32).copy()
+                if z.shape != (h, w):
+                    raise ValueError(f"frame {i}: ground-truth depth is {z.shape[::-1]}, images {w}x{h}")
+                z[~np.isfinite(z) | (z <= 0)] = np.nan
+                writer.write(topics.gt_depth, image_msg(z, "32FC1", stamp, frame_id))
+            n += 1
+        if n == 0:
+            raise ValueError("no frames to write")
+    return n, dict(writer.counts)
+
+
+# ---------------------------------------------------------------------------------------------
+# files -> frames
+
+def expand(patterns: Sequence[str], what: str) -> List[Path]:
+    """Files named by globs or paths, each pattern's matches sorted by name."""
+    files: List[Path] = []
+    for pat in patterns:
+        matches = sorted(glob.glob(pat)) if any(c in pat for c in "*?[") else [pat]
+        if not matches:
+            raise ValueError(f"{what}: nothing matches {pat!r}")
+        for m in matches:
+            if not Path(m).is_file():
+                raise ValueError(f"{what}: {m} is not a file")
+        files.extend(Path(m) for m in matches)
+    return files
+
+
+def read_disparity_file(path: Path, scale: Optional[float] = None) -> np.ndarray:
+    """Raw disparity in px (0 = unknown) from PFM, .npy or PNG; ``scale``: stored = scale * disparity
+    (default 256 for 16-bit PNG as KITTI, else 1)."""
+    return _read_map(path, scale, png16_default=256.0, what="disparity", unknown=0.0)
+
+
+def read_depth_file(path: Path, scale: Optional[float] = None) -> np.ndarray:
+    """Depth in metres (NaN = unknown) from PFM, .npy or PNG; ``scale``: stored = scale * metres
+    (default 1000 for 16-bit PNG, millimetres as REP 118, else 1)."""
+    return _read_map(path, scale, png16_default=1000.0, what="depth", unknown=np.nan)
+
+
+def _read_map(path: Path, scale: Optional[float], png16_default: float, what: str, unknown: float) -> np.ndarray:
+    import cv2
+
+    from foundation_stereo_ros.fileio import read_pfm
+
+    suffix = path.suffix.lower()
+    if suffix == ".pfm":
+        values, default = read_pfm(path), 1.0
+    elif suffix == ".npy":
+        values, default = np.load(path, allow_pickle=False), 1.0
+    else:
+        values = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if values is None:
+            raise ValueError(f"{path}: not a {what} map OpenCV can read")
+        default = png16_default if values.dtype == np.uint16 else 1.0
+    if values.ndim == 3:
+        raise ValueError(f"{path}: a {what} map must have one channel, got {values.shape[2]}")
+    s = default if scale is None else scale
+    if not np.isfinite(s) or s <= 0:
+        raise ValueError(f"{what} scale must be positive, got {s}")
+    out = values.astype(np.float32) / np.float32(s)
+    out[~np.isfinite(out) | (out <= 0)] = unknown
+    return out
+
+
+def resize_frame(frame: StereoFrame, factor: float) -> StereoFrame:
+    """The frame resized by ``factor``: images with area averaging, ground truth with nearest
+    neighbour (keeps unknown pixels unknown) and disparities multiplied by ``factor``."""
+    import cv2
+
+    if factor == 1.0:
+        return frame
+    h, w = frame.left.shape[:2]
+    size = (int(round(w * factor)), int(round(h * factor)))
+    interp = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
+
+    def gt(values: Optional[np.ndarray], mult: float) -> Optional[np.ndarray]:
+        if values is None:
+            return None
+        return cv2.resize(values, size, interpolation=cv2.INTER_NEAREST) * np.float32(mult)
+
+    return StereoFrame(cv2.resize(frame.left, size, interpolation=interp),
+                       cv2.resize(frame.right, size, interpolation=interp),
+                       gt(frame.gt_disparity, factor), gt(frame.gt_depth, 1.0),
+                       frame.calibration.scaled(factor) if frame.calibration else None)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="foundation-stereo-make-bag", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Calibration formats: OpenCV FileStorage YAML/XML (M1 D1 M2 D2 + R1 R2 "
+                                       "P1 P2 or R T; several --calib files are merged), K.txt (K and "
+                                       "baseline), or the package's simple YAML (fx cx cy baseline, or "
+                                       "left/right CameraInfo); see the README.")
+    p.add_argument("output", type=Path, help="bag folder to create (must not exist)")
+    p.add_argument("--left", nargs="+", required=True, help="left images (files or quoted globs, sorted by name)")
+    p.add_argument("--right", nargs="+", required=True, help="right images, as many as --left")
+    p.add_argument("--calib", nargs="+", required=True, action="extend", help="calibration file(s)")
+    p.add_argument("--gt-disparity", nargs="+", help="ground-truth disparity maps, one per pair")
+    p.add_argument("--gt-disparity-scale", type=float, help="stored value = scale * disparity "
+                   "(default: 256 for 16-bit PNG, else 1)")
+    p.add_argument("--gt-depth", nargs="+", help="ground-truth depth maps, one per pair")
+    p.add_argument("--gt-depth-scale", type=float, help="stored value = scale * metres "
+                   "(default: 1000 for 16-bit PNG, else 1)")
+    p.add_argument("--rate", type=float, default=10.0, help="frame rate in Hz (default 10)")
+    p.add_argument("--start-time", type=float, help="stamp of the first frame, seconds since the epoch "
+                   "(default: now)")
+    p.add_argument("--repeat", type=int, default=1, help="write the sequence this many times (default 1)")
+    p.add_argument("--scale", type=float, default=1.0, help="resize images, calibration and ground truth "
+                   "by this factor (default 1)")
+    p.add_argument("--storage", choices=STORAGES, default="sqlite3", help="rosbag2 storage (default sqlite3)")
+    p.add_argument("--bag-version", type=int, choices=(8, 9), default=8,
+                   help="rosbag2 metadata version: 8 for Humble and newer (default), 9 Jazzy and newer")
+    p.add_argument("--namespace", default="/stereo", help="topic namespace (default /stereo)")
+    p.add_argument("--raw", action="store_true", help="name the image topics image_raw: the images are not "
+                   "rectified and the node must rectify them with the calibration")
+    p.add_argument("--encoding", choices=ENCODINGS, default="rgb8", help="image encoding (default rgb8)")
+    p.add_argument("--frame-id", default="stereo_left_optical_frame", help="frame_id of the left camera")
+    p.add_argument("--right-frame-id", default="stereo_right_optical_frame", help="frame_id of the right camera")
+    p.add_argument("--translation-unit", choices=("m", "cm", "mm"), default="m",
+                   help="unit of T/P in OpenCV calibration files (default m)")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from foundation_stereo_ros.fileio import read_rgb
+
+    args = _parser().parse_args(argv)
+    try:
+        lefts, rights = expand(args.left, "--left"), expand(args.right, "--right")
+        if len(lefts) != len(rights):
+            raise ValueError(f"{len(lefts)} left and {len(rights)} right images; they must pair up")
+        gts = expand(args.gt_disparity, "--gt-disparity") if args.gt_disparity else None
+        depths = expand(args.gt_depth, "--gt-depth") if args.gt_depth else None
+        for name, files in (("--gt-disparity", gts), ("--gt-depth", depths)):
+            if files is not None and len(files) != len(lefts):
+                raise ValueError(f"{len(files)} {name} files for {len(lefts)} pairs")
+        if args.repeat < 1:
+            raise ValueError(f"--repeat must be >= 1, got {args.repeat}")
+        if not np.isfinite(args.scale) or args.scale <= 0:
+            raise ValueError(f"--scale must be positive, got {args.scale}")
+        first = read_rgb(lefts[0])
+        calib = load_stereo_calibration(args.calib, size=(first.shape[1], first.shape[0]),
+                                        translation_unit=args.translation_unit)
+
+        def frames() -> Iterable[StereoFrame]:
+            for _ in range(args.repeat):
+                for i, (lp, rp) in enumerate(zip(lefts, rights)):
+                    fr = StereoFrame(read_rgb(lp), read_rgb(rp),
+                                     read_disparity_file(gts[i], args.gt_disparity_scale) if gts else None,
+                                     read_depth_file(depths[i], args.gt_depth_scale) if depths else None)
+                    yield resize_frame(fr, args.scale)
+
+        start = None if args.start_time is None else int(round(args.start_time * 1e9))
+        topics = StereoTopics.under(args.namespace, "image_raw" if args.raw else "image_rect")
+        summary = write_stereo_bag(args.output, frames(), calib.scaled(args.scale), rate_hz=args.rate,
+                                   start_ns=start, storage=args.storage, topics=topics, encoding=args.encoding,
+                                   frame_id=args.frame_id, right_frame_id=args.right_frame_id,
+                                   version=args.bag_version)
+    except ValueError as exc:
+        print(f"foundation-stereo-make-bag: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {summary.frames} stereo pairs to {summary.path} ({args.storage}, {args.rate:g} Hz)")
+    for topic, count in sorted(summary.counts.items()):
+        print(f"  {topic}: {count}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
