@@ -43,7 +43,8 @@ API
   ``0x00RRGGBB`` from ``left_rect``; ``disparity_color`` uint8 RGB colour map (if asked).
 * ``left_rect`` / ``right_rect`` uint8 RGB: the images that were matched (rectified if
   ``rectified``); ``camera``: the :class:`CameraModel` of the rectified left image (K = P[:3,:3],
-  D = 0, R = I) - the CameraInfo of depth, disparity and left_rect; ``grey``: input was grey.
+  D = 0, R = I) - the CameraInfo of depth, disparity and left_rect; ``right_camera`` likewise for
+  ``right_rect`` (its P keeps ``-fx * baseline``); ``grey``: input was grey.
 * ``timings``: seconds per stage ('decode', 'rectify', 'match', 'depth', 'points', 'colorize',
   'total').
 

@@ -46,6 +46,7 @@ class StereoResult:
     grey: bool  # the camera gave grey images (left_rect's channels are equal)
     rectified: bool  # whether the images were remapped
     camera: CameraModel  # rectified left camera: CameraInfo of depth, disparity and left_rect
+    right_camera: CameraModel  # rectified right camera (P with its -fx * baseline): CameraInfo of right_rect
     f: float  # DisparityImage.f: focal length, px (right P)
     t: float  # DisparityImage.t: baseline (right P), metres
     delta_cx: float  # cx_left - cx_right, px (raw disparity = disparity + delta_cx)
@@ -141,7 +142,8 @@ class StereoProcessor:
         cam = calibration.left.rectified()
         result = StereoResult(
             disparity=disparity, left_rect=left, right_rect=right, grey=pair.grey, rectified=rectified,
-            camera=cam, f=calibration.f, t=calibration.baseline, delta_cx=delta_cx,
+            camera=cam, right_camera=calibration.right.rectified(), f=calibration.f, t=calibration.baseline,
+            delta_cx=delta_cx,
             min_disparity=lo - delta_cx, max_disparity=hi - delta_cx, delta_d=backend.delta_d,
             valid_window=backend.valid_window(w, h), timings=timings)
 

@@ -1,0 +1,442 @@
+"""``stereo_depth_node``: synchronise a stereo pair, rectify, match, publish disparity, depth, points.
+
+A drop-in replacement for stereo_image_proc's disparity and point-cloud nodes with FoundationStereo
+(or OpenCV SGBM) inside. All processing is :class:`foundation_stereo_ros.pipeline.StereoProcessor`;
+this module only moves messages.
+
+Topics (relative, so namespaces and remaps work):
+
+* subscribes ``left/image_rect``, ``left/camera_info``, ``right/image_rect``, ``right/camera_info``
+  (sensor-data QoS: best effort, keep last ``qos_depth``; ``qos_reliability`` overrides);
+* publishes ``disparity`` (stereo_msgs/DisparityImage), ``depth`` (32FC1 metres, NaN invalid) and
+  ``depth/camera_info``, ``points2`` (x y z + packed rgb), ``left_rect/image`` and
+  ``left_rect/camera_info`` (the left image that was matched, registered with depth), and
+  ``disparity_color`` (rgb8 colour map), all stamped and framed like the left image; plus
+  ``right_rect/image`` and ``right_rect/camera_info`` (stamped and framed like the right image,
+  to check a calibration: corners of a rectified pair share rows) and
+  ``/diagnostics``. Outputs nobody subscribes to are not computed.
+
+Threading: the synchroniser callback only stores the newest pair (an older pair still waiting
+is dropped and counted); one worker thread processes and publishes, so the executor never
+blocks on inference.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import rclpy
+import rclpy.exceptions
+import rclpy.logging
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from stereo_msgs.msg import DisparityImage
+
+from ..pipeline import Outputs, ProcessorConfig, StereoInputError, StereoProcessor
+from ..pipeline.config import PROCESSOR_PARAMETERS, ParamSpec, config_problems
+from .conversions import camera_info_msg, disparity_image_msg, numpy_to_image, pointcloud2_msg
+from .sync import stamp_ns, subscribe_synchronized
+
+NODE_NAME = "stereo_depth_node"
+
+#: Parameters of the node itself (the processing ones are PROCESSOR_PARAMETERS).
+NODE_PARAMETERS: Tuple[ParamSpec, ...] = (
+    ParamSpec("approximate_sync", False, "Pair left/right images and CameraInfo by approximate instead of exact "
+              "timestamps (cameras that are not hardware-synchronised). Read-only at runtime."),
+    ParamSpec("sync_tolerance_s", 0.005, "Largest stamp difference within a pair with approximate_sync, seconds. "
+              "Read-only at runtime.", min=0.0, max=1.0),
+    ParamSpec("queue_size", 5, "Messages per input kept waiting for partners. Read-only at runtime.", min=1, max=100,
+              step=1),
+    ParamSpec("qos_reliability", "best_effort", "Reliability of the input subscriptions: 'best_effort' (sensor "
+              "data QoS, receives from any publisher) or 'reliable'. Read-only at runtime.",
+              choices=("best_effort", "reliable")),
+    ParamSpec("qos_depth", 5, "History depth of the input subscriptions and output publishers. Read-only at "
+              "runtime.", min=1, max=100, step=1),
+    ParamSpec("points_organized", True, "points2 as an organised H x W cloud with NaN for invalid pixels (true) "
+              "or a dense 1 x N cloud of valid points only (false)."),
+    ParamSpec("diagnostics_period_s", 1.0, "Period of the /diagnostics status, seconds. Read-only at runtime.",
+              min=0.1, max=60.0),
+    ParamSpec("log_throttle_s", 5.0, "Each kind of per-frame problem is logged at most once per this many "
+              "seconds (with a count of the suppressed ones).", min=0.0, max=3600.0),
+)
+READ_ONLY = frozenset({"approximate_sync", "sync_tolerance_s", "queue_size", "qos_reliability", "qos_depth",
+                       "diagnostics_period_s"})
+ALL_PARAMETERS: Tuple[ParamSpec, ...] = PROCESSOR_PARAMETERS + NODE_PARAMETERS
+_PROCESSOR_NAMES = frozenset(s.name for s in PROCESSOR_PARAMETERS)
+_NODE_SPECS = {s.name: s for s in NODE_PARAMETERS}
+
+INPUTS = (("left/image_rect", Image), ("left/camera_info", CameraInfo),
+          ("right/image_rect", Image), ("right/camera_info", CameraInfo))
+
+
+class StartupError(RuntimeError):
+    """The node cannot run with its parameters (bad value, unusable checkpoint ...)."""
+
+
+def parameter_descriptor(spec: ParamSpec) -> ParameterDescriptor:
+    desc = ParameterDescriptor(description=spec.description, read_only=spec.name in READ_ONLY)
+    if spec.choices is not None:
+        desc.additional_constraints = "one of: " + ", ".join(spec.choices)
+    if spec.type is int and spec.min is not None:
+        desc.integer_range = [IntegerRange(from_value=int(spec.min), to_value=int(spec.max), step=int(spec.step or 1))]
+    elif spec.type is float and spec.min is not None:
+        desc.floating_point_range = [FloatingPointRange(from_value=float(spec.min), to_value=float(spec.max),
+                                                        step=0.0)]
+    return desc
+
+
+class ThrottledLog:
+    """One log line per problem key per period, with the number suppressed meanwhile."""
+
+    def __init__(self, logger: Any, period_s: float) -> None:
+        self._logger = logger
+        self.period_s = period_s
+        self._last: Dict[str, float] = {}
+        self._suppressed: Dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def warn(self, key: str, text: str, error: bool = False) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.period_s:
+                self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                return False
+            n = self._suppressed.pop(key, 0)
+            self._last[key] = now
+        suffix = f" ({n} more since the last report)" if n else ""
+        (self._logger.error if error else self._logger.warning)(f"[{key}] {text}{suffix}")
+        return True
+
+
+class Stats:
+    """Counters for /diagnostics; written by the executor and the worker, read by the timer."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pairs_received = 0
+        self.frames_published = 0
+        self.dropped = 0  # pairs replaced by a newer one before the worker took them
+        self.skipped_no_subscribers = 0
+        self.problems: Dict[str, int] = {}
+        self.window: deque = deque()  # (publish monotonic time, latency s, processing s)
+
+    def problem(self, key: str) -> None:
+        with self.lock:
+            self.problems[key] = self.problems.get(key, 0) + 1
+
+
+class StereoDepthNode(Node):
+    """See the module docstring. Raises :class:`StartupError` when it cannot run."""
+
+    def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        values = self._declare_parameters()
+        problems = config_problems({k: v for k, v in values.items() if k in _PROCESSOR_NAMES})
+        problems += [p for k, v in values.items() if k in _NODE_SPECS for p in [_NODE_SPECS[k].check(v)] if p]
+        if problems:
+            raise StartupError("invalid parameters: " + "; ".join(problems))
+        config = ProcessorConfig.from_mapping({k: v for k, v in values.items() if k in _PROCESSOR_NAMES})
+        try:
+            self._processor = StereoProcessor(config)
+        except ValueError as e:  # CheckpointError, BackendError
+            raise StartupError(f"cannot start the {config.backend} backend: {e}") from None
+        self._next_processor: Optional[StereoProcessor] = None
+        self._points_organized = bool(values["points_organized"])
+        self._log = ThrottledLog(self.get_logger(), float(values["log_throttle_s"]))
+        self._stats = Stats()
+
+        qos_in = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=int(values["qos_depth"]),
+                            reliability=(ReliabilityPolicy.BEST_EFFORT if values["qos_reliability"] == "best_effort"
+                                         else ReliabilityPolicy.RELIABLE))
+        qos_out = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=int(values["qos_depth"]),
+                             reliability=ReliabilityPolicy.RELIABLE)
+        self._pub_disparity = self.create_publisher(DisparityImage, "disparity", qos_out)
+        self._pub_depth = self.create_publisher(Image, "depth", qos_out)
+        self._pub_depth_info = self.create_publisher(CameraInfo, "depth/camera_info", qos_out)
+        self._pub_points = self.create_publisher(PointCloud2, "points2", qos_out)
+        self._pub_left = self.create_publisher(Image, "left_rect/image", qos_out)
+        self._pub_left_info = self.create_publisher(CameraInfo, "left_rect/camera_info", qos_out)
+        self._pub_right = self.create_publisher(Image, "right_rect/image", qos_out)
+        self._pub_right_info = self.create_publisher(CameraInfo, "right_rect/camera_info", qos_out)
+        self._pub_color = self.create_publisher(Image, "disparity_color", qos_out)
+        self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+        self._cond = threading.Condition()
+        self._pending: Optional[Tuple[Any, ...]] = None
+        self._stop = threading.Event()
+        self._last_left_stamp: Optional[int] = None
+        self._sync = subscribe_synchronized(
+            self, [(t, name) for name, t in INPUTS], qos_in, self._on_pair, queue_size=int(values["queue_size"]),
+            approximate=bool(values["approximate_sync"]), tolerance_s=float(values["sync_tolerance_s"]),
+            on_message=self._on_message, on_unpaired=self._on_unpaired)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        self._diag_period = float(values["diagnostics_period_s"])
+        self._diag_last = time.monotonic()
+        self._diag_timer = self.create_timer(self._diag_period, self._publish_diagnostics)
+        self._worker = threading.Thread(target=self._worker_loop, name="stereo_depth_worker", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"ready: backend {config.backend}, rectify {config.rectify}, "
+            f"{'approximate' if values['approximate_sync'] else 'exact'} sync on "
+            f"{', '.join(self._sync.topic_names())}"
+            f"{' (message_filters)' if self._sync.uses_message_filters else ''}")
+
+    # ------------------------------------------------------------------ parameters
+    def _declare_parameters(self) -> Dict[str, Any]:
+        values = {}
+        for spec in ALL_PARAMETERS:
+            try:
+                p = self.declare_parameter(spec.name, spec.default, parameter_descriptor(spec))
+            except (rclpy.exceptions.InvalidParameterValueException,
+                    rclpy.exceptions.InvalidParameterTypeException) as e:
+                raise StartupError(f"parameter {spec.name}: {e} (expected a {spec.type.__name__}"
+                                   f"{_range_text(spec)})") from None
+            values[spec.name] = p.value
+        return values
+
+    def parameter_values(self) -> Dict[str, Any]:
+        return {s.name: self.get_parameter(s.name).value for s in ALL_PARAMETERS}
+
+    def _on_set_parameters(self, params: Sequence[Any]) -> SetParametersResult:
+        changes = {p.name: p.value for p in params}
+        merged = self.parameter_values()
+        merged.update(changes)
+        problems = []
+        for name, value in changes.items():
+            spec = _NODE_SPECS.get(name)
+            if spec is not None:
+                problem = spec.check(value)
+                if problem:
+                    problems.append(problem)
+        proc_values = {k: v for k, v in merged.items() if k in _PROCESSOR_NAMES}
+        problems += config_problems(proc_values)
+        if problems:
+            return SetParametersResult(successful=False, reason="; ".join(problems))
+        if _PROCESSOR_NAMES.intersection(changes):
+            with self._cond:
+                base = self._next_processor or self._processor
+            try:
+                new = base.reconfigured(ProcessorConfig.from_mapping(proc_values))
+            except ValueError as e:
+                return SetParametersResult(successful=False, reason=str(e))
+            with self._cond:  # the worker picks it up before its next frame
+                self._next_processor = new
+        if "points_organized" in changes:
+            self._points_organized = bool(changes["points_organized"])
+        if "log_throttle_s" in changes:
+            self._log.period_s = float(changes["log_throttle_s"])
+        self.get_logger().info("parameters changed: " + ", ".join(f"{k}={v!r}" for k, v in changes.items()))
+        return SetParametersResult(successful=True)
+
+    # ------------------------------------------------------------------ input (executor thread)
+    def _on_message(self, index: int, msg: Any) -> None:
+        if index != 0:
+            return
+        t = stamp_ns(msg)
+        last = self._last_left_stamp
+        self._last_left_stamp = t
+        if last is not None and t < last:
+            # A bag loop or a restarted driver: stale partners would never match again.
+            self._stats.problem("time_jump_back")
+            self._log.warn("time_jump_back", f"left image stamp went back by {(last - t) / 1e9:.3f} s; "
+                                             f"resetting the synchroniser")
+            self._sync.reset()
+
+    def _on_unpaired(self, index: int, msg: Any) -> None:
+        self._stats.problem("unpaired")
+        name = INPUTS[index][0]
+        self._log.warn("unpaired", f"{name} stamped {stamp_ns(msg) / 1e9:.6f} found no partner on the other "
+                                   f"inputs (exact sync needs equal stamps; set approximate_sync / "
+                                   f"sync_tolerance_s for unsynchronised cameras)")
+
+    def _on_pair(self, left_img: Image, left_info: CameraInfo, right_img: Image, right_info: CameraInfo) -> None:
+        with self._cond:
+            self._stats.pairs_received += 1
+            if self._pending is not None:
+                self._stats.dropped += 1  # newest pair wins: the waiting one is stale
+            self._pending = (left_img, left_info, right_img, right_info)
+            self._cond.notify()
+
+    # ------------------------------------------------------------------ worker thread
+    def _worker_loop(self) -> None:
+        while not self._stop.is_set():
+            with self._cond:
+                while self._pending is None and not self._stop.is_set():
+                    self._cond.wait(0.2)
+                if self._stop.is_set():
+                    return
+                pair, self._pending = self._pending, None
+                if self._next_processor is not None:
+                    self._processor, self._next_processor = self._next_processor, None
+                processor = self._processor
+            try:
+                self._process(processor, *pair)
+            except Exception as e:  # noqa: BLE001 - the worker must survive anything a frame does
+                if self._stop.is_set() or not rclpy.ok(context=self.context):
+                    return
+                self._stats.problem("internal_error")
+                self._log.warn("internal_error", f"frame failed: {type(e).__name__}: {e}\n"
+                                                 f"{traceback.format_exc(limit=4)}", error=True)
+
+    def _process(self, processor: StereoProcessor, left_img: Image, left_info: CameraInfo, right_img: Image,
+                 right_info: CameraInfo) -> None:
+        def wanted(*pubs: Any) -> bool:
+            return any(p.get_subscription_count() > 0 for p in pubs)
+
+        want_disp = wanted(self._pub_disparity)
+        want_depth = wanted(self._pub_depth, self._pub_depth_info)
+        want_points = wanted(self._pub_points)
+        want_left = wanted(self._pub_left, self._pub_left_info)
+        want_right = wanted(self._pub_right, self._pub_right_info)
+        want_color = wanted(self._pub_color)
+        if not (want_disp or want_depth or want_points or want_left or want_right or want_color):
+            with self._stats.lock:
+                self._stats.skipped_no_subscribers += 1
+            return
+        outputs = Outputs(depth=want_depth, points=want_points, disparity_color=want_color)
+        t0 = time.perf_counter()
+        try:
+            result = processor.process_messages(left_img, right_img, left_info, right_info, outputs)
+        except StereoInputError as e:
+            self._stats.problem(e.problem)
+            self._log.warn(e.problem, f"frame {stamp_ns(left_img) / 1e9:.6f} skipped: {e}")
+            return
+        header = left_img.header
+        if want_disp:
+            self._pub_disparity.publish(disparity_image_msg(result, header))
+        cam_info = camera_info_msg(result.camera, header) if (want_depth or want_left) else None
+        if want_depth:
+            self._pub_depth.publish(numpy_to_image(result.depth, "32FC1", header))
+            self._pub_depth_info.publish(cam_info)
+        if want_points:
+            self._pub_points.publish(pointcloud2_msg(result.points, result.colors, header, self._points_organized))
+        if want_left:
+            self._pub_left.publish(_picture(result.left_rect, result.grey, header))
+            self._pub_left_info.publish(cam_info)
+        if want_right:
+            right_header = right_img.header
+            self._pub_right.publish(_picture(result.right_rect, result.grey, right_header))
+            self._pub_right_info.publish(camera_info_msg(result.right_camera, right_header))
+        if want_color:
+            self._pub_color.publish(numpy_to_image(result.disparity_color, "rgb8", header))
+        now_ns = self.get_clock().now().nanoseconds
+        latency = (now_ns - stamp_ns(left_img)) / 1e9
+        with self._stats.lock:
+            self._stats.frames_published += 1
+            self._stats.window.append((time.monotonic(), latency, time.perf_counter() - t0))
+
+    # ------------------------------------------------------------------ diagnostics
+    def _publish_diagnostics(self) -> None:
+        now = time.monotonic()
+        elapsed = max(now - self._diag_last, 1e-6)
+        self._diag_last = now
+        st = self._stats
+        with st.lock:
+            window = list(st.window)
+            st.window.clear()
+            problems = dict(st.problems)
+            values = dict(pairs_received=st.pairs_received, frames_published=st.frames_published,
+                          dropped_pairs=st.dropped, skipped_no_subscribers=st.skipped_no_subscribers)
+        with self._cond:
+            backend = self._processor.config.backend
+        rate = len(window) / elapsed
+        lat = [w[1] for w in window]
+        proc = [w[2] for w in window]
+        kv = [("backend", backend), ("rate_hz", f"{rate:.3f}"),
+              ("latency_mean_s", f"{np.mean(lat):.4f}" if lat else "nan"),
+              ("latency_max_s", f"{np.max(lat):.4f}" if lat else "nan"),
+              ("processing_mean_s", f"{np.mean(proc):.4f}" if proc else "nan")]
+        kv += [(k, str(v)) for k, v in values.items()]
+        kv += [(f"problem.{k}", str(v)) for k, v in sorted(problems.items())]
+        previous = getattr(self, "_diag_prev_problems", {})
+        new_problems = {k: v - previous.get(k, 0) for k, v in problems.items() if v > previous.get(k, 0)}
+        self._diag_prev_problems = problems
+        status = DiagnosticStatus(name=f"{self.get_name()}: stereo depth", hardware_id=self.get_fully_qualified_name())
+        if new_problems:
+            status.level = DiagnosticStatus.WARN
+            status.message = "frames skipped: " + ", ".join(f"{k} x{v}" for k, v in sorted(new_problems.items()))
+        elif window:
+            status.level = DiagnosticStatus.OK
+            status.message = f"publishing at {rate:.2f} Hz"
+        else:
+            status.level = DiagnosticStatus.OK
+            status.message = "waiting for synchronised input" if not values["pairs_received"] else "idle"
+        status.values = [KeyValue(key=k, value=v) for k, v in kv]
+        msg = DiagnosticArray()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.status = [status]
+        self._pub_diag.publish(msg)
+
+    # ------------------------------------------------------------------ lifecycle
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop the worker (waits up to ``timeout_s`` for a frame in flight)."""
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._worker.is_alive() and threading.current_thread() is not self._worker:
+            self._worker.join(timeout_s)
+
+    def destroy_node(self) -> None:
+        self.stop()
+        super().destroy_node()
+
+
+def _picture(rgb: np.ndarray, grey: bool, header: Any) -> Image:
+    if grey:  # the three channels are equal; mono8 is a third of the bytes
+        return numpy_to_image(np.ascontiguousarray(rgb[..., 0]), "mono8", header)
+    return numpy_to_image(rgb, "rgb8", header)
+
+
+def _range_text(spec: ParamSpec) -> str:
+    if spec.choices:
+        return f", one of {', '.join(spec.choices)}"
+    if spec.min is not None:
+        return f" in [{spec.min}, {spec.max}]"
+    return ""
+
+
+def main(args: Optional[List[str]] = None) -> int:
+    """Console entry point: runs until Ctrl-C; exit code 1 when the node cannot start."""
+    try:
+        rclpy.init(args=args)
+    except KeyboardInterrupt:
+        return 0
+    node: Optional[StereoDepthNode] = None
+    try:
+        try:
+            node = StereoDepthNode()
+        except StartupError as e:
+            rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {e}")
+            return 1
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        try:
+            executor.spin()
+        finally:
+            executor.shutdown(timeout_sec=1.0)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.stop()
+            try:
+                node.destroy_node()
+            except Exception:  # noqa: BLE001 - the context may already be gone after Ctrl-C
+                pass
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
