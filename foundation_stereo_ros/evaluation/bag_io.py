@@ -274,43 +274,66 @@ class StereoRecord:
     log_time_ns: int = 0  # when the last of the four messages was recorded
 
 
-class StereoPairer:
-    """Pairs left/right images and both CameraInfos in bag order, as the node's synchroniser pairs
-    live messages: exact header stamps, all four messages needed. Feed records with :meth:`add`;
-    it returns a :class:`StereoRecord` when a set is complete."""
+class _Queued:
+    """A bag record as the synchroniser sees it (it reads ``header.stamp``)."""
 
-    def __init__(self, topics: StereoTopics):
-        self._roles = dict(zip(topics.stereo(), ("left", "left_info", "right", "right_info")))
-        self._pending: Dict[int, Dict[str, BagRecord]] = {}
+    __slots__ = ("header", "record")
+
+    def __init__(self, record: BagRecord):
+        self.header = record.msg.header
+        self.record = record
+
+
+class StereoPairer:
+    """Pairs left/right images and both CameraInfos in bag order with the node's own synchroniser
+    (:class:`foundation_stereo_ros.ros.sync.TimeSynchronizer`, plain Python) and the node's sync
+    parameters, so that a bag is paired offline exactly as the live node pairs it. Feed records with
+    :meth:`add`; it returns the :class:`StereoRecord` a record completes, if any."""
+
+    def __init__(self, topics: StereoTopics, approximate: bool = False, tolerance_s: float = 0.005,
+                 queue_size: int = 5):
+        from foundation_stereo_ros.ros.sync import TimeSynchronizer
+
+        # The node's input order: left image, left info, right image, right info.
+        self._index = {topics.left_image: 0, topics.left_info: 1, topics.right_image: 2, topics.right_info: 3}
+        self._done: List[StereoRecord] = []
+        self._sync = TimeSynchronizer(4, self._emit, queue_size=queue_size, approximate=approximate,
+                                      tolerance_s=tolerance_s)
+        self._last_left: Optional[int] = None
         self._count = 0
+        self._fed = [0, 0, 0, 0]
+
+    def _emit(self, left: _Queued, left_info: _Queued, right: _Queued, right_info: _Queued) -> None:
+        recs = (left.record, left_info.record, right.record, right_info.record)
+        self._done.append(StereoRecord(self._count, stamp_to_ns(left.header.stamp), left.record.msg,
+                                       right.record.msg, left_info.record.msg, right_info.record.msg,
+                                       log_time_ns=max(r.log_time_ns for r in recs)))
+        self._count += 1
 
     def add(self, rec: BagRecord) -> Optional[StereoRecord]:
-        role = self._roles.get(rec.topic)
-        if role is None:
+        index = self._index.get(rec.topic)
+        if index is None:
             return None
-        stamp = stamp_to_ns(rec.msg.header.stamp)
-        slot = self._pending.setdefault(stamp, {})
-        slot[role] = rec
-        if len(slot) < 4:
-            return None
-        del self._pending[stamp]
-        out = StereoRecord(self._count, stamp, slot["left"].msg, slot["right"].msg, slot["left_info"].msg,
-                           slot["right_info"].msg, log_time_ns=max(r.log_time_ns for r in slot.values()))
-        self._count += 1
-        return out
+        if index == 0:
+            t = stamp_to_ns(rec.msg.header.stamp)
+            if self._last_left is not None and t < self._last_left:
+                self._sync.reset()  # as the node does when time jumps back (a looped bag)
+            self._last_left = t
+        self._fed[index] += 1
+        self._sync.add(index, _Queued(rec))
+        return self._done.pop() if self._done else None
 
     def unpaired(self) -> Dict[str, int]:
-        """Messages of each role still waiting for partners."""
-        out: Dict[str, int] = {}
-        for slot in self._pending.values():
-            for role in slot:
-                out[role] = out.get(role, 0) + 1
-        return out
+        """Messages of each input that are in no pair: discarded by the synchroniser or still waiting."""
+        names = ("left", "left_info", "right", "right_info")
+        return {n: fed - self._count for n, fed in zip(names, self._fed) if fed > self._count}
 
 
-def pair_stereo_records(records: Iterable[BagRecord], topics: StereoTopics) -> Tuple[List[StereoRecord], Dict[str, int]]:
-    """All pairs of ``records`` (see :class:`StereoPairer`) and the unpaired message counts per role."""
-    pairer = StereoPairer(topics)
+def pair_stereo_records(records: Iterable[BagRecord], topics: StereoTopics,
+                        **sync: Any) -> Tuple[List[StereoRecord], Dict[str, int]]:
+    """All pairs of ``records`` (see :class:`StereoPairer`, ``sync``: its keyword arguments) and the
+    unpaired message counts per input."""
+    pairer = StereoPairer(topics, **sync)
     out = [p for p in (pairer.add(r) for r in records) if p is not None]
     return out, pairer.unpaired()
 
@@ -392,8 +415,20 @@ def gt_depth_array(msg: Any) -> np.ndarray:
 class StereoBagReader:
     """Read a rosbag2 folder (or a single .mcap/.db3 file's folder) and yield synchronised pairs."""
 
-    def __init__(self, path: PathLike, topics: Optional[StereoTopics] = None, **overrides: Optional[str]):
+    def __init__(self, path: PathLike, topics: Optional[StereoTopics] = None, sync: Optional[Dict[str, Any]] = None,
+                 **overrides: Optional[str]):
+        """``topics``: all names (default: detected); ``overrides``: single names (``left_image=...``);
+        ``sync``: the node's ``approximate_sync``, ``sync_tolerance_s``, ``queue_size`` (default: its
+        defaults, exact pairing)."""
         from rosbags.highlevel import AnyReader
+
+        sync = dict(sync or {})
+        self.sync = {"approximate": bool(sync.pop("approximate_sync", False)),
+                     "tolerance_s": float(sync.pop("sync_tolerance_s", 0.005)),
+                     "queue_size": int(sync.pop("queue_size", 5))}
+        if sync:
+            raise ValueError(f"unknown sync settings {sorted(sync)}; expected approximate_sync, sync_tolerance_s, "
+                             f"queue_size")
 
         self.path = Path(path)
         if not self.path.exists():
@@ -455,7 +490,7 @@ class StereoBagReader:
             expected.setdefault(stamp_to_ns(rec.msg.header.stamp), set()).add(gt_topics[rec.topic])
         got: Dict[int, Dict[str, Any]] = {}
         waiting: List[StereoRecord] = []
-        pairer = StereoPairer(self.topics)
+        pairer = StereoPairer(self.topics, **self.sync)
         self.unpaired = {}
 
         def ready(p: StereoRecord) -> bool:

@@ -250,6 +250,7 @@ class ReportWriter:
         self.picture_sets.append(entry)
 
     def close(self) -> None:
+        """Close the CSV files (safe to call again)."""
         self._csv_file.close()
         if self._agr_file is not None:
             self._agr_file.close()
@@ -335,7 +336,7 @@ def _tables(summary: Dict[str, Any], labels: Sequence[str], has_agreement: bool)
 
 def _meta_lines(meta: Dict[str, Any]) -> List[Tuple[str, str]]:
     out = []
-    for key in ("bag", "frames", "unpaired", "topics", "backends", "notes"):
+    for key in ("bag", "recording", "frames", "unpaired", "topics", "calibration", "sync", "backends", "notes"):
         if key in meta and meta[key] not in (None, {}, []):
             value = meta[key]
             out.append((key, json.dumps(value, default=_json_default) if isinstance(value, (dict, list)) else str(value)))
@@ -351,9 +352,12 @@ def _render(summary: Dict[str, Any], picture_sets: List[Dict[str, Any]], labels:
     for k, v in _meta_lines(meta):
         md.append(f"- **{k}**: {v}")
     md.append("")
+    def cells(values: Sequence[str]) -> str:
+        return "| " + " | ".join(str(v).replace("|", "\\|") for v in values) + " |"
+
     for name, header, rows in tables:
-        md += [f"## {name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        md += ["| " + " | ".join(r) + " |" for r in rows]
+        md += [f"## {name}", "", cells(header), "|" + "---|" * len(header)]
+        md += [cells(r) for r in rows]
         md.append("")
     md += ["## Latency", "", "Processing time per frame (decode, rectify, match, depth), warm-up runs excluded.",
            "", "![latency histogram](pictures/latency_histogram.png)", ""]

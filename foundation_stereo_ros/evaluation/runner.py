@@ -61,10 +61,22 @@ def parse_backend_spec(spec: str, base: Any) -> BackendRun:
     return BackendRun(_LABEL_OK.sub("_", spec.strip().replace(":", "-").replace(",", "-")), config)
 
 
-def ground_truth(record: StereoRecord, f: float, t: float) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+def focal_and_baseline(record: StereoRecord) -> Tuple[float, float]:
+    """f (px) and baseline (m) of the pair from its right CameraInfo P, as the node reads them."""
+    p = np.asarray(record.right_info.p, dtype=np.float64).reshape(3, 4)
+    if not (np.isfinite(p[0, 0]) and p[0, 0] > 0):
+        raise ValueError(f"right CameraInfo P[0,0] must be a positive focal length, got {p[0, 0]}")
+    return float(p[0, 0]), float(-p[0, 3] / p[0, 0])
+
+
+def ground_truth(record: StereoRecord) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
     """(disparity in the published convention, 0 = unknown; depth in metres, NaN = unknown),
-    each derived from the other through Z = f * t / d when the bag carries only one."""
+    each derived from the other through Z = f * t / d (f, t of the pair's CameraInfo) when the
+    bag carries only one."""
     disp, depth = record.gt_disparity, record.gt_depth
+    if disp is None and depth is None:
+        return None, None
+    f, t = focal_and_baseline(record)
     if disp is None and depth is not None:
         disp = M.depth_to_disparity(depth, f, t)
     if depth is None and disp is not None:
@@ -207,8 +219,8 @@ class Evaluator:
             frames[label] = BackendFrame(label, result=result, latency_s=time.perf_counter() - t0)
         ok = [bf for bf in frames.values() if bf.result is not None]
         gt_disp = gt_depth = None
-        if ok:
-            gt_disp, gt_depth = ground_truth(record, ok[0].result.f, ok[0].result.t)
+        if ok:  # a pair every backend skipped may have an unusable calibration
+            gt_disp, gt_depth = ground_truth(record)
         for bf in ok:
             bf.counts = frame_counts_for(bf.result.disparity, bf.result.depth, gt_disp, gt_depth, self.thresholds)
         agreement = {}
@@ -235,12 +247,13 @@ def config_from_parameter_file(path: str, node_name: Optional[str] = None) -> Di
     if not isinstance(data, Mapping):
         raise ValueError(f"{path}: expected '<node name>: {{ros__parameters: ...}}' at the top level")
     params: Dict[str, Any] = {}
-    for key, section in data.items():
-        if not isinstance(section, Mapping) or "ros__parameters" not in section:
-            continue
+    # Lowest precedence first, as rcl applies them: wildcard sections, then the node's own.
+    keys = sorted((k for k in data if isinstance(data[k], Mapping) and "ros__parameters" in data[k]),
+                  key=lambda k: 0 if str(k).rsplit("/", 1)[-1] == "**" else 1)
+    for key in keys:
         name = str(key).rsplit("/", 1)[-1]
-        if node_name is None or name in (node_name, "**") or key == "/**":
-            params.update(section["ros__parameters"] or {})
+        if node_name is None or name in (node_name, "**"):
+            params.update(data[key]["ros__parameters"] or {})
     if not params:
         raise ValueError(f"{path}: no ros__parameters section" + (f" for node {node_name}" if node_name else ""))
     return params

@@ -33,29 +33,51 @@ from foundation_stereo_ros.evaluation.runner import (BackendRun, Evaluator, Fram
 T = TypeVar("T")
 
 
-def progress(items: Iterable[T], total: Optional[int], desc: str, enabled: bool = True) -> Iterator[T]:
-    """tqdm when it is installed, else a one-line bar on stderr; silent when disabled."""
-    if not enabled:
-        yield from items
-        return
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        tqdm = None
-    if tqdm is not None:
-        yield from tqdm(items, total=total, desc=desc, unit="frame", file=sys.stderr)
-        return
-    n = 0
-    for item in items:
-        n += 1
-        if total:
-            filled = int(30 * min(n, total) / total)
-            sys.stderr.write(f"\r{desc}: [{'#' * filled}{'.' * (30 - filled)}] {n}/{total}")
+class Progress:
+    """A progress bar on stderr: tqdm when it is installed, else a plain one-line bar."""
+
+    def __init__(self, total: Optional[int], desc: str, enabled: bool = True):
+        self.total, self.desc, self.enabled, self.n = total, desc, enabled, 0
+        self._tqdm = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+
+                self._tqdm = tqdm(total=total, desc=desc, unit="frame", file=sys.stderr)
+            except ImportError:
+                pass
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if not self.enabled:
+            return
+        if self._tqdm is not None:
+            self._tqdm.update(n)
+        elif self.total:
+            filled = int(30 * min(self.n, self.total) / self.total)
+            sys.stderr.write(f"\r{self.desc}: [{'#' * filled}{'.' * (30 - filled)}] {self.n}/{self.total}")
+            sys.stderr.flush()
         else:
-            sys.stderr.write(f"\r{desc}: {n} frames")
-        sys.stderr.flush()
-        yield item
-    sys.stderr.write("\n")
+            sys.stderr.write(f"\r{self.desc}: {self.n} frames")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self._tqdm is not None:
+            self._tqdm.close()
+        elif self.enabled:
+            sys.stderr.write("\n")
+        self.enabled = False
+
+
+def progress(items: Iterable[T], total: Optional[int], desc: str, enabled: bool = True) -> Iterator[T]:
+    """``items`` with a :class:`Progress` bar advancing per item."""
+    bar = Progress(total, desc, enabled)
+    try:
+        for item in items:
+            yield item
+            bar.update()
+    finally:
+        bar.close()
 
 
 def default_device() -> str:
@@ -72,6 +94,17 @@ class EvaluationOutcome:
     paths: ReportPaths
     summary: Dict[str, Any]
     output_bag: Optional[Path] = None
+    writer: Optional[ReportWriter] = None
+    totals: Optional[Totals] = None
+    meta: Optional[Dict[str, Any]] = None
+
+    def add_sections(self, sections: Dict[str, Any]) -> None:
+        """Rewrite summary.json and the reports with extra top-level sections (``live``,
+        ``live_vs_offline``: see report.py)."""
+        import json
+
+        self.paths = self.writer.finish(self.totals, self.meta, sections)
+        self.summary = json.loads(self.paths.summary_json.read_text())
 
 
 def _spread(n_pairs: int, n_pictures: int) -> Callable[[int], bool]:
@@ -124,14 +157,18 @@ class OutputBag:
         self._writer.__exit__(None, None, None)
 
 
+SYNC_PARAMETERS = ("approximate_sync", "sync_tolerance_s", "queue_size")
+
+
 def evaluate_bag(bag: Path, runs: Sequence[BackendRun], output: Path, topic_overrides: Optional[Dict[str, str]] = None,
+                 sync: Optional[Dict[str, Any]] = None,
                  output_bag: Optional[Path] = None, output_storage: str = "sqlite3", max_frames: int = 0,
                  pictures: int = 3, warmup: int = 1, thresholds: Sequence[float] = M.DEFAULT_BAD_THRESHOLDS,
                  show_progress: bool = True, extra_meta: Optional[Dict[str, Any]] = None,
                  on_frame: Optional[Callable[[FrameEvaluation], None]] = None) -> EvaluationOutcome:
     """Evaluate ``runs`` on ``bag`` and write the report to ``output``; see the module doc."""
     evaluator = Evaluator(runs, points=output_bag is not None, warmup=warmup, thresholds=thresholds)
-    with StereoBagReader(bag, **(topic_overrides or {})) as reader:
+    with StereoBagReader(bag, sync=sync, **(topic_overrides or {})) as reader:
         counts = {c: n for c, n in _topic_counts(reader).items()}
         n_pairs = min(counts.get(t, 0) for t in reader.topics.stereo())
         if max_frames:
@@ -162,7 +199,7 @@ def evaluate_bag(bag: Path, runs: Sequence[BackendRun], output: Path, topic_over
             "bag": str(bag), "frames": totals.frames, "unpaired": reader.unpaired,
             "topics": {k: v for k, v in reader.topics.__dict__.items() if v},
             "backends": {r.label: _config_summary(r.config) for r in runs},
-            "bad_thresholds_px": list(thresholds), "warmup_runs": warmup,
+            "sync": reader.sync, "bad_thresholds_px": list(thresholds), "warmup_runs": warmup,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "host": {"python": platform.python_version(), "machine": platform.machine()},
         }
@@ -173,7 +210,7 @@ def evaluate_bag(bag: Path, runs: Sequence[BackendRun], output: Path, topic_over
     paths = writer.finish(totals, meta)
     import json
 
-    return EvaluationOutcome(paths, json.loads(paths.summary_json.read_text()), output_bag)
+    return EvaluationOutcome(paths, json.loads(paths.summary_json.read_text()), output_bag, writer, totals, meta)
 
 
 def _take(items: Iterable[T], n: int) -> Iterator[T]:
@@ -245,6 +282,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def sync_settings(args: argparse.Namespace) -> Dict[str, Any]:
+    """The node's synchronisation parameters from --params (the node's defaults otherwise)."""
+    if args.params is None:
+        return {}
+    params = config_from_parameter_file(str(args.params), node_name="stereo_depth_node")
+    return {k: params[k] for k in SYNC_PARAMETERS if k in params}
+
+
 def build_runs(args: argparse.Namespace) -> List[BackendRun]:
     """The backend configurations the options describe (ValueError on bad options)."""
     from foundation_stereo_ros.evaluation.checkpoint_search import HOW_TO_GET, find_checkpoint
@@ -252,7 +297,8 @@ def build_runs(args: argparse.Namespace) -> List[BackendRun]:
 
     values: Dict[str, Any] = {}
     if args.params is not None:
-        values.update({k: v for k, v in config_from_parameter_file(str(args.params)).items() if k in SPECS})
+        params = config_from_parameter_file(str(args.params), node_name="stereo_depth_node")
+        values.update({k: v for k, v in params.items() if k in SPECS})
     for item in args.set:
         key, eq, value = item.partition("=")
         if not eq or key not in SPECS:
@@ -285,7 +331,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         overrides = {"left_image": args.left_topic, "right_image": args.right_topic, "left_info": args.left_info,
                      "right_info": args.right_info, "gt_disparity": args.gt_disparity_topic,
                      "gt_depth": args.gt_depth_topic}
-        outcome = evaluate_bag(args.bag, runs, output, {k: v for k, v in overrides.items() if v},
+        outcome = evaluate_bag(args.bag, runs, output, {k: v for k, v in overrides.items() if v}, sync_settings(args),
                                output_bag=args.output_bag, output_storage=args.output_storage,
                                max_frames=args.max_frames, pictures=args.pictures, warmup=args.warmup,
                                thresholds=thresholds, show_progress=not args.no_progress)
