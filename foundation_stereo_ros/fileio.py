@@ -1,4 +1,4 @@
-"""Small file formats shared by the command-line tools: images, PFM, PLY, colourised disparity.
+"""Small file formats shared by the command-line tools: images, PFM, PLY, K.txt.
 
 No ROS and no PyTorch here; OpenCV and NumPy only.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Tuple, Union
 
 import numpy as np
 
@@ -68,25 +68,6 @@ def read_pfm(path: PathLike) -> np.ndarray:
         raise ValueError(f"{path}: expected {w * h * channels} values, found {data.size} (truncated?)")
     shape = (h, w, 3) if channels == 3 else (h, w)
     return np.flipud(data.reshape(shape)).astype(np.float32)
-
-
-def colorize(values: np.ndarray, vmin: Optional[float] = None, vmax: Optional[float] = None) -> np.ndarray:
-    """Turbo-colourised (H, W, 3) uint8 RGB of a float map; non-finite values are black."""
-    import cv2
-
-    values = np.asarray(values, dtype=np.float32)
-    valid = np.isfinite(values)
-    out = np.zeros(values.shape + (3,), dtype=np.uint8)
-    if not valid.any():
-        return out
-    lo = float(values[valid].min()) if vmin is None else vmin
-    hi = float(values[valid].max()) if vmax is None else vmax
-    scaled = np.zeros(values.shape, dtype=np.uint8)
-    span = max(hi - lo, 1e-6)
-    scaled[valid] = (np.clip((values[valid] - lo) / span, 0, 1) * 255).astype(np.uint8)
-    rgb = cv2.applyColorMap(scaled, cv2.COLORMAP_TURBO)[:, :, ::-1]
-    out[valid] = rgb[valid]
-    return out
 
 
 def write_rgb(path: PathLike, rgb: np.ndarray) -> None:

@@ -7,7 +7,7 @@
 Writes DIR/disparity.npy (float32, H x W, pixels at the input resolution), DIR/disparity.pfm and
 DIR/disparity.png (the left image beside its colourised disparity). With --intrinsics (the
 reference's K.txt: K flattened on line 1, baseline in metres on line 2) also DIR/depth.npy
-(metres, inf where invalid) and DIR/cloud.ply (coloured points up to --z-far metres; pixels whose
+(metres, NaN where invalid) and DIR/cloud.ply (coloured points up to --z-far metres; pixels whose
 match falls outside the right image are removed).
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from .. import fileio
+from ..pipeline.geometry import colorize_disparity, depth_to_points, disparity_to_depth
 
 
 class _StageTimer:
@@ -95,21 +96,18 @@ def predict_disparity(model, left: np.ndarray, right: np.ndarray, iters: int, hi
 
 def depth_and_cloud(disp: np.ndarray, k: np.ndarray, baseline: float, left: np.ndarray,
                     z_far: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Depth (inf where invalid) and the kept points/colours of the cloud.
+    """Depth (NaN where invalid) and the kept points/colours of the cloud.
 
     A pixel is invalid when its disparity is not positive or its match x - d lies left of the
     right image; points beyond ``z_far`` are dropped from the cloud.
     """
-    h, w = disp.shape
-    us, vs = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    valid = np.isfinite(disp) & (disp > 0) & (us - disp >= 0)
-    depth = np.full(disp.shape, np.inf, dtype=np.float32)
-    depth[valid] = (k[0, 0] * baseline / disp[valid]).astype(np.float32)
-    keep = valid & (depth <= z_far)
-    z = depth[keep]
-    x = (us[keep] - k[0, 2]) * z / k[0, 0]
-    y = (vs[keep] - k[1, 2]) * z / k[1, 1]
-    return depth, np.stack([x, y, z], axis=1).astype(np.float32), left[keep]
+    w = disp.shape[1]
+    outside = np.arange(w, dtype=np.float32)[None, :] - disp < 0  # match left of the right image
+    disp = np.where(outside, np.nan, disp).astype(np.float32)
+    depth = disparity_to_depth(disp, float(k[0, 0]), baseline)
+    points = depth_to_points(depth, float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2]))
+    keep = np.isfinite(depth) & (depth <= z_far)
+    return depth, points[keep], left[keep]
 
 
 def run(args: argparse.Namespace) -> List[Path]:
@@ -133,7 +131,9 @@ def run(args: argparse.Namespace) -> List[Path]:
     written = [out / "disparity.npy", out / "disparity.pfm", out / "disparity.png"]
     np.save(written[0], disp.astype(np.float32))
     fileio.write_pfm(written[1], disp)
-    fileio.write_rgb(written[2], np.concatenate([left, fileio.colorize(disp)], axis=1))
+    finite = disp[np.isfinite(disp)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    fileio.write_rgb(written[2], np.concatenate([left, colorize_disparity(disp, lo, hi)], axis=1))
     if intrinsics is not None:
         k, baseline = intrinsics
         depth, points, colours = depth_and_cloud(disp, k, baseline, left, args.z_far)
