@@ -297,7 +297,7 @@ def test_reconfigured_processor_shares_the_loaded_network():
 
 
 def test_unusable_checkpoints_and_devices_raise(tmp_path):
-    with pytest.raises(CheckpointError, match="empty"):
+    with pytest.raises(BackendError, match="empty"):
         StereoProcessor(ProcessorConfig(backend="foundation_stereo", checkpoint="", device="cpu"))
     with pytest.raises(CheckpointError, match="not found"):
         StereoProcessor(ProcessorConfig(backend="foundation_stereo", checkpoint=str(tmp_path / "x.pth"), device="cpu"))

@@ -114,15 +114,14 @@ class FoundationStereoBackend(DisparityBackend):
     name = "foundation_stereo"
 
     def __init__(self, config: ProcessorConfig, model: Any = None) -> None:
-        import torch
+        if model is None and not config.checkpoint:
+            raise BackendError("the checkpoint parameter is empty: give the path of a FoundationStereo checkpoint "
+                               "(model_best_bp2.pth or its folder, with cfg.yaml beside it), or use backend 'sgbm'")
+        import torch  # after the cheap checks: importing torch takes seconds
 
         if model is None:
-            from ..model import CheckpointError, load_model
+            from ..model import load_model
 
-            if not config.checkpoint:
-                raise CheckpointError("the checkpoint parameter is empty: give the path of a FoundationStereo "
-                                      "checkpoint (model_best_bp2.pth or its folder, with cfg.yaml beside it), "
-                                      "or use backend 'sgbm'")
             if config.device.startswith("cuda") and not torch.cuda.is_available():
                 raise BackendError(f"device {config.device!r} requested but CUDA is not available to PyTorch; "
                                    f"set device to 'cpu' (slow) or use backend 'sgbm'")

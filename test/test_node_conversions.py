@@ -1,0 +1,120 @@
+"""Message conversions: exact round trips through real (serialised) ROS messages."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rclpy.serialization import deserialize_message, serialize_message
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from std_msgs.msg import Header
+from stereo_msgs.msg import DisparityImage
+
+from foundation_stereo_ros.pipeline import CameraModel, decode_image_msg, make_camera_model, unpack_rgb
+from foundation_stereo_ros.ros.conversions import (camera_info_msg, disparity_from_msg, disparity_image_msg,
+                                                   image_to_array, numpy_to_image, pointcloud2_msg,
+                                                   pointcloud2_to_array)
+
+
+def wire(msg):
+    """The message after a trip through the ROS serialisation, as a subscriber receives it."""
+    return deserialize_message(serialize_message(msg), type(msg))
+
+
+def header(t=12, frame="cam_left_optical"):
+    h = Header()
+    h.stamp.sec, h.stamp.nanosec, h.frame_id = t, 345, frame
+    return h
+
+
+ENCODINGS = {"mono8": (np.uint8, 1), "rgb8": (np.uint8, 3), "bgra8": (np.uint8, 4), "mono16": (np.uint16, 1),
+             "16UC1": (np.uint16, 1), "rgb16": (np.uint16, 3), "32FC1": (np.float32, 1)}
+
+
+@settings(max_examples=40, deadline=None)
+@given(encoding=st.sampled_from(sorted(ENCODINGS)), h=st.integers(1, 9), w=st.integers(1, 9),
+       seed=st.integers(0, 10_000))
+def test_image_round_trip_is_exact(encoding, h, w, seed):
+    dtype, c = ENCODINGS[encoding]
+    rng = np.random.default_rng(seed)
+    shape = (h, w) if c == 1 else (h, w, c)
+    if dtype == np.float32:
+        a = rng.standard_normal(shape).astype(np.float32)
+        a.flat[0] = np.nan
+    else:
+        a = rng.integers(0, np.iinfo(dtype).max, shape, endpoint=True).astype(dtype)
+    msg = wire(numpy_to_image(a, encoding, header()))
+    assert (msg.height, msg.width, msg.encoding, msg.header.frame_id) == (h, w, encoding, "cam_left_optical")
+    back = image_to_array(msg)
+    np.testing.assert_array_equal(back.reshape(shape), a)
+
+
+def test_rgb8_image_decodes_to_the_same_pixels_in_the_pipeline():
+    a = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(decode_image_msg(wire(numpy_to_image(a, "rgb8"))), a)
+    np.testing.assert_array_equal(decode_image_msg(wire(numpy_to_image(a[..., ::-1].copy(), "bgr8"))), a)
+
+
+def test_numpy_to_image_rejects_mismatched_arrays():
+    with pytest.raises(ValueError, match="dtype"):
+        numpy_to_image(np.zeros((2, 2), np.float64), "32FC1")
+    with pytest.raises(ValueError, match="channel"):
+        numpy_to_image(np.zeros((2, 2, 3), np.uint8), "mono8")
+    with pytest.raises(ValueError):
+        numpy_to_image(np.zeros((2, 2), np.uint8), "h264")
+
+
+def test_camera_info_round_trip():
+    model = make_camera_model(640, 480, [500, 0, 320, 0, 501, 240, 0, 0, 1], [0.1, -0.02, 0, 0, 0.001],
+                              [1, 0, 0, 0, 1, 0, 0, 0, 1], [500, 0, 318, -60, 0, 500, 241, 0, 0, 0, 1, 0])
+    msg = wire(camera_info_msg(model, header()))
+    back = CameraModel.from_camera_info(msg)
+    for a in ("K", "D", "R", "P"):
+        np.testing.assert_array_equal(getattr(back, a), getattr(model, a))
+    assert (back.width, back.height, back.distortion_model) == (640, 480, "plumb_bob")
+
+
+@pytest.mark.parametrize("organized", [True, False])
+def test_point_cloud_round_trip(organized):
+    rng = np.random.default_rng(3)
+    pts = rng.standard_normal((4, 6, 3)).astype(np.float32)
+    pts[1, 2] = np.nan
+    pts[3, 0] = np.nan
+    rgb = rng.integers(0, 256, (4, 6, 3), dtype=np.uint8)
+    packed = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
+    msg = wire(pointcloud2_msg(pts, packed, header(), organized=organized))
+    assert [f.name for f in msg.fields] == ["x", "y", "z", "rgb"]
+    assert msg.point_step == 16 and msg.row_step == 16 * msg.width
+    cloud = pointcloud2_to_array(msg)
+    xyz = np.stack([cloud["x"], cloud["y"], cloud["z"]], axis=-1)
+    valid = np.isfinite(pts[..., 2])
+    if organized:
+        assert (msg.height, msg.width, msg.is_dense) == (4, 6, False)
+        np.testing.assert_array_equal(xyz[valid], pts[valid])
+        assert np.isnan(xyz[~valid]).all()
+        np.testing.assert_array_equal(unpack_rgb(cloud["rgb"]), rgb)
+    else:
+        assert (msg.height, msg.width, msg.is_dense) == (1, int(valid.sum()), True)
+        np.testing.assert_array_equal(xyz[0], pts[valid])
+        np.testing.assert_array_equal(unpack_rgb(cloud["rgb"][0]), rgb[valid])
+
+
+class _Result:
+    def __init__(self, disparity):
+        self.disparity = disparity
+        self.f, self.t, self.min_disparity, self.max_disparity = 400.0, 0.12, -2.5, 125.5
+        self.delta_d, self.valid_window = 0.0625, (10, 2, 100, 60)
+
+
+def test_disparity_image_marks_invalid_below_min_disparity():
+    d = np.array([[np.nan, 3.0, 7.5], [100.0, np.nan, -2.5]], np.float32)
+    msg = wire(disparity_image_msg(_Result(d), header()))
+    assert msg.image.encoding == "32FC1" and (msg.image.height, msg.image.width) == (2, 3)
+    assert msg.f == 400.0 and msg.t == pytest.approx(0.12) and msg.delta_d == 0.0625
+    assert (msg.min_disparity, msg.max_disparity) == (-2.5, 125.5)
+    assert (msg.valid_window.x_offset, msg.valid_window.width) == (10, 100)
+    raw = image_to_array(msg.image)
+    assert raw[0, 0] == -3.5 and raw[1, 1] == -3.5  # min_disparity - 1, as stereo_image_proc
+    back = disparity_from_msg(msg)
+    np.testing.assert_array_equal(np.isnan(back), np.isnan(d))
+    np.testing.assert_array_equal(back[~np.isnan(d)], d[~np.isnan(d)])

@@ -1,0 +1,284 @@
+"""stereo_depth_node end to end, with real rclpy publishers and subscribers on localhost.
+
+A test node publishes stereo pairs with CameraInfo; the node runs in this process (executor in a
+thread); every output is checked: headers, encodings, sizes, depth == f * t / disparity, points
+that project back onto their pixels through K, colours from the left image.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+
+import numpy as np
+import pytest
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rcl_interfaces.msg import Parameter as ParameterMsg
+from rcl_interfaces.msg import ParameterType, ParameterValue
+from rcl_interfaces.srv import SetParametersAtomically
+
+from foundation_stereo_ros.pipeline import unpack_rgb
+from foundation_stereo_ros.ros.conversions import (disparity_from_msg, image_to_array, numpy_to_image,
+                                                   pointcloud2_to_array)
+
+from _ros_helpers import OUTPUTS, NodeHarness, rectified_infos, textured_scene, wait_for
+
+H, W, F, B = 64, 200, 100.0, 0.1
+CX_L, CX_R, CY = 100.0, 96.0, 32.0  # principal points differ: delta_cx = 4 px
+_ns = itertools.count()
+
+
+def harness(params, **kw):
+    return NodeHarness(params, namespace=f"/e2e_{next(_ns)}", **kw)
+
+
+@pytest.fixture(scope="module")
+def sgbm_node():
+    h = harness(dict(backend="sgbm", sgbm_num_disparities=32, diagnostics_period_s=0.5))
+    yield h
+    h.close()
+
+
+def check_outputs(out, stamp, left_rgb, f, baseline, fx, cx, cy, grey=False, min_valid=0.3):
+    """Every check of the issue on one frame's outputs; returns the valid-disparity mask."""
+    h, w = left_rgb.shape[:2]
+    for topic, msg in out.items():
+        assert msg.header.frame_id == "cam_left_optical", topic
+        assert msg.header.stamp.sec * 10 ** 9 + msg.header.stamp.nanosec == stamp, topic
+    d = out["disparity"]
+    assert d.image.encoding == "32FC1" and (d.image.height, d.image.width) == (h, w)
+    assert d.f == pytest.approx(f) and d.t == pytest.approx(baseline)
+    assert d.image.header.frame_id == "cam_left_optical"
+    disp = disparity_from_msg(d)
+    valid = np.isfinite(disp)
+    assert valid.mean() >= min_valid, f"only {valid.mean():.1%} valid disparities"
+    assert (disp[valid] <= d.max_disparity + 1e-3).all()
+    x, y, vw, vh = (d.valid_window.x_offset, d.valid_window.y_offset, d.valid_window.width,
+                    d.valid_window.height)
+    assert 0 <= x and 0 <= y and x + vw <= w and y + vh <= h and vw > 0 and vh > 0
+
+    depth_msg = out["depth"]
+    assert depth_msg.encoding == "32FC1" and (depth_msg.height, depth_msg.width) == (h, w)
+    depth = image_to_array(depth_msg)
+    pos = valid & (disp > 0)
+    np.testing.assert_allclose(depth[pos], d.f * d.t / disp[pos], rtol=1e-5)
+    assert np.isnan(depth[~valid]).all()
+
+    info = out["depth/camera_info"]
+    assert (info.width, info.height) == (w, h)
+    K = np.asarray(info.k).reshape(3, 3)
+    assert K[0, 0] == pytest.approx(fx) and K[0, 2] == pytest.approx(cx) and K[1, 2] == pytest.approx(cy)
+    assert not np.any(np.asarray(info.d))
+
+    pc = out["points2"]
+    assert (pc.height, pc.width, pc.is_dense) == (h, w, False)
+    cloud = pointcloud2_to_array(pc)
+    xyz = np.stack([cloud["x"], cloud["y"], cloud["z"]], axis=-1)
+    finite = np.isfinite(xyz[..., 2])
+    np.testing.assert_array_equal(finite, np.isfinite(depth))
+    np.testing.assert_array_equal(xyz[..., 2][finite], depth[finite])
+    vv, uu = np.mgrid[0:h, 0:w]
+    # Project through the published K: each point lands on its own pixel.
+    u = K[0, 0] * xyz[..., 0] / xyz[..., 2] + K[0, 2]
+    v = K[1, 1] * xyz[..., 1] / xyz[..., 2] + K[1, 2]
+    np.testing.assert_allclose(u[finite], uu[finite], atol=1e-3)
+    np.testing.assert_allclose(v[finite], vv[finite], atol=1e-3)
+    np.testing.assert_array_equal(unpack_rgb(cloud["rgb"]), left_rgb)
+
+    left_msg = out["left_rect/image"]
+    assert left_msg.encoding == ("mono8" if grey else "rgb8") and (left_msg.height, left_msg.width) == (h, w)
+    left_back = image_to_array(left_msg)
+    np.testing.assert_array_equal(left_back, left_rgb[..., 0] if grey else left_rgb)
+    li = out["left_rect/camera_info"]
+    np.testing.assert_array_equal(np.asarray(li.k), np.asarray(info.k))
+
+    col = out["disparity_color"]
+    assert col.encoding == "rgb8" and (col.height, col.width) == (h, w)
+    assert (image_to_array(col)[~valid] == 0).all()
+    return valid
+
+
+def test_sgbm_end_to_end(sgbm_node):
+    left, right, truth = textured_scene(H, W)
+    infos = rectified_infos(W, H, F, B, CX_L, CX_R, CY)
+    stamp = time.time_ns()
+    # bgr8 on the wire: colours in points2 must still come out as the left image's RGB.
+    sgbm_node.publish_arrays(left[..., ::-1].copy(), right[..., ::-1].copy(), "bgr8", infos, stamp)
+    out = sgbm_node.wait_outputs(stamp, [t for t in OUTPUTS if not t.startswith("right_rect")])
+    valid = check_outputs(out, stamp, left, F, B, F, CX_L, CY)
+    d = out["disparity"]
+    # stereo_image_proc's convention: published disparity = raw - (cx_l - cx_r); min/max likewise.
+    assert d.min_disparity == pytest.approx(0 - (CX_L - CX_R))
+    assert d.max_disparity == pytest.approx(31 - (CX_L - CX_R))
+    assert d.delta_d == pytest.approx(1 / 16)
+    disp = disparity_from_msg(d)
+    raw = disp + (CX_L - CX_R)
+    assert np.mean(np.abs(raw[valid] - truth[valid]) <= 1.0) > 0.9
+    # The depth of the background plane from its construction: Z = f B / (12 - delta_cx).
+    depth = image_to_array(out["depth"])
+    assert np.nanmedian(depth[valid & (truth == 12)]) == pytest.approx(F * B / (12 - (CX_L - CX_R)), rel=0.02)
+    r = out.get("right_rect/image") or sgbm_node.received.by_stamp("right_rect/image", stamp)
+    assert r is not None and r.header.frame_id == "cam_right_optical"
+
+
+def test_grey_and_big_endian_16bit_input(sgbm_node):
+    left, right, _ = textured_scene(H, W, seed=5)
+    grey_l = (left.mean(axis=2) * 40).astype(np.uint16)  # 16-bit IR-like, ~10 bits used
+    grey_r = (right.mean(axis=2) * 40).astype(np.uint16)
+    infos = rectified_infos(W, H, F, B, CX_L, CX_R, CY)
+    stamps = []
+    for big in (False, True):
+        stamp = time.time_ns()
+        lm, rm = numpy_to_image(grey_l, "mono16"), numpy_to_image(grey_r, "mono16")
+        if big:
+            for m in (lm, rm):
+                m.data = image_to_array(m).astype(">u2").tobytes()
+                m.is_bigendian = 1
+        sgbm_node.publish(lm, rm, infos[0], infos[1], stamp)
+        sgbm_node.wait_outputs(stamp, ["disparity", "left_rect/image"])
+        stamps.append(stamp)
+    little, big = (sgbm_node.received.by_stamp("disparity", s) for s in stamps)
+    assert np.isfinite(disparity_from_msg(little)).mean() > 0.3
+    np.testing.assert_array_equal(image_to_array(little.image), image_to_array(big.image))
+    assert sgbm_node.received.by_stamp("left_rect/image", stamps[1]).encoding == "mono8"
+
+
+def test_diagnostics_report_rate_latency_and_counts(sgbm_node):
+    left, right, _ = textured_scene(H, W)
+    infos = rectified_infos(W, H, F, B, CX_L, CX_R, CY)
+    for _ in range(3):
+        stamp = time.time_ns()
+        sgbm_node.publish_arrays(left, right, "rgb8", infos, stamp)
+        sgbm_node.wait_outputs(stamp, ["disparity"])
+
+    def ours():
+        for arr in sgbm_node.received.get("diagnostics"):
+            for s in arr.status:
+                if s.hardware_id == sgbm_node.node.get_fully_qualified_name():
+                    yield {kv.key: kv.value for kv in s.values}, s
+
+    assert wait_for(lambda: any(float(v["rate_hz"]) > 0 for v, _ in ours()), 5.0)
+    values, status = [(v, s) for v, s in ours() if float(v["rate_hz"]) > 0][-1]
+    assert int(values["frames_published"]) >= 3 and values["backend"] == "sgbm"
+    assert 0.0 <= float(values["latency_mean_s"]) < 10.0
+    assert 0.0 < float(values["processing_mean_s"]) < 10.0
+    assert {"dropped_pairs", "pairs_received"} <= set(values)
+
+
+def set_params(h, **values):
+    """Call the node's set_parameters_atomically service from a separate node, as `ros2 param`
+    does: all values are applied together or none."""
+    if not hasattr(h, "param_client"):  # one caller per harness: discovery takes a while
+        caller = rclpy.create_node("param_caller", context=h.context)
+        h.param_executor = SingleThreadedExecutor(context=h.context)
+        h.param_executor.add_node(caller)
+        h.param_client = caller.create_client(SetParametersAtomically,
+                                              f"{h.namespace}/stereo_depth_node/set_parameters_atomically")
+        assert h.param_client.wait_for_service(timeout_sec=10.0)
+    req = SetParametersAtomically.Request()
+    for name, v in values.items():
+        pv = ParameterValue()
+        if isinstance(v, bool):
+            pv.type, pv.bool_value = ParameterType.PARAMETER_BOOL, v
+        elif isinstance(v, int):
+            pv.type, pv.integer_value = ParameterType.PARAMETER_INTEGER, v
+        elif isinstance(v, float):
+            pv.type, pv.double_value = ParameterType.PARAMETER_DOUBLE, v
+        else:
+            pv.type, pv.string_value = ParameterType.PARAMETER_STRING, v
+        req.parameters.append(ParameterMsg(name=name, value=pv))
+    future = h.param_client.call_async(req)
+    h.param_executor.spin_until_future_complete(future, timeout_sec=20.0)
+    assert future.done(), "set_parameters_atomically did not answer"
+    return [future.result().result]
+
+
+def test_runtime_parameter_changes_are_validated_and_applied(sgbm_node):
+    for bad, fragment in ((dict(rectify="sometimes"), "rectify"), (dict(iters=0), ""),
+                          (dict(queue_size=9), "read-only"), (dict(backend="foundation_stereo"), "checkpoint"),
+                          (dict(min_depth=5.0, max_depth=1.0), "max_depth"), (dict(sgbm_block_size=4), "")):
+        results = set_params(sgbm_node, **bad)
+        assert not all(r.successful for r in results), bad
+        assert fragment.lower() in " ".join(r.reason for r in results).lower(), (bad, results)
+    assert sgbm_node.node.get_parameter("rectify").value == "auto"
+    assert sgbm_node.node.get_parameter("backend").value == "sgbm"
+
+    results = set_params(sgbm_node, sgbm_num_disparities=48, points_organized=False)
+    assert all(r.successful for r in results), results
+    left, right, _ = textured_scene(H, W)
+    stamp = time.time_ns()
+    sgbm_node.publish_arrays(left, right, "rgb8", rectified_infos(W, H, F, B, CX_L, CX_R, CY), stamp)
+    out = sgbm_node.wait_outputs(stamp, ["disparity", "points2"])
+    assert out["disparity"].max_disparity == pytest.approx(47 - (CX_L - CX_R))
+    pc = out["points2"]
+    assert pc.height == 1 and pc.is_dense and 0 < pc.width < H * W
+    assert np.isfinite(pointcloud2_to_array(pc)["z"]).all()
+    assert all(r.successful for r in set_params(sgbm_node, sgbm_num_disparities=32, points_organized=True))
+
+
+def test_only_outputs_with_subscribers_are_computed():
+    h = harness(dict(backend="sgbm", sgbm_num_disparities=32), subscribe=("disparity",))
+    try:
+        seen = []
+        proc = h.node._processor
+        original = proc.process_messages
+
+        def spy(*args, **kw):
+            seen.append(args[4] if len(args) > 4 else kw["outputs"])
+            return original(*args, **kw)
+
+        proc.process_messages = spy
+        left, right, _ = textured_scene(H, W)
+        stamp = time.time_ns()
+        h.publish_arrays(left, right, "rgb8", rectified_infos(W, H, F, B, CX_L, CX_R, CY), stamp)
+        h.wait_outputs(stamp, ["disparity"])
+        assert len(seen) == 1
+        assert not (seen[0].depth or seen[0].points or seen[0].disparity_color)
+    finally:
+        h.close()
+
+
+def test_slow_inference_drops_old_pairs_and_keeps_the_newest():
+    # 640x480 with 256 disparities keeps SGBM busy long enough for pairs to pile up.
+    h = harness(dict(backend="sgbm", sgbm_num_disparities=256, sgbm_mode="sgbm", qos_reliability="reliable",
+                     queue_size=20, qos_depth=20), subscribe=("disparity",))
+    try:
+        left, right, _ = textured_scene(480, 640)
+        infos = rectified_infos(640, 480, 400.0, 0.1, 320.0, 320.0, 240.0)
+        stamps = []
+        for _ in range(8):
+            stamps.append(time.time_ns())
+            h.publish_arrays(left, right, "rgb8", infos, stamps[-1])
+            time.sleep(0.01)
+        h.wait_outputs(stamps[-1], ["disparity"], timeout_s=60.0)  # the newest pair always comes out
+        st = h.node._stats
+        assert wait_for(lambda: st.pairs_received == 8, 5.0)
+        published = [s for s in stamps if h.received.by_stamp("disparity", s) is not None]
+        assert st.dropped >= 1
+        assert len(published) + st.dropped == 8  # every pair is either processed or counted as dropped
+        assert len(set(published)) == len(published)
+    finally:
+        h.close()
+
+
+def test_foundation_stereo_end_to_end(vits_checkpoint):
+    # Random weights: disparities are meaningless as depth, but every output must be consistent.
+    w, hgt = 256, 64
+    h = harness(dict(backend="foundation_stereo", checkpoint=str(vits_checkpoint), device="cpu", iters=2,
+                     precision="fp32", scale=1.0))
+    try:
+        left, right, _ = textured_scene(hgt, w)
+        infos = rectified_infos(w, hgt, F, B, w / 2, w / 2 - 2.0, hgt / 2)
+        stamp = time.time_ns()
+        h.publish_arrays(left, right, "rgb8", infos, stamp)
+        out = h.wait_outputs(stamp, [t for t in OUTPUTS if not t.startswith("right_rect")], timeout_s=300.0)
+        valid = check_outputs(out, stamp, left, F, B, F, w / 2, hgt / 2, min_valid=0.02)
+        d = out["disparity"]
+        assert d.delta_d == 0.0 and d.min_disparity == pytest.approx(-2.0)
+        assert d.max_disparity == pytest.approx(416 - 2.0)  # the network's max_disp, adjusted
+        # Matches outside the right image were removed: raw disparity <= column.
+        raw = disparity_from_msg(d) + 2.0
+        cols = np.broadcast_to(np.arange(w, dtype=np.float32), raw.shape)
+        assert (raw[valid] <= cols[valid] + 1e-3).all()
+    finally:
+        h.close()
