@@ -476,6 +476,8 @@ class StereoBagReader:
         wanted = set(topics) if topics is not None else {t for t in (*self.topics.stereo(), self.topics.gt_disparity,
                                                                       self.topics.gt_depth) if t}
         conns = [c for c in self._reader.connections if c.topic in wanted]
+        if not conns:  # rosbags reads every connection when given none
+            return
         for conn, t, data in self._reader.messages(connections=conns):
             msg = self._reader.deserialize(data, conn.msgtype)
             yield BagRecord(conn.topic, int(t), msg, bytes(data) if raw else b"", conn.msgtype)

@@ -143,6 +143,16 @@ def rectified_pair(fx: float, cx: float, cy: float, baseline_m: float, width: in
     return calib
 
 
+def _trim_distortion(d: np.ndarray) -> np.ndarray:
+    """OpenCV may return 8, 12 or 14 coefficients with the extra ones zero; ROS names only the
+    5-coefficient (plumb_bob) and 8-coefficient (rational_polynomial) models, so drop zero tails."""
+    d = np.asarray(d, dtype=np.float64).reshape(-1)
+    for keep in (5, 8):
+        if d.size > keep and not np.any(d[keep:]):
+            return d[:keep]
+    return d
+
+
 def _distortion_model(d: np.ndarray, given: Optional[str] = None) -> str:
     if given:
         return str(given)
@@ -300,6 +310,7 @@ def _from_opencv(paths: Sequence[Path], size: Optional[Tuple[int, int]], transla
                          f"stereo pairs are supported")
     p1[:, 3] *= unit
     p2[:, 3] *= unit
+    d1, d2 = _trim_distortion(d1), _trim_distortion(d2)
     calib = StereoCameraInfo(
         CameraInfoData(w, h, k1, d1, r1, p1, _distortion_model(d1)),
         CameraInfoData(w, h, k2, d2, r2, p2, _distortion_model(d2)))

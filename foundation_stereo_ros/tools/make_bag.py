@@ -204,9 +204,13 @@ def resize_frame(frame: StereoFrame, factor: float) -> StereoFrame:
     neighbour (keeps unknown pixels unknown) and disparities multiplied by ``factor``."""
     import cv2
 
+    h, w = frame.left.shape[:2]
+    for name, values in (("ground-truth disparity", frame.gt_disparity), ("ground-truth depth", frame.gt_depth)):
+        # Checked before resizing, which would otherwise hide a map that belongs to other images.
+        if values is not None and values.shape[:2] != (h, w):
+            raise ValueError(f"{name} is {values.shape[1]}x{values.shape[0]}, the images are {w}x{h}")
     if factor == 1.0:
         return frame
-    h, w = frame.left.shape[:2]
     size = (int(round(w * factor)), int(round(h * factor)))
     interp = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
 
@@ -285,7 +289,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     fr = StereoFrame(read_rgb(lp), read_rgb(rp),
                                      read_disparity_file(gts[i], args.gt_disparity_scale) if gts else None,
                                      read_depth_file(depths[i], args.gt_depth_scale) if depths else None)
-                    yield resize_frame(fr, args.scale)
+                    try:
+                        yield resize_frame(fr, args.scale)
+                    except ValueError as exc:
+                        raise ValueError(f"pair {i} ({lp.name}, {rp.name}): {exc}") from None
 
         start = None if args.start_time is None else int(round(args.start_time * 1e9))
         topics = StereoTopics.under(args.namespace, "image_raw" if args.raw else "image_rect")

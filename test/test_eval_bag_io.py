@@ -1,0 +1,128 @@
+"""Bag reading: pairing with the node's synchroniser, topic detection, ground-truth decoding,
+on bags written from the real Aloe pair."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from foundation_stereo_ros.evaluation import bag_io as B
+from foundation_stereo_ros.evaluation.calibration_files import rectified_pair
+
+T0 = 1_000_000_000_000
+
+
+@pytest.fixture(scope="module")
+def aloe_small(opencv_data):
+    left = cv2.cvtColor(cv2.imread(str(opencv_data / "aloeL.jpg")), cv2.COLOR_BGR2RGB)
+    right = cv2.cvtColor(cv2.imread(str(opencv_data / "aloeR.jpg")), cv2.COLOR_BGR2RGB)
+    size = (160, 139)
+    return cv2.resize(left, size, interpolation=cv2.INTER_AREA), cv2.resize(right, size, interpolation=cv2.INTER_AREA)
+
+
+def write_frames(path, aloe_small, plan, storage="sqlite3"):
+    """plan: per frame a list of (topic role, stamp offset ns) in the order they are logged."""
+    left, right = aloe_small
+    calib = rectified_pair(467.5, 79.5, 69.0, 0.16, 160, 139)
+    topics = B.StereoTopics.under("/cam")
+    names = {"left": topics.left_image, "left_info": topics.left_info, "right": topics.right_image,
+             "right_info": topics.right_info}
+    with B.StereoBagWriter(path, storage=storage) as w:
+        for i, entries in enumerate(plan):
+            base = T0 + i * 100_000_000
+            for role, offset in entries:
+                stamp = base + offset
+                msg = {"left": lambda: B.image_msg(left, "rgb8", stamp, "l"),
+                       "right": lambda: B.image_msg(right, "rgb8", stamp, "r"),
+                       "left_info": lambda: B.camera_info_msg(calib.left, stamp, "l"),
+                       "right_info": lambda: B.camera_info_msg(calib.right, stamp, "r")}[role]()
+                w.write(names[role], msg, base + 1000 * len(w.counts))
+    return topics
+
+
+ALL = [("left", 0), ("left_info", 0), ("right", 0), ("right_info", 0)]
+
+
+@pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
+def test_pairs_like_the_node(tmp_path, aloe_small, storage):
+    plan = [
+        [("right_info", 0), ("right", 0), ("left", 0), ("left_info", 0)],  # any order pairs
+        [("left", 0), ("left_info", 0), ("right_info", 0)],  # right image lost
+        [("left", 0), ("left_info", 0), ("right", 0), ("right_info", 2_000_000)],  # info 2 ms late
+        list(ALL),
+    ]
+    write_frames(tmp_path / "bag", aloe_small, plan, storage)
+    with B.StereoBagReader(tmp_path / "bag") as r:
+        assert r.topics.left_image == "/cam/left/image_rect" and r.topics.gt_disparity is None
+        pairs = list(r.pairs())
+        stamps = [p.stamp_ns - T0 for p in pairs]
+        assert stamps == [0, 300_000_000]  # exact sync, as the node's default
+        assert [p.index for p in pairs] == [0, 1]
+        # frame 1: left, left_info, right_info without partner; frame 2: all four (2 ms apart)
+        assert r.unpaired == {"left": 2, "left_info": 2, "right": 1, "right_info": 2}
+        left = pairs[0].left
+        assert (left.width, left.height, left.encoding) == (160, 139, "rgb8")
+        np.testing.assert_array_equal(np.asarray(left.data).reshape(139, 160, 3), aloe_small[0])
+
+    # With the node's approximate sync and 5 ms tolerance, the late CameraInfo pairs too.
+    with B.StereoBagReader(tmp_path / "bag", sync={"approximate_sync": True, "sync_tolerance_s": 0.005}) as r:
+        assert [p.stamp_ns - T0 for p in r.pairs()] == [0, 200_000_000, 300_000_000]
+
+
+def test_reads_storage_file_path_and_reports_missing_topics(tmp_path, aloe_small):
+    write_frames(tmp_path / "bag", aloe_small, [ALL], "mcap")
+    mcap = next((tmp_path / "bag").glob("*.mcap"))
+    with B.StereoBagReader(mcap) as r:  # the storage file inside the bag folder is accepted too
+        assert len(list(r.pairs())) == 1
+    with pytest.raises(ValueError, match="not in"):
+        B.StereoBagReader(tmp_path / "bag", left_image="/nope/image")
+    with pytest.raises(ValueError, match="no such bag"):
+        B.StereoBagReader(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("names, left, right", [
+    (["/zed/zed_node/left/image_rect_color", "/zed/zed_node/right/image_rect_color",
+      "/zed/zed_node/left/image_rect_gray", "/zed/zed_node/right/image_rect_gray"],
+     "/zed/zed_node/left/image_rect_color", "/zed/zed_node/right/image_rect_color"),
+    (["/camera/camera/infra1/image_rect_raw", "/camera/camera/infra2/image_rect_raw",
+      "/camera/camera/color/image_raw"], "/camera/camera/infra1/image_rect_raw", "/camera/camera/infra2/image_rect_raw"),
+    (["/front_stereo_camera/left/image_rect_color", "/front_stereo_camera/right/image_rect_color"],
+     "/front_stereo_camera/left/image_rect_color", "/front_stereo_camera/right/image_rect_color"),
+])
+def test_detects_camera_topics(names, left, right):
+    types = {n: B.IMAGE for n in names}
+    for n in names:
+        types[n.rsplit("/", 1)[0] + "/camera_info"] = B.CAMERA_INFO
+    types["/rig/gt/depth"] = B.IMAGE
+    t = B.detect_topics(types)
+    assert (t.left_image, t.right_image) == (left, right)
+    assert t.left_info == left.rsplit("/", 1)[0] + "/camera_info"
+    assert t.gt_depth == "/rig/gt/depth" and t.gt_disparity is None
+
+
+def test_detection_refuses_to_guess():
+    with pytest.raises(ValueError, match="--left-topic"):
+        B.detect_topics({"/a/image": B.IMAGE, "/b/image": B.IMAGE})
+
+
+def test_ground_truth_decoding(opencv_data):
+    gt = cv2.imread(str(opencv_data / "aloeGT.png"), cv2.IMREAD_UNCHANGED)[:40, :50].astype(np.float32)
+    depth_m = np.where(gt > 0, 3740.0 * 0.16 / np.maximum(gt, 1), 0.0).astype(np.float32)
+    mm = np.round(depth_m * 1000).astype(np.uint16)
+    z16 = B.gt_depth_array(B.image_msg(mm, "16UC1", T0, "l"))
+    np.testing.assert_allclose(z16[mm > 0], mm[mm > 0] / 1000.0, rtol=1e-6)
+    assert np.isnan(z16[mm == 0]).all()
+    z32 = B.gt_depth_array(B.image_msg(depth_m, "32FC1", T0, "l"))
+    np.testing.assert_array_equal(z32[gt > 0], depth_m[gt > 0])
+
+    disp = np.where(gt > 0, gt, np.nan).astype(np.float32)
+    msg = B.disparity_msg(disp, T0, "l", 3740.0, 0.16)
+    back = B.disparity_array(msg)
+    np.testing.assert_array_equal(back[gt > 0], gt[gt > 0])
+    assert (back[gt == 0] == 0).all()
+    # stereo_image_proc's convention: invalid pixels at min_disparity - 1
+    filled = B.disparity_msg(disp, T0, "l", 3740.0, 0.16, min_disparity=30.0, max_disparity=200.0, fill_invalid=True)
+    raw = np.asarray(filled.image.data, np.uint8).view("<f4").reshape(40, 50)
+    assert (raw[gt == 0] == 29.0).all()
+    back = B.disparity_array(filled)
+    assert (back[gt == 0] == 0).all() and (back[(gt > 0) & (gt < 30)] == 0).all()
