@@ -95,3 +95,13 @@ def test_bad_arguments():
         TimeSynchronizer(4, print, queue_size=0)
     with pytest.raises(ValueError):
         TimeSynchronizer(4, print, approximate=True, tolerance_s=-1.0)
+
+
+def test_discard_newer_than_keeps_the_present():
+    sync, sets, _ = collect()
+    sync.add(0, m(900 * MS))  # queued before a bag loop
+    sync.add(1, m(10 * MS))
+    assert sync.discard_newer_than(10 * MS) == 1
+    for i in (0, 2, 3):
+        sync.add(i, m(10 * MS))
+    assert sets == [[10 * MS] * 4]

@@ -74,6 +74,10 @@ ALL_PARAMETERS: Tuple[ParamSpec, ...] = PROCESSOR_PARAMETERS + NODE_PARAMETERS
 _PROCESSOR_NAMES = frozenset(s.name for s in PROCESSOR_PARAMETERS)
 _NODE_SPECS = {s.name: s for s in NODE_PARAMETERS}
 
+#: Stamps going back by more than this count as a time jump (bag loop); smaller reorderings are
+#: normal between unsynchronised inputs.
+TIME_JUMP_NS = 1_000_000_000
+
 INPUTS = (("left/image_rect", Image), ("left/camera_info", CameraInfo),
           ("right/image_rect", Image), ("right/camera_info", CameraInfo))
 
@@ -174,7 +178,7 @@ class StereoDepthNode(Node):
         self._cond = threading.Condition()
         self._pending: Optional[Tuple[Any, ...]] = None
         self._stop = threading.Event()
-        self._last_left_stamp: Optional[int] = None
+        self._newest_stamp: Optional[int] = None
         self._sync = subscribe_synchronized(
             self, [(t, name) for name, t in INPUTS], qos_in, self._on_pair, queue_size=int(values["queue_size"]),
             approximate=bool(values["approximate_sync"]), tolerance_s=float(values["sync_tolerance_s"]),
@@ -241,17 +245,18 @@ class StereoDepthNode(Node):
 
     # ------------------------------------------------------------------ input (executor thread)
     def _on_message(self, index: int, msg: Any) -> None:
-        if index != 0:
-            return
         t = stamp_ns(msg)
-        last = self._last_left_stamp
-        self._last_left_stamp = t
-        if last is not None and t < last:
-            # A bag loop or a restarted driver: stale partners would never match again.
+        newest = self._newest_stamp
+        if newest is not None and t < newest - TIME_JUMP_NS:
+            # A bag loop or a restarted driver: queued messages from "the future" would block
+            # pairing of the new ones until they age out.
+            self._newest_stamp = t
             self._stats.problem("time_jump_back")
-            self._log.warn("time_jump_back", f"left image stamp went back by {(last - t) / 1e9:.3f} s; "
-                                             f"resetting the synchroniser")
-            self._sync.reset()
+            self._log.warn("time_jump_back", f"{INPUTS[index][0]} stamp went back by {(newest - t) / 1e9:.3f} s "
+                                             f"(bag loop?); discarding queued newer messages")
+            self._sync.discard_newer_than(t)
+        elif newest is None or t > newest:
+            self._newest_stamp = t
 
     def _on_unpaired(self, index: int, msg: Any) -> None:
         self._stats.problem("unpaired")
@@ -401,9 +406,10 @@ def _picture(rgb: np.ndarray, grey: bool, header: Any) -> Image:
 def _range_text(spec: ParamSpec) -> str:
     if spec.choices:
         return f", one of {', '.join(spec.choices)}"
-    if spec.min is not None:
-        return f" in [{spec.min}, {spec.max}]"
-    return ""
+    text = f" in [{spec.min}, {spec.max}]" if spec.min is not None else ""
+    if spec.type is float:
+        text += "; write floats with a decimal point, e.g. 1.0 rather than 1"
+    return text
 
 
 def main(args: Optional[List[str]] = None) -> int:

@@ -57,6 +57,16 @@ class TimeSynchronizer:
         with self._lock:
             self._queues = [[] for _ in range(self._n)]
 
+    def discard_newer_than(self, t_ns: int) -> int:
+        """Forget queued messages stamped after ``t_ns`` (stale after time jumped back); their count."""
+        with self._lock:
+            n = 0
+            for j, q in enumerate(self._queues):
+                keep = [(t, m) for t, m in q if t <= t_ns]
+                n += len(q) - len(keep)
+                self._queues[j] = keep
+            return n
+
     def add(self, index: int, msg: Any) -> None:
         """Queue ``msg`` for input ``index``; calls the callback (outside the lock) on a match."""
         t = stamp_ns(msg)
@@ -130,6 +140,11 @@ class SynchronizedSubscriptions:
     def reset(self) -> None:
         if not self.uses_message_filters:
             self.synchronizer.reset()
+
+    def discard_newer_than(self, t_ns: int) -> None:
+        """See :meth:`TimeSynchronizer.discard_newer_than` (message_filters: its queues age out)."""
+        if not self.uses_message_filters:
+            self.synchronizer.discard_newer_than(t_ns)
 
     def topic_names(self) -> List[str]:
         names = []
