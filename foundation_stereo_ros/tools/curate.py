@@ -1,0 +1,110 @@
+"""foundation-stereo-curate: the paper's self-curation pass over a stereo dataset.
+
+    foundation-stereo-curate --checkpoint PATH [LAYOUT:]DATASET [...] --output DIR
+        [--bad-threshold 2] [--max-bad 60] [--max-epe PX] [--iters 32] [--scale S] [--worst 8]
+
+Runs the model on every sample, compares with the sample's own ground truth and rejects those
+with an extreme error (default: error > 2 px on more than 60 % of the valid pixels, the
+paper's rule). Writes DIR/kept.txt and DIR/rejected.txt (sample names, one per line; pass
+rejected.txt to foundation-stereo-finetune --exclude), DIR/scores.csv (every sample, worst
+first) and DIR/report.md with pictures of the worst samples in DIR/worst/.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .finetune import LAYOUT_HELP, add_data_arguments, data_options, open_datasets, resolve_device
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="foundation-stereo-curate", description=__doc__.split("\n\n")[0],
+                                epilog=LAYOUT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("datasets", nargs="+", metavar="[LAYOUT:]DATASET", help="datasets to curate")
+    p.add_argument("--checkpoint", required=True, type=Path,
+                   help="model_best_bp2.pth of a published or fine-tuned checkpoint, or its folder")
+    p.add_argument("--output", required=True, type=Path, help="report folder")
+    p.add_argument("--bad-threshold", type=float, default=2.0, help="bad-pixel error threshold in px (default 2)")
+    p.add_argument("--max-bad", type=float, default=60.0,
+                   help="reject when more than this %% of valid pixels are bad (default 60, the paper's; "
+                        "negative = off)")
+    p.add_argument("--max-epe", type=float, help="also reject when the EPE exceeds this many px")
+    p.add_argument("--min-valid", type=float, default=0.0,
+                   help="reject when valid ground truth covers less than this %% of the image (default 0)")
+    p.add_argument("--iters", type=int, default=32, help="GRU iterations (default 32)")
+    p.add_argument("--hierarchical", action="store_true", help="coarse-to-fine inference (large images)")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="run at this fraction of the resolution, ground truth resampled to match (default 1)")
+    p.add_argument("--worst", type=int, default=8, help="pictures of the N worst samples (default 8)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
+                   help="fp16/bf16 autocast needs CUDA (default fp32)")
+    add_data_arguments(p)
+    args = p.parse_args(argv)
+    if args.iters < 1:
+        p.error("--iters must be >= 1")
+    if not 0 < args.scale <= 1:
+        p.error("--scale must be in (0, 1]")
+    if args.worst < 0:
+        p.error("--worst must be >= 0")
+    return args
+
+
+class _Rescaled:
+    """A dataset view at ``scale`` of the resolution (ground truth resampled and rescaled)."""
+
+    def __init__(self, base, scale: float):
+        self.base, self.scale, self.specs = base, scale, base.specs
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        from foundation_stereo_ros.training.augment import resize_sample
+
+        s = self.base[i]
+        h, w = s.left.shape[:2]
+        return resize_sample(s, max(1, round(w * self.scale)), max(1, round(h * self.scale)))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from foundation_stereo_ros.model import load_model
+    from foundation_stereo_ros.training import CurationCriteria, curate, predict, write_curation
+
+    args = parse_args(argv)
+
+    def log(msg: str) -> None:
+        print(f"[foundation-stereo-curate] {msg}", file=sys.stderr, flush=True)
+
+    try:
+        criteria = CurationCriteria(bad_threshold_px=args.bad_threshold,
+                                    max_bad_percent=None if args.max_bad < 0 else args.max_bad,
+                                    max_epe=args.max_epe, min_valid_percent=args.min_valid)
+        dataset = open_datasets(args.datasets, data_options(args), args.output / "data_cache", log)
+        if args.scale != 1.0:
+            dataset = _Rescaled(dataset, args.scale)
+        model = load_model(args.checkpoint, device=resolve_device(args.device))
+
+        def predictor(left, right):
+            return predict(model, left, right, args.iters, args.precision, args.hierarchical)
+
+        def progress(i: int, n: int, score) -> None:
+            if i == n or i % max(1, n // 20) == 0:
+                log(f"{i}/{n} samples scored")
+
+        result = curate(predictor, dataset, criteria, worst=args.worst, progress=progress)
+        paths = write_curation(result, args.output, title=", ".join(args.datasets) + f" with {args.checkpoint}")
+    except ValueError as e:  # CheckpointError and bad data included
+        print(f"foundation-stereo-curate: error: {e}", file=sys.stderr)
+        return 2
+    log(f"kept {len(result.kept)}, rejected {len(result.rejected)} of {len(result.scores)} "
+        f"(rejected when {criteria.describe()})")
+    for key in ("report", "kept", "rejected", "scores"):
+        print(paths[key])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
