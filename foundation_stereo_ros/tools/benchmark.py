@@ -1,0 +1,637 @@
+"""foundation-stereo-benchmark: where the time goes, per network stage and per node stage.
+
+For every combination of variant, resolution, GRU iterations and execution mode it reports
+the median and p95 latency of the network, its throughput, its peak memory (CUDA:
+``torch.cuda.max_memory_allocated``; CPU: peak resident set size sampled during the runs), the
+largest difference of its disparity from the eager fp32 path on the same input, and for eager
+modes the time of each stage (monocular branch, CNN features, cost volume, aggregation, context,
+geometry volume, each GRU iteration, upsampling; CUDA events on a GPU). The node's own work per
+camera pair (image conversion, rectification, normalisation/padding/upload, disparity download,
+depth and points, message building) is timed per resolution and related to the network's time.
+
+Weights are random unless ``--checkpoint`` is given: timing does not depend on them. Results are
+printed as tables and, with ``--json``, written after every configuration, so a run that is cut
+short keeps what it measured.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+PRESETS: Dict[str, Dict[str, Any]] = {
+    # Finishes in about a minute on a 2-core CPU.
+    "cpu-smoke": dict(variants=["vits"], sizes=[(64, 96), (96, 128)], iters=[8], modes=["eager-fp32"],
+                      repeats=3, warmup=1),
+    # One GPU configuration in every mode: the figure the issue asks for, in a few minutes.
+    "gpu-quick": dict(variants=["vitl"], sizes=[(480, 640)], iters=[16],
+                      modes=["eager-fp32", "eager-fp16", "eager-bf16", "cudagraph-fp16", "cudagraph-bf16",
+                             "compile-bf16"],
+                      repeats=20, warmup=3),
+    # The full matrix of the issue (long: torch.compile per shape takes minutes for ViT-L).
+    "gpu-full": dict(variants=["vits", "vitl"], sizes=[(320, 480), (480, 640), (720, 1280)], iters=[8, 16, 32],
+                     modes=["eager-fp32", "eager-fp16", "eager-bf16", "cudagraph-bf16", "compile-bf16",
+                            "compile-cudagraph-bf16"],
+                     repeats=20, warmup=3),
+}
+
+NODE_STAGES = ("image_conversion", "rectification", "normalize_pad_upload", "disparity_download", "depth_points",
+               "message_building")
+
+
+# ---------------------------------------------------------------------------------------- statistics
+def summarize(samples_ms: Sequence[float]) -> Dict[str, float]:
+    """median, p95 (linear interpolation between order statistics), mean, min, max of ``samples_ms``."""
+    if len(samples_ms) == 0:
+        raise ValueError("no samples to summarise")
+    s = sorted(float(x) for x in samples_ms)
+
+    def quantile(q: float) -> float:
+        pos = q * (len(s) - 1)
+        lo = int(pos)
+        hi = min(lo + 1, len(s) - 1)
+        return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+    return dict(median=quantile(0.5), p95=quantile(0.95), mean=sum(s) / len(s), min=s[0], max=s[-1])
+
+
+def parse_size(text: str) -> Tuple[int, int]:
+    """'480x640' -> (480, 640): height x width."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like HEIGHTxWIDTH (e.g. 480x640), got {text!r}") from None
+    if h < 32 or w < 32:
+        raise argparse.ArgumentTypeError(f"size must be at least 32x32, got {text!r}")
+    return h, w
+
+
+def parse_mode(text: str) -> Tuple[str, str]:
+    """'cudagraph-bf16' -> ('cudagraph', 'bf16'); 'onnxruntime' -> ('onnxruntime', 'fp32')."""
+    from ..runtime.fastpath import EXECUTIONS
+    from ..runtime.stages import PRECISION_DTYPES
+
+    if text == "onnxruntime":
+        return "onnxruntime", "fp32"
+    execution, _, precision = text.rpartition("-")
+    if execution not in EXECUTIONS or precision not in PRECISION_DTYPES:
+        raise argparse.ArgumentTypeError(
+            f"mode must be EXECUTION-PRECISION with EXECUTION in {list(EXECUTIONS)} and PRECISION in "
+            f"{sorted(PRECISION_DTYPES)}, or 'onnxruntime'; got {text!r}")
+    return execution, precision
+
+
+def _csv(kind: Callable[[str], Any]) -> Callable[[str], List[Any]]:
+    def parse(text: str) -> List[Any]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError("empty list")
+        return [kind(t) for t in items]
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
+    return v
+
+
+# ---------------------------------------------------------------------------------------- memory
+class RssPeak:
+    """Peak resident set size (MiB) of this process while the context is open, sampled by a thread."""
+
+    def __init__(self, interval_s: float = 0.002):
+        self.interval_s = interval_s
+        self.peak_mib = 0.0
+        self.start_mib = 0.0
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    @staticmethod
+    def current_mib() -> float:
+        try:
+            with open("/proc/self/statm") as f:
+                pages = int(f.read().split()[1])
+            return pages * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+        except (OSError, ValueError, IndexError):
+            import resource  # no /proc: the lifetime peak is the best there is
+
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mib = max(self.peak_mib, self.current_mib())
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> "RssPeak":
+        self.start_mib = self.peak_mib = self.current_mib()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak_mib = max(self.peak_mib, self.current_mib())
+
+
+# ---------------------------------------------------------------------------------------- node stages
+def _synthetic_calibration(height: int, width: int):
+    """A plausible stereo rig (fx ~ 0.9 w, 12 cm baseline, mild distortion, small rotation) and its remap tables."""
+    import cv2
+
+    f = 0.9 * width
+    k = np.array([[f, 0, width / 2 - 3.5], [0, f, height / 2 + 2.0], [0, 0, 1]], np.float64)
+    dist = np.array([-0.08, 0.02, 0.001, -0.0005, 0.0])
+    rot = cv2.Rodrigues(np.array([0.004, -0.006, 0.002]))[0]
+    rect_l, rect_r, p_l, p_r, _q, _, _ = cv2.stereoRectify(k, dist, k, dist, (width, height), rot,
+                                                          np.array([[-0.12], [0.0], [0.0]]), alpha=0)
+    maps = [cv2.initUndistortRectifyMap(k, dist, r, p[:, :3], (width, height), cv2.CV_16SC2)
+            for r, p in ((rect_l, p_l), (rect_r, p_r))]
+    return maps, float(p_l[0, 0]), 0.12, float(p_l[0, 2]), float(p_l[1, 2])
+
+
+def _node_functions() -> Dict[str, Any]:
+    """The pipeline's functions where its package provides them, OpenCV/numpy equivalents otherwise."""
+    import cv2
+
+    def decode_fallback(encoding: str, h: int, w: int, step: int, big: int, data: Any) -> np.ndarray:
+        pixels = np.frombuffer(data, np.uint8).reshape(h, step)[:, :w * 3].reshape(h, w, 3)
+        return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+
+    def depth_fallback(disparity: np.ndarray, f: float, baseline: float) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            depth = np.float32(f * baseline) / disparity
+        depth[~(disparity > 0)] = np.nan
+        return depth
+
+    def points_fallback(depth: np.ndarray, fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
+        h, w = depth.shape
+        xr = ((np.arange(w, dtype=np.float32) - cx) / fx)[None, :]
+        yr = ((np.arange(h, dtype=np.float32) - cy) / fy)[:, None]
+        return np.stack([depth * xr, depth * yr, depth], axis=-1)
+
+    funcs = dict(decode=decode_fallback, depth=depth_fallback, points=points_fallback, source="opencv/numpy")
+    try:
+        from ..pipeline.geometry import depth_to_points, disparity_to_depth
+        from ..pipeline.image import decode_image
+
+        # Smoke-call with the signatures this tool expects; a pipeline that changed them is not used.
+        probe = decode_image("bgr8", 2, 2, 6, 0, bytes(12))
+        d = disparity_to_depth(np.ones((2, 2), np.float32), 100.0, 0.1)
+        depth_to_points(d, 100.0, 100.0, 1.0, 1.0)
+        if probe.shape == (2, 2, 3):
+            funcs = dict(decode=decode_image, depth=lambda disp, f, b: disparity_to_depth(disp, f, b),
+                         points=depth_to_points, source="foundation_stereo_ros.pipeline")
+    except Exception:  # noqa: BLE001 - the pipeline package is optional here
+        pass
+    return funcs
+
+
+def _message_builder() -> Tuple[Callable[..., Any], str]:
+    """Builds the node's output messages (DisparityImage, depth Image, PointCloud2 xyz+rgb)."""
+    try:
+        from sensor_msgs.msg import Image, PointCloud2, PointField
+        from stereo_msgs.msg import DisparityImage
+    except ImportError:
+        Image = PointCloud2 = PointField = DisparityImage = None
+
+    def build(disparity: np.ndarray, depth: np.ndarray, points: np.ndarray, rgb: np.ndarray):
+        h, w = disparity.shape
+        packed = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
+        cloud = np.empty((h, w), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("rgb", "<u4")])
+        cloud["x"], cloud["y"], cloud["z"], cloud["rgb"] = points[..., 0], points[..., 1], points[..., 2], packed
+        if Image is None:
+            return disparity.tobytes(), depth.tobytes(), cloud.tobytes()
+        disp_msg = DisparityImage()
+        disp_msg.image = Image(height=h, width=w, encoding="32FC1", step=4 * w, data=disparity.tobytes())
+        depth_msg = Image(height=h, width=w, encoding="32FC1", step=4 * w, data=depth.tobytes())
+        fields = [PointField(name=n, offset=4 * i, datatype=PointField.FLOAT32 if n != "rgb" else PointField.UINT32,
+                             count=1) for i, n in enumerate(("x", "y", "z", "rgb"))]
+        cloud_msg = PointCloud2(height=h, width=w, fields=fields, is_bigendian=False, point_step=16,
+                                row_step=16 * w, data=cloud.tobytes(), is_dense=False)
+        return disp_msg, depth_msg, cloud_msg
+
+    return build, ("sensor_msgs/stereo_msgs" if Image is not None else "bytes only (no sensor_msgs)")
+
+
+def time_node_stages(height: int, width: int, device, repeats: int, network_disparity: Optional[Any] = None
+                     ) -> Dict[str, Any]:
+    """Median ms of each node stage for one camera pair of this size (network excluded)."""
+    import cv2
+    import torch
+
+    from ..model.padding import InputPadder
+
+    rng = np.random.default_rng(0)
+    raw = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(2)]
+    msgs = [im.tobytes() for im in raw]  # bgr8 Image payloads
+    maps, f, baseline, cx, cy = _synthetic_calibration(height, width)
+    funcs = _node_functions()
+    build, msg_source = _message_builder()
+    padder = InputPadder(height, width)
+    ph, pw = padder.padded_size
+    disp_dev = (network_disparity if network_disparity is not None
+                else torch.rand(1, 1, ph, pw, device=device) * 40 + 1)
+    cuda = torch.device(device).type == "cuda"
+    pinned = torch.empty((2, height, width, 3), dtype=torch.uint8, pin_memory=True) if cuda else None
+    times: Dict[str, List[float]] = {k: [] for k in NODE_STAGES}
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    for rep in range(repeats + 1):  # the first pass warms caches and is dropped
+        t = [time.perf_counter()]
+        rgb = [funcs["decode"]("bgr8", height, width, 3 * width, 0, m) for m in msgs]
+        t.append(time.perf_counter())
+        rect = [cv2.remap(im, mp[0], mp[1], cv2.INTER_LINEAR) for im, mp in zip(rgb, maps)]
+        t.append(time.perf_counter())
+        pair = torch.from_numpy(np.stack(rect))
+        if cuda:
+            pinned.copy_(pair)
+            pair = pinned.to(device, non_blocking=True)
+        pair = pair.permute(0, 3, 1, 2).float()
+        lp, rp = padder.pad(pair[:1], pair[1:])
+        sync()
+        t.append(time.perf_counter())
+        disparity = padder.unpad(disp_dev)[0, 0].float().cpu().numpy()
+        t.append(time.perf_counter())
+        depth = funcs["depth"](disparity, f, baseline)
+        points = funcs["points"](depth, f, f, cx, cy)
+        t.append(time.perf_counter())
+        build(disparity, depth, points, rect[0])
+        t.append(time.perf_counter())
+        del lp, rp
+        if rep > 0:
+            for name, a, b in zip(NODE_STAGES, t, t[1:]):
+                times[name].append((b - a) * 1e3)
+    stages = {k: summarize(v)["median"] for k, v in times.items()}
+    return dict(stages_ms=stages, total_ms=sum(stages.values()), sources=dict(
+        functions=funcs["source"], messages=msg_source, rectification="cv2.remap CV_16SC2"))
+
+
+# ---------------------------------------------------------------------------------------- network
+def machine_info(device) -> Dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        if names:
+            cpu = names[0]
+    except OSError:
+        pass
+    info = dict(cpu=cpu, cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), python=platform.python_version(),
+                torch=torch.__version__, platform=platform.platform(), device=str(device))
+    if torch.device(device).type == "cuda":
+        props = torch.cuda.get_device_properties(torch.device(device))
+        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2 ** 30, 1),
+                    cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+    try:
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def build_model(variant: str, checkpoint: Optional[str], device):
+    import torch
+
+    from ..model import FoundationStereo, FoundationStereoConfig, load_model
+
+    if checkpoint:
+        model = load_model(checkpoint, device=device)
+        return model, f"checkpoint {checkpoint}"
+    torch.manual_seed(0)
+    return FoundationStereo(FoundationStereoConfig(vit_size=variant)).eval().to(device), "random weights (seed 0)"
+
+
+class _Timer:
+    def __init__(self, device):
+        import torch
+
+        self.torch = torch
+        self.cuda = torch.device(device).type == "cuda"
+
+    def time_ms(self, fn: Callable[[], Any]) -> Tuple[float, Any]:
+        if self.cuda:
+            start = self.torch.cuda.Event(enable_timing=True)
+            end = self.torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = fn()
+            end.record()
+            end.synchronize()
+            return float(start.elapsed_time(end)), out
+        t = time.perf_counter()
+        out = fn()
+        return (time.perf_counter() - t) * 1e3, out
+
+
+def run_config(model, variant: str, size: Tuple[int, int], iters: int, execution: str, precision: str, device,
+               args: argparse.Namespace, reference: Dict[Tuple, Any], onnx_dir: Optional[Path]) -> Dict[str, Any]:
+    import torch
+
+    from ..model.padding import InputPadder
+    from ..runtime.fastpath import NetworkRunner, mode_unavailable_reason
+    from ..runtime.stages import StageClock, group_stage_times, staged_forward
+
+    h, w = size
+    ph, pw = InputPadder(h, w).padded_size
+    row: Dict[str, Any] = dict(variant=variant, height=h, width=w, padded=[ph, pw], iters=iters,
+                               mode=f"{execution}-{precision}" if execution != "onnxruntime" else "onnxruntime",
+                               execution=execution, precision=precision, batch=1)
+    dev = torch.device(device)
+    if execution == "onnxruntime":
+        reason = None
+        try:
+            import onnxruntime  # noqa: F401
+            import onnxscript  # noqa: F401
+        except ImportError as e:
+            reason = f"needs {e.name} (pip install onnxruntime onnxscript)"
+    else:
+        reason = mode_unavailable_reason(execution, precision, dev)
+    if reason is not None:
+        row.update(status="skipped", reason=reason)
+        return row
+    gen = torch.Generator().manual_seed(1)
+    left = (torch.rand(1, 3, ph, pw, generator=gen) * 255).to(dev)
+    right = (torch.rand(1, 3, ph, pw, generator=gen) * 255).to(dev)
+    timer = _Timer(dev)
+    cuda = dev.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    gc.collect()
+    rss = RssPeak()
+    t_setup = time.perf_counter()
+    with rss:
+        if execution == "onnxruntime":
+            from ..runtime.backends import OnnxRuntimeDisparity
+            from ..runtime.onnx_export import export_onnx
+
+            if onnx_dir is None:
+                raise ValueError("the onnxruntime mode needs an export folder (--onnx-dir)")
+            path = onnx_dir / f"{variant}_{ph}x{pw}_it{iters}.onnx"
+            if not path.is_file():
+                export_onnx(model.cpu(), path, ph, pw, iters)
+                model.to(dev)
+            backend = OnnxRuntimeDisparity(path)
+            row["providers"] = backend.providers
+            feeds = {"left": left.cpu().numpy(), "right": right.cpu().numpy()}
+
+            def call():
+                return torch.from_numpy(backend.session.run(["disparity"], feeds)[0])
+        else:
+            runner = NetworkRunner(model, iters, precision, execution)
+
+            def call():
+                return runner(left, right)
+        first_ms, out = timer.time_ms(call)  # compile / capture / engine build happen here
+        row["first_call_ms"] = first_ms
+        for _ in range(max(args.warmup - 1, 0)):
+            call()
+        samples = []
+        t_all = time.perf_counter()
+        for _ in range(args.repeats):
+            ms, out = timer.time_ms(call)
+            samples.append(ms)
+        wall = time.perf_counter() - t_all
+    row["setup_and_runs_s"] = time.perf_counter() - t_setup
+    row["latency_ms"] = summarize(samples)
+    row["throughput_fps"] = args.repeats / wall if wall > 0 else None
+    row["repeats"] = args.repeats
+    if cuda:
+        row["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
+        row["peak_reserved_mib"] = torch.cuda.max_memory_reserved() / 2 ** 20
+        row["memory_kind"] = "cuda max_memory_allocated"
+    else:
+        row["peak_memory_mib"] = rss.peak_mib
+        row["rss_increase_mib"] = rss.peak_mib - rss.start_mib
+        row["memory_kind"] = "process RSS peak"
+    out = out.float().cpu()
+    key = (variant, h, w, iters)
+    if execution == "eager" and precision == "fp32":
+        reference[key] = out
+    if key in reference:
+        diff = (out - reference[key]).abs()
+        row["vs_eager_fp32"] = dict(max_abs_px=float(diff.max()), mean_abs_px=float(diff.mean()))
+    if execution == "eager" and not args.no_stages:
+        per_stage: Dict[str, List[float]] = {}
+        gru_iters: List[List[float]] = [[] for _ in range(iters)]
+        clock = StageClock(dev)
+        with torch.no_grad():
+            for _ in range(max(1, min(args.repeats, args.stage_repeats))):
+                clock.start()
+                staged_forward(model, left, right, iters, precision, clock)
+                durations = clock.durations_ms()
+                for name, ms in durations:
+                    if name.startswith("gru_"):
+                        gru_iters[int(name[4:])].append(ms)
+                for name, ms in group_stage_times(durations).items():
+                    per_stage.setdefault(name, []).append(ms)
+        stages = {k: summarize(v)["median"] for k, v in per_stage.items()}
+        total = sum(stages.values())
+        row["stages_ms"] = stages
+        row["stage_share_pct"] = {k: 100.0 * v / total for k, v in stages.items()} if total > 0 else None
+        row["gru_iteration_ms"] = [summarize(v)["median"] for v in gru_iters]
+    row["status"] = "ok"
+    return row
+
+
+# ---------------------------------------------------------------------------------------- output
+def format_tables(rows: Sequence[Dict[str, Any]], node: Dict[str, Dict[str, Any]]) -> str:
+    lines = []
+    head = (f"{'variant':7} {'size':>9} {'it':>3} {'mode':24} {'median ms':>10} {'p95 ms':>9} {'pairs/s':>8} "
+            f"{'peak MiB':>9} {'x eager32':>9} {'max|d-d32| px':>13} {'node %':>7}")
+    lines += [head, "-" * len(head)]
+    base = {(r["variant"], r["height"], r["width"], r["iters"]): r["latency_ms"]["median"]
+            for r in rows if r.get("status") == "ok" and r["mode"] == "eager-fp32"}
+    for r in rows:
+        size = f"{r['height']}x{r['width']}"
+        if r.get("status") != "ok":
+            lines.append(f"{r['variant']:7} {size:>9} {r['iters']:>3} {r['mode']:24} {r.get('status')}: "
+                         f"{r.get('reason', '')}")
+            continue
+        lat = r["latency_ms"]
+        b = base.get((r["variant"], r["height"], r["width"], r["iters"]))
+        speed = f"{b / lat['median']:.2f}" if b else "-"
+        diff = r.get("vs_eager_fp32")
+        dtxt = f"{diff['max_abs_px']:.2e}" if diff else "-"
+        nd = node.get(size)
+        ntxt = f"{100.0 * nd['total_ms'] / lat['median']:.1f}" if nd else "-"
+        fps = f"{r['throughput_fps']:.2f}" if r.get("throughput_fps") else "-"
+        lines.append(f"{r['variant']:7} {size:>9} {r['iters']:>3} {r['mode']:24} {lat['median']:10.1f} "
+                     f"{lat['p95']:9.1f} {fps:>8} {r['peak_memory_mib']:9.0f} {speed:>9} {dtxt:>13} {ntxt:>7}")
+    staged = [r for r in rows if r.get("stages_ms")]
+    if staged:
+        from ..runtime.stages import NETWORK_STAGES
+
+        lines.append("")
+        lines.append("network stages, median ms (share %)")
+        hdr = f"{'variant':7} {'size':>9} {'it':>3} {'mode':12} " + " ".join(f"{s:>18}" for s in NETWORK_STAGES)
+        lines += [hdr, "-" * len(hdr)]
+        for r in staged:
+            cells = []
+            for s in NETWORK_STAGES:
+                ms = r["stages_ms"].get(s)
+                pct = (r.get("stage_share_pct") or {}).get(s)
+                cells.append(f"{ms:9.1f} ({pct:4.1f}%)" if ms is not None and pct is not None else f"{'-':>18}")
+            size = f"{r['height']}x{r['width']}"
+            lines.append(f"{r['variant']:7} {size:>9} {r['iters']:>3} {r['mode']:12} "
+                         + " ".join(f"{c:>18}" for c in cells))
+    if node:
+        lines.append("")
+        lines.append("node stages per pair (network excluded), median ms")
+        hdr = f"{'size':>9} " + " ".join(f"{s:>20}" for s in NODE_STAGES) + f" {'total':>8}"
+        lines += [hdr, "-" * len(hdr)]
+        for size, nd in node.items():
+            lines.append(f"{size:>9} " + " ".join(f"{nd['stages_ms'][s]:20.2f}" for s in NODE_STAGES)
+                         + f" {nd['total_ms']:8.2f}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="foundation-stereo-benchmark", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Modes: EXECUTION-PRECISION with EXECUTION in eager, compile, cudagraph, compile-cudagraph and "
+               "PRECISION in fp32, fp16, bf16 (fp16/bf16 and CUDA graphs need CUDA), or 'onnxruntime' (exports "
+               "the network first; slow). Modes that cannot run here are listed as skipped with the reason.")
+    p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if available)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="default grid (default: cpu-smoke on the CPU, gpu-quick on CUDA)")
+    p.add_argument("--variants", type=_csv(str), default=None, help="comma list of vits, vitb, vitl")
+    p.add_argument("--sizes", type=_csv(parse_size), default=None, help="comma list of HEIGHTxWIDTH camera sizes")
+    p.add_argument("--iters", type=_csv(_positive_int), default=None, help="comma list of GRU iteration counts")
+    p.add_argument("--modes", type=_csv(parse_mode), default=None, help="comma list of modes (see below)")
+    p.add_argument("--repeats", type=_positive_int, default=None, help="timed runs per configuration")
+    p.add_argument("--warmup", type=int, default=None, help="untimed runs first (>= 1: the first call is timed "
+                                                              "separately as first_call_ms)")
+    p.add_argument("--stage-repeats", type=_positive_int, default=5, help="staged runs per eager configuration")
+    p.add_argument("--no-stages", action="store_true", help="skip the per-stage breakdown")
+    p.add_argument("--no-node", action="store_true", help="skip the node-stage timing")
+    p.add_argument("--checkpoint", default=None, help="real weights (then --variants is taken from its cfg.yaml)")
+    p.add_argument("--onnx-dir", default=None, help="where the onnxruntime mode writes exports (default: a temp dir)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: PyTorch's default)")
+    p.add_argument("--json", default=None, help="write the results here (rewritten after every configuration)")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    import tempfile
+
+    import torch
+
+    from ..model.config import VIT_SPECS
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(f"error: device {device} requested but CUDA is not available to PyTorch", file=sys.stderr)
+        return 2
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    preset = PRESETS[args.preset or ("gpu-quick" if device.type == "cuda" else "cpu-smoke")]
+    for key in ("variants", "sizes", "iters", "modes", "repeats", "warmup"):
+        if getattr(args, key) is None:
+            value = preset[key]
+            setattr(args, key, [parse_mode(m) for m in value] if key == "modes" else value)
+    args.warmup = max(int(args.warmup), 1)
+    bad = [v for v in args.variants if v not in VIT_SPECS]
+    if bad:
+        print(f"error: unknown variant(s) {bad}; choose from {sorted(VIT_SPECS)}", file=sys.stderr)
+        return 2
+    if args.checkpoint:
+        from ..model.checkpoint import resolve_checkpoint
+        from ..model.config import FoundationStereoConfig
+
+        try:
+            args.variants = [FoundationStereoConfig.from_yaml(resolve_checkpoint(args.checkpoint)[1]).vit_size]
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    # Eager fp32 first, so every other mode can be compared with it.
+    modes = sorted(dict.fromkeys(args.modes), key=lambda m: m != ("eager", "fp32"))
+    onnx_tmp = None
+    onnx_dir = Path(args.onnx_dir) if args.onnx_dir else None
+    if any(m[0] == "onnxruntime" for m in modes) and onnx_dir is None:
+        onnx_tmp = tempfile.TemporaryDirectory(prefix="fs_bench_onnx_")
+        onnx_dir = Path(onnx_tmp.name)
+    if onnx_dir is not None:
+        onnx_dir.mkdir(parents=True, exist_ok=True)
+    result: Dict[str, Any] = dict(machine=machine_info(device), settings=dict(
+        variants=args.variants, sizes=[f"{h}x{w}" for h, w in args.sizes], iters=args.iters,
+        modes=["-".join(m) if m[0] != "onnxruntime" else "onnxruntime" for m in modes], repeats=args.repeats,
+        warmup=args.warmup, checkpoint=args.checkpoint), rows=[], node={})
+
+    def flush() -> None:
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=1)
+
+    print(f"# {result['machine'].get('gpu') or result['machine']['cpu']} ({device}), torch "
+          f"{torch.__version__}", flush=True)
+    reference: Dict[Tuple, Any] = {}
+    with torch.no_grad():
+        if not args.no_node:
+            for h, w in args.sizes:
+                result["node"][f"{h}x{w}"] = time_node_stages(h, w, device, repeats=max(args.repeats, 3))
+            flush()
+        for variant in args.variants:
+            model, weights = build_model(variant, args.checkpoint, device)
+            result["settings"]["weights"] = weights
+            for size in args.sizes:
+                for iters in args.iters:
+                    for execution, precision in modes:
+                        try:
+                            row = run_config(model, variant, size, iters, execution, precision, device, args,
+                                             reference, onnx_dir)
+                        except torch.cuda.OutOfMemoryError as e:
+                            row = dict(variant=variant, height=size[0], width=size[1], iters=iters,
+                                       mode=f"{execution}-{precision}", status="out_of_memory",
+                                       reason=str(e).splitlines()[0])
+                            torch.cuda.empty_cache()
+                        except Exception as e:  # noqa: BLE001 - one failing mode must not end the run
+                            row = dict(variant=variant, height=size[0], width=size[1], iters=iters,
+                                       mode=f"{execution}-{precision}", status="error",
+                                       reason=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                        result["rows"].append(row)
+                        flush()
+                        lat = row.get("latency_ms")
+                        print(f"{variant} {size[0]}x{size[1]} it={iters} {row['mode']}: "
+                              + (f"median {lat['median']:.1f} ms, p95 {lat['p95']:.1f} ms" if lat
+                                 else f"{row['status']} ({row.get('reason', '')})"), flush=True)
+            del model
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    print()
+    print(format_tables(result["rows"], result["node"]))
+    flush()
+    if onnx_tmp is not None:
+        onnx_tmp.cleanup()
+    return 1 if any(r.get("status") == "error" for r in result["rows"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""foundation-stereo-benchmark: the staged network path, the statistics and the CLI on the CPU."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from foundation_stereo_ros.model import load_model
+from foundation_stereo_ros.runtime.stages import NETWORK_STAGES, StageClock, group_stage_times, staged_forward
+from foundation_stereo_ros.tools import benchmark
+
+
+@pytest.fixture(scope="module")
+def model(vits_checkpoint):
+    return load_model(vits_checkpoint, device="cpu")
+
+
+def _pair(h: int, w: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(1, 3, h, w, generator=gen) * 255, torch.rand(1, 3, h, w, generator=gen) * 255
+
+
+def test_staged_forward_gives_the_disparity_of_model_forward(model):
+    left, right = _pair(64, 96)
+    iters = 3
+    with torch.no_grad():
+        expected = model(left, right, iters=iters).disparity
+        clock = StageClock(torch.device("cpu"))
+        clock.start()
+        got = staged_forward(model, left, right, iters, clock=clock)
+    assert got.shape == expected.shape == (1, 1, 64, 96)
+    # Same ops in the same order: the result must be identical, not merely close.
+    assert torch.equal(got, expected)
+    names = [name for name, _ in clock.durations_ms()]
+    expected_names = [s for s in NETWORK_STAGES if s not in ("gru", "upsample")] + \
+        [f"gru_{i}" for i in range(iters)] + ["upsample"]
+    assert names == expected_names
+    assert all(ms >= 0 for _, ms in clock.durations_ms())
+
+
+def test_staged_forward_rejects_unpadded_input(model):
+    left, right = _pair(60, 96)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        staged_forward(model, left, right, 1)
+    with pytest.raises(ValueError, match="iters"):
+        staged_forward(model, *_pair(64, 64), 0)
+
+
+def test_stage_clock_needs_start_and_groups_iterations():
+    clock = StageClock(torch.device("cpu"))
+    with pytest.raises(ValueError, match="start"):
+        clock.mark("x")
+    grouped = group_stage_times([("monocular", 2.0), ("gru_0", 1.0), ("gru_1", 3.0), ("upsample", 0.5)])
+    assert grouped == {"monocular": 2.0, "gru": 4.0, "upsample": 0.5}
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 20, 101])
+def test_summary_statistics_match_numpy(n):
+    samples = np.random.default_rng(n).gamma(2.0, 10.0, n)
+    s = benchmark.summarize(list(samples))
+    assert s["median"] == pytest.approx(np.median(samples))
+    assert s["p95"] == pytest.approx(np.percentile(samples, 95))
+    assert s["mean"] == pytest.approx(samples.mean())
+    assert s["min"] == samples.min() and s["max"] == samples.max()
+
+
+def test_summary_rejects_empty():
+    with pytest.raises(ValueError):
+        benchmark.summarize([])
+
+
+@pytest.mark.parametrize("bad", ["64x", "ax96", "16x16", "64*96"])
+def test_cli_rejects_bad_sizes(bad, capsys):
+    with pytest.raises(SystemExit) as e:
+        benchmark.main(["--sizes", bad])
+    assert e.value.code == 2
+    assert "size" in capsys.readouterr().err
+
+
+def test_cli_rejects_bad_modes(capsys):
+    with pytest.raises(SystemExit):
+        benchmark.main(["--modes", "turbo-fp32"])
+    assert "mode must be" in capsys.readouterr().err
+    assert benchmark.main(["--variants", "vitx", "--no-node"]) == 2
+
+
+def test_rss_peak_sees_an_allocation():
+    with benchmark.RssPeak() as rss:
+        block = np.ones(64 * 2 ** 20 // 8)  # 64 MiB, touched
+        block[::512] += 1.0
+        import time
+
+        time.sleep(0.05)
+    del block
+    assert rss.peak_mib - rss.start_mib > 48
+
+
+def test_cli_runs_on_the_cpu_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = benchmark.main(["--device", "cpu", "--variants", "vits", "--sizes", "60x90", "--iters", "2",
+                           "--modes", "eager-fp32,eager-bf16,cudagraph-fp32", "--repeats", "2", "--warmup", "1",
+                           "--stage-repeats", "1", "--json", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["machine"]["device"] == "cpu" and result["machine"]["cpu_count"] >= 1
+    rows = {r["mode"]: r for r in result["rows"]}
+    assert set(rows) == {"eager-fp32", "eager-bf16", "cudagraph-fp32"}
+    ok = rows["eager-fp32"]
+    assert ok["status"] == "ok" and ok["padded"] == [64, 96]
+    lat = ok["latency_ms"]
+    assert 0 < lat["min"] <= lat["median"] <= lat["p95"] <= lat["max"]
+    assert ok["peak_memory_mib"] > 0 and ok["memory_kind"] == "process RSS peak"
+    assert ok["vs_eager_fp32"]["max_abs_px"] == 0.0
+    assert set(ok["stages_ms"]) == set(NETWORK_STAGES)
+    assert sum(ok["stage_share_pct"].values()) == pytest.approx(100.0)
+    assert len(ok["gru_iteration_ms"]) == 2
+    # GPU-only modes are reported as skipped with a reason, not silently dropped.
+    for mode in ("eager-bf16", "cudagraph-fp32"):
+        assert rows[mode]["status"] == "skipped" and "CUDA" in rows[mode]["reason"]
+    node = result["node"]["60x90"]
+    assert set(node["stages_ms"]) == set(benchmark.NODE_STAGES)
+    assert node["total_ms"] == pytest.approx(sum(node["stages_ms"].values()))
+    assert "eager-fp32" in printed and "network stages" in printed and "node stages" in printed
+
+
+def test_node_stage_timing_uses_real_work():
+    node = benchmark.time_node_stages(48, 64, "cpu", repeats=2)
+    assert all(v >= 0 for v in node["stages_ms"].values())
+    assert node["sources"]["functions"] in ("opencv/numpy", "foundation_stereo_ros.pipeline")
+
+
+def test_synthetic_calibration_rectifies_to_a_valid_image():
+    maps, f, baseline, cx, cy = benchmark._synthetic_calibration(120, 160)
+    import cv2
+
+    img = np.full((120, 160, 3), 200, np.uint8)
+    rect = cv2.remap(img, maps[0][0], maps[0][1], cv2.INTER_LINEAR)
+    # alpha=0 keeps only valid pixels: the centre of the rectified image comes from the source.
+    assert rect[60, 80, 0] == 200
+    assert f > 0 and baseline == pytest.approx(0.12) and 0 < cx < 160 and 0 < cy < 120
