@@ -200,3 +200,11 @@ def test_every_listed_encoding_decodes():
         a = RNG.integers(0, 255, (4, 6, channels) if channels > 1 else (4, 6)).astype(info.dtype)
         out = to_rgb8(image_to_numpy(**vars_of(msg(encoding, a))), encoding, max16=255.0)
         assert out.shape == (4, 6, 3) and out.dtype == np.uint8, encoding
+
+
+@pytest.mark.parametrize("pad", [1, 2, 7])
+def test_16bit_rows_with_padding_or_odd_steps(pad):
+    ir = RNG.integers(0, 65535, (5, 7), dtype=np.uint16)
+    for big in (False, True):
+        got = image_to_numpy(**vars_of(msg("16UC1", ir, bigendian=big, pad=pad)))
+        np.testing.assert_array_equal(got, ir)

@@ -135,6 +135,7 @@ class FoundationStereoBackend(DisparityBackend):
         self.scale = config.scale
         self.max_disp = float(model.cfg.max_disp)
         self._torch = torch
+        self._columns = np.zeros((1, 0), np.float32)  # u of each column, cached per width
 
     def with_options(self, config: ProcessorConfig) -> "FoundationStereoBackend":
         """A backend sharing this one's loaded network, with the per-call options of ``config``."""
@@ -164,8 +165,9 @@ class FoundationStereoBackend(DisparityBackend):
         if (nw, nh) != (w, h):
             disparity = cv2.resize(disparity, (w, h), interpolation=cv2.INTER_LINEAR)
             disparity *= np.float32(w / nw)
-        u = np.arange(w, dtype=np.float32)[None, :]
-        disparity[(disparity < 0) | (u - disparity < 0)] = np.nan
+        if self._columns.shape[1] != w:
+            self._columns = np.arange(w, dtype=np.float32)[None, :]
+        disparity[(disparity < 0) | (disparity > self._columns)] = np.nan  # match left of the right image
         return disparity
 
     def search_range(self, width: int) -> Tuple[float, float]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Sequence, Tuple
 
 import cv2
@@ -221,6 +222,16 @@ class StereoCalibration:
     def delta_cx(self) -> float:
         """cx_left - cx_right of the rectified images: raw disparity minus published disparity."""
         return self.left.cx - self.right.cx
+
+    @cached_property
+    def rectified_left(self) -> CameraModel:
+        """Model of the rectified left image (computed once per calibration)."""
+        return self.left.rectified()
+
+    @cached_property
+    def rectified_right(self) -> CameraModel:
+        """Model of the rectified right image (computed once per calibration)."""
+        return self.right.rectified()
 
     def needs_rectification(self, mode: str) -> bool:
         """Whether ``mode`` ('auto' | 'always' | 'never') remaps the images of this calibration."""

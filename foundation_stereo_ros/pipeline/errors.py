@@ -10,7 +10,11 @@ from __future__ import annotations
 
 
 class StereoInputError(ValueError):
-    """A frame that cannot be processed; ``problem`` names the kind of fault (see module doc)."""
+    """A frame that cannot be processed; ``problem`` names the kind of fault (see module doc).
+
+    Raised directly (not as a subclass) with ``image_too_small`` when the image is narrower than
+    the SGBM search range.
+    """
 
     def __init__(self, problem: str, message: str) -> None:
         super().__init__(message)

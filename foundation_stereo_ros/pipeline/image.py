@@ -115,8 +115,10 @@ def image_to_numpy(encoding: str, height: int, width: int, step: int, is_bigendi
                                             f"{step} * {height} = {step * height}")
     rows = raw.reshape(height, step)[:, :row_bytes]
     dtype = info.dtype.newbyteorder(">" if is_bigendian else "<") if item > 1 else info.dtype
-    if item > 1 and step % item:
-        rows = np.ascontiguousarray(rows)  # unaligned rows cannot be viewed as 16-bit
+    if item > 1:
+        # Padded or odd-step rows cannot be viewed as 16-bit by every numpy version; IR images
+        # are small, so one copy is cheap.
+        rows = np.ascontiguousarray(rows)
     pixels = rows.view(dtype)  # (H, W*C)
     if item > 1 and not dtype.isnative:
         pixels = pixels.astype(dtype.newbyteorder("="))

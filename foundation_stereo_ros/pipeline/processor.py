@@ -139,10 +139,10 @@ class StereoProcessor:
         if delta_cx:
             disparity -= np.float32(delta_cx)
         lo, hi = backend.search_range(w)
-        cam = calibration.left.rectified()
+        cam = calibration.rectified_left
         result = StereoResult(
             disparity=disparity, left_rect=left, right_rect=right, grey=pair.grey, rectified=rectified,
-            camera=cam, right_camera=calibration.right.rectified(), f=calibration.f, t=calibration.baseline,
+            camera=cam, right_camera=calibration.rectified_right, f=calibration.f, t=calibration.baseline,
             delta_cx=delta_cx,
             min_disparity=lo - delta_cx, max_disparity=hi - delta_cx, delta_d=backend.delta_d,
             valid_window=backend.valid_window(w, h), timings=timings)

@@ -16,6 +16,11 @@ Topics (relative, so namespaces and remaps work):
   to check a calibration: corners of a rectified pair share rows) and
   ``/diagnostics``. Outputs nobody subscribes to are not computed.
 
+Per-frame problems are counted in ``/diagnostics`` as ``problem.<key>`` with the pipeline's keys
+(:mod:`foundation_stereo_ros.pipeline.errors`) plus ``unpaired`` (a message that found no
+partners), ``time_jump_back`` (stamps went back by more than 1 s: queued newer messages are
+discarded) and ``internal_error``; each is logged at most once per ``log_throttle_s``.
+
 Threading: the synchroniser callback only stores the newest pair (an older pair still waiting
 is dropped and counted); one worker thread processes and publishes, so the executor never
 blocks on inference.
