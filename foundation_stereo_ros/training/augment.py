@@ -12,8 +12,10 @@ Spatial (applied to both views and the ground truth together):
   view's disparity, so there is none.
 
 Photometric (on the crop): brightness, contrast, saturation, hue and gamma. By default both
-views get the same random parameters; with probability ``asymmetric_prob`` each view draws its
-own from the same small ranges (different exposure of the two cameras, which real rigs show).
+views get the same random parameters; with probability ``asymmetric_prob`` the right view's
+parameters deviate from the left's by at most ``asymmetric_strength`` of each range's half-width
+(a slightly different exposure or white balance of the second camera, as real rigs show, but
+never two unrelated looks of the scene).
 Optional grey conversion of both views (IR cameras) and "eraser" patches on the right view only
 (an occlusion the left view does not have; the left ground truth stays right).
 
@@ -44,6 +46,7 @@ class AugmentConfig:
     hue: float = 0.05  # shift in [-h, h] turns of the colour circle
     gamma: Tuple[float, float] = (0.9, 1.1)
     asymmetric_prob: float = 0.2
+    asymmetric_strength: float = 0.25  # right-view deviation, as a share of each range's half-width
     grayscale_prob: float = 0.0
     eraser_prob: float = 0.5
     eraser_size: Tuple[float, float] = (0.1, 0.3)  # patch side as a fraction of the crop side
@@ -60,7 +63,8 @@ class AugmentConfig:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {v}")
         if not (0 <= self.brightness < 1 and 0 <= self.contrast < 1 and 0 <= self.hue <= 0.5
                 and 0 <= self.saturation[0] <= self.saturation[1] and 0 < self.gamma[0] <= self.gamma[1]
-                and self.max_log2_stretch >= 0 and 0 < self.eraser_size[0] <= self.eraser_size[1] <= 1):
+                and self.max_log2_stretch >= 0 and 0 < self.eraser_size[0] <= self.eraser_size[1] <= 1
+                and 0 <= self.asymmetric_strength <= 1):
             raise ValueError(f"invalid photometric ranges in {self}")
 
     @classmethod
@@ -165,10 +169,22 @@ class StereoAugmentor:
                                   sample.valid[::-1].copy(), sample.name)
         return sample
 
+    def _deviate(self, p: PhotometricParams, rng: np.random.Generator) -> PhotometricParams:
+        c = self.config
+        k = c.asymmetric_strength
+
+        def dev(v: float, lo: float, hi: float) -> float:
+            return float(np.clip(v + k * (hi - lo) / 2 * rng.uniform(-1, 1), lo, hi))
+
+        return PhotometricParams(brightness=dev(p.brightness, 1 - c.brightness, 1 + c.brightness),
+                                 contrast=dev(p.contrast, 1 - c.contrast, 1 + c.contrast),
+                                 saturation=dev(p.saturation, *c.saturation), hue=dev(p.hue, -c.hue, c.hue),
+                                 gamma=dev(p.gamma, *c.gamma))
+
     def photometric(self, sample: StereoSample, rng: np.random.Generator) -> StereoSample:
         c = self.config
         p_left = self._photometric(rng)
-        p_right = self._photometric(rng) if rng.random() < c.asymmetric_prob else p_left
+        p_right = self._deviate(p_left, rng) if rng.random() < c.asymmetric_prob else p_left
         left, right = apply_photometric(sample.left, p_left), apply_photometric(sample.right, p_right)
         if rng.random() < c.grayscale_prob:
             left, right = (np.repeat(np.round(im.astype(np.float32) @ _GREY_WEIGHTS).astype(np.uint8)[:, :, None],
