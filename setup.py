@@ -31,6 +31,14 @@ setup(
     entry_points={
         "console_scripts": [
             "foundation-stereo-infer = foundation_stereo_ros.tools.infer:main",
+            "stereo_depth_node = foundation_stereo_ros.ros.stereo_depth_node:main",
+            "foundation-stereo-eval = foundation_stereo_ros.tools.evaluate:main",
+            "foundation-stereo-make-bag = foundation_stereo_ros.tools.make_bag:main",
+            "foundation-stereo-demo = foundation_stereo_ros.tools.main_job:main",
+            "foundation-stereo-benchmark = foundation_stereo_ros.tools.benchmark:main",
+            "foundation-stereo-export = foundation_stereo_ros.tools.export_onnx:main",
+            "foundation-stereo-finetune = foundation_stereo_ros.tools.finetune:main",
+            "foundation-stereo-curate = foundation_stereo_ros.tools.curate:main",
         ],
     },
 )
