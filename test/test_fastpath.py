@@ -1,0 +1,203 @@
+"""Execution modes against the eager fp32 path; no host-device synchronisation; the numpy backend.
+
+Modes that need CUDA skip with the reason on a machine without it. torch.compile is tested with
+the ``aot_eager`` backend (dynamo capture with ``fullgraph=True``, so any graph break or
+host-device synchronisation fails, plus AOT decompositions) because inductor takes many minutes
+to compile the network on a small CPU; set FOUNDATION_STEREO_TEST_INDUCTOR=1 to use inductor.
+The benchmark records every mode's difference from eager fp32 with inductor on a GPU.
+"""
+from __future__ import annotations
+
+import os
+from typing import List
+
+import numpy as np
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from foundation_stereo_ros.model import load_model
+from foundation_stereo_ros.runtime.backends import TorchDisparity, check_pair, invalidate
+from foundation_stereo_ros.runtime.fastpath import (EXECUTIONS, PARITY_TOLERANCE_PX, NetworkRunner,
+                                                    mode_unavailable_reason)
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+INDUCTOR = os.environ.get("FOUNDATION_STEREO_TEST_INDUCTOR") == "1"
+ITERS = 3
+
+
+@pytest.fixture(scope="module")
+def model(vits_checkpoint):
+    return load_model(vits_checkpoint, device=DEVICE)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    gen = torch.Generator().manual_seed(3)
+    left = torch.rand(1, 3, 64, 96, generator=gen) * 255
+    # A shifted copy gives the network a real correspondence to find.
+    right = torch.roll(left, shifts=-5, dims=-1) + torch.rand(1, 3, 64, 96, generator=gen) * 8
+    return left.to(DEVICE), right.clamp(0, 255).to(DEVICE)
+
+
+@pytest.fixture(scope="module")
+def reference(model, pair):
+    with torch.no_grad():
+        return model(*pair, iters=ITERS).disparity.float()
+
+
+MODES = [(e, p) for e in EXECUTIONS for p in ("fp32", "fp16", "bf16") if (e, p) != ("eager", "fp32")]
+
+
+def _backend(execution: str) -> str:
+    if INDUCTOR:
+        return "inductor"
+    return "cudagraphs" if execution == "compile-cudagraph" else "aot_eager"
+
+
+@pytest.mark.parametrize("execution,precision", MODES, ids=[f"{e}-{p}" for e, p in MODES])
+def test_mode_matches_eager_fp32(model, pair, reference, execution, precision):
+    reason = mode_unavailable_reason(execution, precision, DEVICE)
+    if reason is not None:
+        pytest.skip(f"{execution}-{precision} on {DEVICE}: {reason}")
+    runner = NetworkRunner(model, ITERS, precision, execution, compile_backend=_backend(execution))
+    first = runner(*pair)
+    second = runner(*pair)  # cached graph / compiled code on the second call
+    mean_tol, max_tol = PARITY_TOLERANCE_PX[precision]
+    for out in (first, second):
+        assert out.shape == reference.shape and out.dtype == torch.float32
+        diff = (out - reference).abs()
+        assert torch.isfinite(out).all()
+        assert diff.mean().item() <= mean_tol, f"mean |d - d_fp32| = {diff.mean().item():.4g} px"
+        assert diff.max().item() <= max_tol, f"max |d - d_fp32| = {diff.max().item():.4g} px"
+    if execution == "cudagraph":
+        # New input values through the same captured graph must change the output accordingly.
+        other = (pair[1], pair[0])
+        with torch.no_grad():
+            expected = model(*other, iters=ITERS, precision=precision).disparity.float()
+        got = runner(*other)
+        assert (got - expected).abs().mean().item() <= mean_tol
+        assert not torch.allclose(got, first)
+
+
+def test_gpu_only_modes_report_why_on_the_cpu():
+    assert mode_unavailable_reason("eager", "fp32", "cpu") is None
+    assert mode_unavailable_reason("compile", "fp32", "cpu") is None
+    assert "CUDA" in mode_unavailable_reason("eager", "fp16", "cpu")
+    assert "CUDA" in mode_unavailable_reason("cudagraph", "fp32", "cpu")
+    with pytest.raises(ValueError, match="execution"):
+        mode_unavailable_reason("tensorrt", "fp32", "cpu")
+    with pytest.raises(ValueError, match="precision"):
+        mode_unavailable_reason("eager", "int8", "cpu")
+
+
+@pytest.mark.skipif(DEVICE.type == "cuda", reason="checks the refusal on a machine without CUDA")
+def test_runner_refuses_a_mode_the_device_lacks(model):
+    with pytest.raises(ValueError, match="CUDA"):
+        NetworkRunner(model, 2, "fp16", "eager")
+
+
+def test_runner_rejects_bad_input(model, pair):
+    runner = NetworkRunner(model, 1)
+    left, right = pair
+    with pytest.raises(ValueError, match="multiple of 32"):
+        runner(left[..., :60], right[..., :60])
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        runner(left, right[:, :2])
+    with pytest.raises(ValueError, match="iters"):
+        NetworkRunner(model, 0)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        runner.warmup(50, 64)
+
+
+# ------------------------------------------------------------------ host-device synchronisation
+# ATen ops that make the host wait for the device (a value or a data-dependent shape comes back).
+SYNC_OPS = ("_local_scalar_dense", "item", "nonzero", "unique", "_unique", "masked_select", "is_nonzero",
+            "equal", "allclose", "repeat_interleave")
+
+
+class _OpRecorder(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops: List[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in ("index", "index_put", "index_put_") and any(
+                isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8)
+                for i in (args[1] if len(args) > 1 and isinstance(args[1], (list, tuple)) else ())):
+            name = "nonzero"  # boolean-mask indexing: the output size depends on the mask's values
+        self.ops.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def _syncing(ops: List[str]) -> List[str]:
+    return sorted({op for op in ops if op.lstrip("_") in {s.lstrip("_") for s in SYNC_OPS} or op.startswith("unique")})
+
+
+def test_recorder_catches_synchronising_ops():
+    x = torch.arange(6.0)
+    with _OpRecorder() as rec:
+        torch.unique(x)
+        float(x.sum())
+        x[x > 2]
+    assert set(_syncing(rec.ops)) >= {"_local_scalar_dense", "nonzero"}
+    assert any(op.startswith("unique") or op.startswith("_unique") for op in rec.ops)
+
+
+def test_forward_has_no_host_device_synchronisation(model, pair):
+    """The whole forward pass, GRU loop included, never needs a value back on the host."""
+    with torch.no_grad(), _OpRecorder() as rec:
+        model(*pair, iters=2)
+    assert len(rec.ops) > 500  # the recorder saw the network
+    assert _syncing(rec.ops) == []
+
+
+# ------------------------------------------------------------------ numpy backend
+def test_torch_backend_matches_model_infer_on_odd_sizes(model):
+    rng = np.random.default_rng(5)
+    left = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    right = np.roll(left, -3, axis=1)
+    backend = TorchDisparity(model, iters=2)
+    got = backend(left, right)
+    to_t = lambda a: torch.from_numpy(a).permute(2, 0, 1)[None].float().to(DEVICE)  # noqa: E731
+    expected = model.infer(to_t(left), to_t(right), iters=2)[0, 0].cpu().numpy()
+    assert got.shape == (50, 70) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-5)
+    masked = backend.compute(left, right)
+    u = np.arange(70)[None, :]
+    bad = (expected < 0) | (u - expected < 0)
+    assert np.array_equal(np.isnan(masked), bad)
+    np.testing.assert_allclose(masked[~bad], expected[~bad], atol=1e-4, rtol=1e-5)
+    assert backend.search_range(70) == (0.0, float(model.cfg.max_disp)) and backend.delta_d == 0.0
+
+
+def test_invalidate_marks_negative_and_out_of_image_matches():
+    d = np.array([[-1.0, 0.5, 3.0, 2.0]], np.float32)  # u = 0..3: u - d = 1, 0.5, -1, 1
+    out = invalidate(d.copy())
+    assert np.array_equal(np.isnan(out), np.array([[True, False, True, False]]))
+    assert out[0, 1] == 0.5 and out[0, 3] == 2.0
+
+
+@pytest.mark.parametrize("left,right,msg", [
+    (np.zeros((8, 8, 3), np.float32), np.zeros((8, 8, 3), np.uint8), "uint8"),
+    (np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8), r"\(H, W, 3\)"),
+    (np.zeros((8, 8, 3), np.uint8), np.zeros((8, 9, 3), np.uint8), "differ in size"),
+    ([[0]], np.zeros((8, 8, 3), np.uint8), "numpy array"),
+])
+def test_check_pair_rejects_bad_images(left, right, msg):
+    with pytest.raises(ValueError, match=msg):
+        check_pair(left, right)
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="the pinned-memory upload path exists only with CUDA")
+def test_cuda_backend_matches_the_cpu_network(vits_checkpoint):
+    rng = np.random.default_rng(7)
+    left = rng.integers(0, 256, (60, 90, 3), dtype=np.uint8)
+    right = np.roll(left, -4, axis=1)
+    gpu = TorchDisparity(load_model(vits_checkpoint, device="cuda"), iters=2, execution="cudagraph")
+    gpu.warmup(60, 90)
+    cpu = TorchDisparity(load_model(vits_checkpoint, device="cpu"), iters=2)
+    got, expected = gpu(left, right), cpu(left, right)
+    mean_tol, max_tol = PARITY_TOLERANCE_PX["fp32"]
+    assert np.abs(got - expected).mean() <= mean_tol and np.abs(got - expected).max() <= max_tol
