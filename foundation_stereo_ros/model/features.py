@@ -6,7 +6,7 @@ concatenated and mixed. Left and right go through the network as one batch.
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import timm
 import torch
@@ -42,9 +42,12 @@ class SideTuningFeatures(nn.Module):
         )
         self.out_channels = (fused, c[1] * 2, c[2] * 2, c[3])
 
-    def forward(self, images: torch.Tensor) -> Tuple[List[torch.Tensor], torch.Tensor]:
+    def forward(self, images: torch.Tensor,
+                on_stage: Optional[Callable[[str], None]] = None) -> Tuple[List[torch.Tensor], torch.Tensor]:
         """images: normalised (N, 3, H, W), H and W multiples of 32."""
         mono = self.dino(images)  # (N, C_mono, H/4, W/4)
+        if on_stage is not None:
+            on_stage("monocular")
         x4 = self.stages[0](self.stem(images))
         x8 = self.stages[1](x4)
         x16 = self.stages[2](x8)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import torch
 import torch.nn as nn
@@ -25,6 +25,13 @@ from .update import SelectiveMultiLevelUpdate
 from .upsample import convex_upsample, image_stem
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Stages of ``FoundationStereo.forward`` in order ("gru" once per iteration), for timing hooks.
+STAGES = ("normalize", "monocular", "cnn_features", "cost_volume", "aggregation", "context",
+          "geometry_volume", "gru", "upsample")
+
+
+def _no_stage(name: str) -> None:
+    pass
 
 
 class ChannelAttention(nn.Module):
@@ -117,8 +124,12 @@ class FoundationStereo(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, left: torch.Tensor, right: torch.Tensor, iters: int = 12,
                 init_disp: Optional[torch.Tensor] = None, all_iterations: bool = False,
-                precision: str = "fp32") -> StereoOutput:
-        """left, right: (B, 3, H, W) RGB 0..255 with H, W multiples of 32."""
+                precision: str = "fp32", on_stage: Optional[Callable[[str], None]] = None) -> StereoOutput:
+        """left, right: (B, 3, H, W) RGB 0..255 with H, W multiples of 32.
+
+        ``on_stage(name)``, if given, is called as each stage ends (``STAGES`` in order, ``gru``
+        once per iteration): the benchmark's hook for per-stage timing.
+        """
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         if iters < 1:
@@ -126,28 +137,35 @@ class FoundationStereo(nn.Module):
         b = left.shape[0]
         cfg = self.cfg
         max_disp = cfg.max_disp // 4
+        stage = on_stage if on_stage is not None else _no_stage
         left_n, right_n = self.normalize(left), self.normalize(right)
+        stage("normalize")
         amp = self._autocast(left.device, precision)
         with amp:
-            features, mono = self.feature(torch.cat([left_n, right_n], dim=0))
+            features, mono = self.feature(torch.cat([left_n, right_n], dim=0), on_stage=stage)
             feat_l = [f[:b] for f in features]
             feat_r = [f[b:] for f in features]
             stem = self.stem_2(left_n)  # (B, 32, H/2, W/2)
+            stage("cnn_features")
             gwc = group_correlation_volume(feat_l[0], feat_r[0], max_disp, cfg.correlation_groups)
             cat = concat_volume(self.proj_cmb(feat_l[0]), self.proj_cmb(feat_r[0]), max_disp)
             volume = torch.cat([gwc.to(cat.dtype), cat], dim=1)  # (B, 32, D/4, H/4, W/4)
+            stage("cost_volume")
             volume = self.corr_stem(volume)
             volume = self.corr_feature_att(volume, feat_l[0])
             volume = self.cost_agg(volume, feat_l)  # (B, 28, D/4, H/4, W/4)
             prob = F.softmax(self.classifier(volume).squeeze(1), dim=1)  # (B, D/4, H/4, W/4)
             init = soft_argmin(prob) if init_disp is None else init_disp
+            stage("aggregation")
             context = self.cnet(left_n, mono[:b])
             net = [torch.tanh(level[0]) for level in context]
             inp = [torch.relu(level[1]) for level in context]
             inp = [self.cam(x) * x for x in inp]
             att = [self.sam(x) for x in inp]
+            stage("context")
 
         lookup = GeometryEncodingVolume(feat_l[0], feat_r[0], volume, cfg.corr_levels, cfg.corr_radius)
+        stage("geometry_volume")
         disp = init.float()
         outputs: List[torch.Tensor] = []
         up = disp
@@ -156,10 +174,12 @@ class FoundationStereo(nn.Module):
             with amp:
                 net, mask_features, delta = self.update_block(net, inp, geo, disp, att)
             disp = disp + delta.float()
+            stage("gru")
             if all_iterations or i == iters - 1:
                 with amp:
                     up = self.upsample_disparity(disp, mask_features.float(), stem.float())
                 outputs.append(up)
+                stage("upsample")
         return StereoOutput(disparity=up, init_disparity=init.float(),
                             iterations=outputs if all_iterations else None)
 
