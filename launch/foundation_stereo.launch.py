@@ -181,7 +181,7 @@ def driver_arguments(settings: Dict[str, Any], values: Dict[str, str], config: s
         if not sep:
             raise ValueError(f"driver argument {item!r} must read name:=value")
         try:
-            value = value.format(config=config, **values)
+            value = value.format(**{**values, "config": config})
         except KeyError as exc:
             raise ValueError(f"driver argument {item!r} refers to unknown launch argument {exc}") from None
         out.append((key, value))

@@ -109,3 +109,33 @@ def disparity_values(msg) -> np.ndarray:
     d = float_image(msg.image)
     d[~np.isfinite(d) | (d < msg.min_disparity)] = np.nan
     return d
+
+
+T0 = 1_000_000_000_000
+
+
+def write_plan_bag(path: Path, left: np.ndarray, right: np.ndarray, plan, storage: str = "sqlite3",
+                   period_ns: int = 100_000_000, namespace: str = "/cam"):
+    """A bag following ``plan``: per frame a list of (role, stamp offset ns) logged in that order
+    (roles left, left_info, right, right_info), frame i based at T0 + i * period_ns."""
+    from foundation_stereo_ros.evaluation import bag_io as B
+    from foundation_stereo_ros.evaluation.calibration_files import rectified_pair
+
+    h, w = left.shape[:2]
+    calib = rectified_pair(467.5, (w - 1) / 2, (h - 1) / 2, 0.16, w, h)
+    topics = B.StereoTopics.under(namespace)
+    names = {"left": topics.left_image, "left_info": topics.left_info, "right": topics.right_image,
+             "right_info": topics.right_info}
+    with B.StereoBagWriter(path, storage=storage) as wr:
+        n = 0
+        for i, entries in enumerate(plan):
+            base = T0 + i * period_ns
+            for role, offset in entries:
+                stamp = base + offset
+                msg = {"left": lambda: B.image_msg(left, "rgb8", stamp, "l"),
+                       "right": lambda: B.image_msg(right, "rgb8", stamp, "r"),
+                       "left_info": lambda: B.camera_info_msg(calib.left, stamp, "l"),
+                       "right_info": lambda: B.camera_info_msg(calib.right, stamp, "r")}[role]()
+                n += 1
+                wr.write(names[role], msg, base + 1000 * n)
+    return topics

@@ -7,9 +7,7 @@ import numpy as np
 import pytest
 
 from foundation_stereo_ros.evaluation import bag_io as B
-from foundation_stereo_ros.evaluation.calibration_files import rectified_pair
-
-T0 = 1_000_000_000_000
+from _eval_helpers import T0, write_plan_bag
 
 
 @pytest.fixture(scope="module")
@@ -21,23 +19,7 @@ def aloe_small(opencv_data):
 
 
 def write_frames(path, aloe_small, plan, storage="sqlite3"):
-    """plan: per frame a list of (topic role, stamp offset ns) in the order they are logged."""
-    left, right = aloe_small
-    calib = rectified_pair(467.5, 79.5, 69.0, 0.16, 160, 139)
-    topics = B.StereoTopics.under("/cam")
-    names = {"left": topics.left_image, "left_info": topics.left_info, "right": topics.right_image,
-             "right_info": topics.right_info}
-    with B.StereoBagWriter(path, storage=storage) as w:
-        for i, entries in enumerate(plan):
-            base = T0 + i * 100_000_000
-            for role, offset in entries:
-                stamp = base + offset
-                msg = {"left": lambda: B.image_msg(left, "rgb8", stamp, "l"),
-                       "right": lambda: B.image_msg(right, "rgb8", stamp, "r"),
-                       "left_info": lambda: B.camera_info_msg(calib.left, stamp, "l"),
-                       "right_info": lambda: B.camera_info_msg(calib.right, stamp, "r")}[role]()
-                w.write(names[role], msg, base + 1000 * len(w.counts))
-    return topics
+    return write_plan_bag(path, aloe_small[0], aloe_small[1], plan, storage)
 
 
 ALL = [("left", 0), ("left_info", 0), ("right", 0), ("right_info", 0)]
