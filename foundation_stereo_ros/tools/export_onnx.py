@@ -1,0 +1,117 @@
+"""foundation-stereo-export: the network as ONNX for one camera resolution and GRU iteration count.
+
+The graph takes float32 (1, 3, H, W) RGB 0..255 ``left``/``right`` images padded to multiples
+of 32 and returns ``disparity`` (1, 1, H, W). After writing, it runs the graph once with ONNX
+Runtime on the CPU and compares it with PyTorch on the same random pair (``--no-check`` skips
+this). Build a TensorRT engine from the file with ``trtexec`` (docs/deployment.md) or run it
+with the ``OnnxRuntimeDisparity`` backend.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="foundation-stereo-export", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="model_best_bp2.pth or its folder (cfg.yaml beside it)")
+    src.add_argument("--random-weights", choices=["vits", "vitb", "vitl"],
+                     help="export this variant with random weights (for timing and engine-build tests)")
+    p.add_argument("--height", type=_positive, required=True, help="camera image height (px)")
+    p.add_argument("--width", type=_positive, required=True, help="camera image width (px)")
+    p.add_argument("--iters", type=_positive, default=16, help="GRU iterations baked into the graph")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17)")
+    p.add_argument("--output", "-o", required=True, help="the .onnx file to write")
+    p.add_argument("--external-data", action="store_true",
+                   help="always store the weights in a .data file beside the .onnx")
+    p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime comparison with PyTorch")
+    p.add_argument("--tolerance", type=float, default=1e-2,
+                   help="largest accepted |ONNX Runtime - PyTorch| disparity difference (px) in the check")
+    return p
+
+
+def check_against_pytorch(model, path: Path, input_height: int, input_width: int, iters: int) -> Dict[str, float]:
+    """Run the export with ONNX Runtime (CPU) and PyTorch on one random pair: max/mean |difference| px."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    gen = torch.Generator().manual_seed(123)
+    left = torch.rand(1, 3, input_height, input_width, generator=gen) * 255
+    right = torch.rand(1, 3, input_height, input_width, generator=gen) * 255
+    with torch.no_grad():
+        expected = model(left, right, iters=iters).disparity.numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(["disparity"], {"left": left.numpy(), "right": right.numpy()})[0]
+    if got.shape != expected.shape:
+        raise ValueError(f"ONNX output shape {got.shape} differs from PyTorch's {expected.shape}")
+    diff = np.abs(got - expected)
+    return dict(max_abs_px=float(diff.max()), mean_abs_px=float(diff.mean()),
+                max_disparity_px=float(np.abs(expected).max()))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.opset < 17:
+        print(f"error: --opset must be >= 17 (LayerNormalization), got {args.opset}", file=sys.stderr)
+        return 2
+    import torch
+
+    from ..model import CheckpointError, FoundationStereo, FoundationStereoConfig, load_model
+    from ..model.padding import InputPadder
+    from ..runtime.onnx_export import export_onnx
+
+    if args.checkpoint:
+        try:
+            model = load_model(args.checkpoint, device="cpu")
+        except CheckpointError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    else:
+        torch.manual_seed(0)
+        model = FoundationStereo(FoundationStereoConfig(vit_size=args.random_weights)).eval()
+    ph, pw = InputPadder(args.height, args.width).padded_size
+    out = Path(args.output)
+    print(f"exporting {model.cfg.vit_size} for {args.height}x{args.width} images (network input {ph}x{pw}), "
+          f"{args.iters} GRU iterations, opset {args.opset} -> {out}", flush=True)
+    t = time.perf_counter()
+    try:
+        export_onnx(model, out, args.height, args.width, args.iters, opset=args.opset,
+                    external_data=True if args.external_data else None)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"written in {time.perf_counter() - t:.1f} s", flush=True)
+    if args.no_check:
+        return 0
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        print("error: the check needs onnxruntime (pip install onnxruntime), or pass --no-check", file=sys.stderr)
+        return 2
+    stats = check_against_pytorch(model, out, ph, pw, args.iters)
+    print(f"ONNX Runtime (CPU) vs PyTorch: max |diff| {stats['max_abs_px']:.3g} px, mean {stats['mean_abs_px']:.3g} px "
+          f"(disparities up to {stats['max_disparity_px']:.1f} px)")
+    if not stats["max_abs_px"] <= args.tolerance:
+        print(f"error: the export differs from PyTorch by more than --tolerance {args.tolerance} px", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

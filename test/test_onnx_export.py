@@ -1,0 +1,140 @@
+"""ONNX export (foundation-stereo-export) checked against PyTorch with ONNX Runtime on the CPU,
+and the ONNX Runtime backend with the numpy interface of the node's backends."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+onnx = pytest.importorskip("onnx", reason="requirements.txt installs onnx")
+ort = pytest.importorskip("onnxruntime", reason="requirements.txt installs onnxruntime")
+pytest.importorskip("onnxscript", reason="requirements.txt installs onnxscript (torch.onnx's exporter needs it)")
+
+from foundation_stereo_ros.model import load_model  # noqa: E402
+from foundation_stereo_ros.runtime.backends import OnnxRuntimeDisparity, choose_providers  # noqa: E402
+from foundation_stereo_ros.runtime.onnx_export import read_export_metadata  # noqa: E402
+from foundation_stereo_ros.tools import export_onnx as export_cli  # noqa: E402
+
+HEIGHT, WIDTH, ITERS = 60, 90, 2  # pads to 64x96
+
+
+@pytest.fixture(scope="module")
+def model(vits_checkpoint):
+    return load_model(vits_checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def exported(vits_checkpoint, tmp_path_factory):
+    """One export through the CLI (it also runs its own ONNX Runtime check)."""
+    path = tmp_path_factory.mktemp("onnx") / "fs_vits.onnx"
+    code = export_cli.main(["--checkpoint", str(vits_checkpoint), "--height", str(HEIGHT), "--width", str(WIDTH),
+                            "--iters", str(ITERS), "--output", str(path)])
+    assert code == 0
+    return path
+
+
+@pytest.fixture(scope="module")
+def aloe(opencv_data):
+    def load(name):
+        img = cv2.imread(str(opencv_data / name))
+        return cv2.cvtColor(cv2.resize(img, (WIDTH, HEIGHT), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+    return load("aloeL.jpg"), load("aloeR.jpg")
+
+
+def test_export_is_a_valid_fixed_size_graph(exported):
+    onnx.checker.check_model(str(exported))
+    graph = onnx.load(str(exported), load_external_data=False).graph
+    shapes = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}
+    assert shapes == {"left": [1, 3, 64, 96], "right": [1, 3, 64, 96]}
+    assert [o.name for o in graph.output] == ["disparity"]
+    meta = read_export_metadata(exported)
+    assert meta == {"iters": "2", "vit_size": "vits", "max_disp": "416", "image_height": "60", "image_width": "90",
+                    "input_height": "64", "input_width": "96"}
+
+
+def test_onnx_runtime_matches_pytorch_on_random_input(exported, model):
+    gen = torch.Generator().manual_seed(9)
+    left = torch.rand(1, 3, 64, 96, generator=gen) * 255
+    right = torch.rand(1, 3, 64, 96, generator=gen) * 255
+    with torch.no_grad():
+        expected = model(left, right, iters=ITERS).disparity.numpy()
+    session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    got = session.run(["disparity"], {"left": left.numpy(), "right": right.numpy()})[0]
+    assert got.shape == expected.shape == (1, 1, 64, 96)
+    assert np.abs(expected).max() > 1.0  # a non-trivial output to compare
+    np.testing.assert_allclose(got, expected, atol=2e-3, rtol=1e-4)
+
+
+def test_backend_matches_pytorch_infer_on_real_images(exported, model, aloe):
+    left, right = aloe
+    backend = OnnxRuntimeDisparity(exported, providers=["CPUExecutionProvider"])
+    assert backend.providers == ["CPUExecutionProvider"]
+    assert backend.input_size == (64, 96) and backend.iters == ITERS and backend.max_disp == 416.0
+    got = backend(left, right)
+    to_t = lambda a: torch.from_numpy(a).permute(2, 0, 1)[None].float()  # noqa: E731
+    expected = model.infer(to_t(left), to_t(right), iters=ITERS)[0, 0].numpy()
+    assert got.shape == (HEIGHT, WIDTH) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=2e-3, rtol=1e-4)
+    masked = backend.compute(left, right)
+    u = np.arange(WIDTH)[None, :]
+    assert np.array_equal(np.isnan(masked), (expected < 0) | (u - expected < 0))
+
+
+def test_backend_accepts_any_size_that_pads_to_the_graph(exported, model):
+    rng = np.random.default_rng(2)
+    left = rng.integers(0, 256, (64, 70, 3), dtype=np.uint8)  # also pads to 64x96
+    right = np.roll(left, -2, axis=1)
+    backend = OnnxRuntimeDisparity(exported, providers=["CPUExecutionProvider"])
+    to_t = lambda a: torch.from_numpy(a).permute(2, 0, 1)[None].float()  # noqa: E731
+    expected = model.infer(to_t(left), to_t(right), iters=ITERS)[0, 0].numpy()
+    np.testing.assert_allclose(backend(left, right), expected, atol=2e-3, rtol=1e-4)
+
+
+def test_backend_rejects_images_of_another_size(exported):
+    backend = OnnxRuntimeDisparity(exported, providers=["CPUExecutionProvider"])
+    img = np.zeros((120, 160, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"exported for 64x96.*--height 120 --width 160"):
+        backend(img, img)
+    with pytest.raises(ValueError, match="uint8"):
+        backend(img.astype(np.float32), img.astype(np.float32))
+
+
+def test_backend_default_providers_and_bad_files(exported, tmp_path):
+    backend = OnnxRuntimeDisparity(exported)
+    available = ort.get_available_providers()
+    assert backend.providers[0] == choose_providers(available)[0]
+    with pytest.raises(ValueError, match="not found"):
+        OnnxRuntimeDisparity(tmp_path / "missing.onnx")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="cannot load"):
+        OnnxRuntimeDisparity(junk, providers=["CPUExecutionProvider"])
+    with pytest.raises(ValueError, match="not available"):
+        OnnxRuntimeDisparity(exported, providers=["NoSuchExecutionProvider"])
+
+
+def test_provider_preference_order():
+    everything = ["CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider", "AzureExecutionProvider"]
+    assert choose_providers(everything) == ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                            "CPUExecutionProvider"]
+    assert choose_providers(["CPUExecutionProvider", "CUDAExecutionProvider"]) == ["CUDAExecutionProvider",
+                                                                                  "CPUExecutionProvider"]
+    assert choose_providers(everything, ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    with pytest.raises(ValueError, match="not available"):
+        choose_providers(["CPUExecutionProvider"], ["CUDAExecutionProvider"])
+
+
+def test_cli_rejects_bad_arguments(tmp_path, capsys):
+    out = str(tmp_path / "x.onnx")
+    with pytest.raises(SystemExit):
+        export_cli.main(["--random-weights", "vits", "--height", "0", "--width", "64", "--output", out])
+    assert export_cli.main(["--random-weights", "vits", "--height", "64", "--width", "64", "--opset", "13",
+                            "--output", out]) == 2
+    assert "opset" in capsys.readouterr().err
+    assert export_cli.main(["--checkpoint", str(tmp_path / "nope"), "--height", "64", "--width", "64",
+                            "--output", out]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert not Path(out).exists()
