@@ -222,12 +222,18 @@ class StereoBagWriter:
         self._connections: Dict[str, Any] = {}
         self.counts: Dict[str, int] = {}
 
-    def __enter__(self) -> "StereoBagWriter":
+    def open(self) -> None:
         self._writer.open()
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def __enter__(self) -> "StereoBagWriter":
+        self.open()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._writer.close()
+        self.close()
 
     def write(self, topic: str, msg: Any, log_time_ns: Optional[int] = None) -> None:
         """Serialise ``msg`` (a rosbags message) on ``topic``; log time defaults to its stamp."""
@@ -470,6 +476,14 @@ class StereoBagReader:
     @property
     def message_count(self) -> int:
         return int(self._reader.message_count)
+
+    @property
+    def topic_counts(self) -> Dict[str, int]:
+        """Messages per topic, from the bag's metadata."""
+        counts: Dict[str, int] = {}
+        for c in self._reader.connections:
+            counts[c.topic] = counts.get(c.topic, 0) + int(c.msgcount)
+        return counts
 
     def records(self, topics: Optional[Iterable[str]] = None, raw: bool = False) -> Iterator[BagRecord]:
         """Messages of ``topics`` (default: the stereo and ground-truth topics) in log-time order."""

@@ -319,18 +319,11 @@ def _from_opencv(paths: Sequence[Path], size: Optional[Tuple[int, int]], transla
 
 
 def _from_k_txt(path: Path, size: Optional[Tuple[int, int]]) -> StereoCameraInfo:
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    try:
-        k = np.array([float(v) for v in lines[0].split()], dtype=np.float64)
-        baseline = float(lines[1].split()[0])
-    except (IndexError, ValueError):
-        raise ValueError(f"{path}: expected 9 numbers (K, row-major) on line 1 and the baseline in metres "
-                         f"on line 2") from None
-    if k.size != 9:
-        raise ValueError(f"{path}: line 1 holds {k.size} numbers, K needs 9")
+    from foundation_stereo_ros.fileio import read_intrinsics
+
+    k, baseline = read_intrinsics(path)
     if size is None:
         raise ValueError(f"{path}: K.txt carries no image size; pass the images or the size")
-    k = k.reshape(3, 3)
     return rectified_pair(k[0, 0], k[0, 2], k[1, 2], baseline, size[0], size[1], fy=k[1, 1])
 
 

@@ -24,8 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from foundation_stereo_ros.evaluation import metrics as M
-from foundation_stereo_ros.evaluation.bag_io import (StereoBagReader, StereoRecord, disparity_array, image_to_array,
-                                                     stamp_to_ns)
+from foundation_stereo_ros.evaluation.bag_io import StereoBagReader, StereoRecord, stamp_to_ns
 from foundation_stereo_ros.evaluation.runner import frame_counts_for, ground_truth
 
 NODE_MODULE = "foundation_stereo_ros.ros.stereo_depth_node"
@@ -211,13 +210,15 @@ def replay_live(bag: Path, namespace: str, params: Dict[str, Any], rate: float =
         rclpy.try_shutdown(context=context)
         returncode = _stop(proc)
 
+    from foundation_stereo_ros.ros.conversions import disparity_from_msg, image_to_array
+
     result = LiveResult(published=len(pairs), frames={}, node_log=node_log, node_returncode=returncode)
     for stamp, dmsg in sorted(disparity.items()):
         rec = pairs.get(stamp)
         if rec is None:
             continue
-        disp = disparity_array(dmsg)
-        disp[disp <= 0] = np.nan  # the published convention offline: NaN where invalid
+        # Decoded with the node's own conversions: NaN where it marked a pixel invalid.
+        disp = disparity_from_msg(dmsg)
         z = image_to_array(depth[stamp]).astype(np.float32) if stamp in depth else None
         gt_disp, gt_depth = ground_truth(rec)
         counts = frame_counts_for(disp, z, gt_disp, gt_depth, thresholds)

@@ -127,7 +127,7 @@ class OutputBag:
         self.path = path
         self.namespaces = namespaces
         self._writer = StereoBagWriter(path, storage=storage)
-        self._writer.__enter__()
+        self._writer.open()
 
     def add(self, frame: FrameEvaluation) -> None:
         from foundation_stereo_ros.evaluation import bag_io as B
@@ -154,7 +154,7 @@ class OutputBag:
             self._writer.write(f"{ns}/left/camera_info", B.camera_info_msg(cam, stamp, frame_id), stamp)
 
     def close(self) -> None:
-        self._writer.__exit__(None, None, None)
+        self._writer.close()
 
 
 SYNC_PARAMETERS = ("approximate_sync", "sync_tolerance_s", "queue_size")
@@ -169,8 +169,8 @@ def evaluate_bag(bag: Path, runs: Sequence[BackendRun], output: Path, topic_over
     """Evaluate ``runs`` on ``bag`` and write the report to ``output``; see the module doc."""
     evaluator = Evaluator(runs, points=output_bag is not None, warmup=warmup, thresholds=thresholds)
     with StereoBagReader(bag, sync=sync, **(topic_overrides or {})) as reader:
-        counts = {c: n for c, n in _topic_counts(reader).items()}
-        n_pairs = min(counts.get(t, 0) for t in reader.topics.stereo())
+        counts = reader.topic_counts
+        n_pairs = min(counts.get(t, 0) for t in reader.topics.stereo())  # for the progress bar
         if max_frames:
             n_pairs = min(n_pairs, max_frames)
         output.mkdir(parents=True, exist_ok=True)
@@ -183,8 +183,7 @@ def evaluate_bag(bag: Path, runs: Sequence[BackendRun], output: Path, topic_over
         totals = Totals(evaluator.labels)
         try:
             pairs = reader.pairs()
-            for i, frame in enumerate(progress(evaluator.run(_take(pairs, max_frames)), n_pairs, "evaluating",
-                                               show_progress)):
+            for frame in progress(evaluator.run(_take(pairs, max_frames)), n_pairs, "evaluating", show_progress):
                 totals.add(frame)
                 writer.add(frame)
                 if out_bag is not None:
@@ -218,10 +217,6 @@ def _take(items: Iterable[T], n: int) -> Iterator[T]:
         if n and i >= n:
             return
         yield item
-
-
-def _topic_counts(reader: StereoBagReader) -> Dict[str, int]:
-    return {c.topic: c.msgcount for c in reader._reader.connections}
 
 
 def topic_token(label: str) -> str:
