@@ -26,7 +26,7 @@ def isolated(monkeypatch, tmp_path):
 
 def test_without_checkpoint_runs_sgbm_and_says_so(tmp_path, opencv_data, capsys):
     out = tmp_path / "demo"
-    assert main_job.main(["-o", str(out), "--frames", "3", "--scale", "0.125", "--device", "cpu",
+    assert main_job.main(["-o", str(out), "--frames", "3", "--image-scale", "0.125", "--device", "cpu",
                           "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "No FoundationStereo checkpoint found" in text
@@ -43,6 +43,8 @@ def test_without_checkpoint_runs_sgbm_and_says_so(tmp_path, opencv_data, capsys)
     assert live["frames"] == 3 and live["dropped"] == 0
     cmp_ = s["live_vs_offline"]
     assert cmp_["frames_compared"] == 3 and cmp_["max_disparity_difference_px"] == 0.0
+    assert cmp_["pixels_valid_in_only_one"] == 0
+    assert "identical to the offline evaluation's" in text
     assert all(r["difference"] == 0 for r in cmp_["rows"] if r["difference"] is not None)
     assert live["metrics"] == s["backends"]["sgbm"]["metrics"]  # no frame dropped: same totals
     assert "Live replay vs offline evaluation" in (out / "report" / "report.html").read_text()
@@ -71,7 +73,7 @@ def test_with_checkpoint_uses_the_network_live_and_offline(tmp_path, opencv_data
     cache = tmp_path / "home" / ".cache" / "foundation_stereo" / "11-33-40"
     write_deterministic_checkpoint(cache, max_disp=64)
     out = tmp_path / "demo"
-    assert main_job.main(["-o", str(out), "--frames", "1", "--scale", "0.0625", "--iters", "1", "--device", "cpu", "--warmup", "0",
+    assert main_job.main(["-o", str(out), "--frames", "1", "--image-scale", "0.0625", "--iters", "1", "--device", "cpu", "--warmup", "0",
                           "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert f"Using the FoundationStereo checkpoint {cache / 'model_best_bp2.pth'}" in text
@@ -87,3 +89,16 @@ def test_with_checkpoint_uses_the_network_live_and_offline(tmp_path, opencv_data
     assert s["backends"]["foundation_stereo"]["metrics"]["completeness"] > 10.0
     # The same CPU computation in two processes: identical up to float rounding, same valid pixels.
     assert cmp_["max_disparity_difference_px"] < 1e-3
+
+
+def test_agreement_sentence():
+    base = {"frames_compared": 2, "pixels_compared": 10000, "max_per_frame_metric_difference": 0.0}
+    assert "identical" in main_job.agreement_sentence({**base, "max_disparity_difference_px": 0.0,
+                                                       "pixels_valid_in_only_one": 0})
+    assert "non-determinism" in main_job.agreement_sentence({**base, "max_disparity_difference_px": 2e-4,
+                                                             "pixels_valid_in_only_one": 3})
+    assert "DIFFER" in main_job.agreement_sentence({**base, "max_disparity_difference_px": 0.5,
+                                                    "pixels_valid_in_only_one": 0})
+    assert "DIFFER" in main_job.agreement_sentence({**base, "max_disparity_difference_px": 0.0,
+                                                    "pixels_valid_in_only_one": 500})
+    assert "no frame" in main_job.agreement_sentence({**base, "frames_compared": 0})

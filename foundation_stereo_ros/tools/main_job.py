@@ -1,6 +1,6 @@
 """foundation-stereo-demo: the main job. Real stereo data -> recording -> live node + offline evaluation -> report.
 
-    foundation-stereo-demo [--output DIR] [--checkpoint PATH] [--frames N] [--scale S]
+    foundation-stereo-demo [--output DIR] [--checkpoint PATH] [--frames N] [--image-scale S]
 
 1. Builds a rosbag2 recording from real stereo data: the Middlebury "Aloe" pair shipped with
    Debian's opencv-doc (rectified images and ground-truth disparity), as a short camera pan -
@@ -81,8 +81,7 @@ def aloe_frames(data_dir: Path, scale: float, frames: int, window: float = 0.8):
     return out, pair.calibration
 
 
-def compare_live_offline(offline_frames: Dict[int, Dict[str, Any]], live: Any, offline_totals: Dict[str, Any],
-                         label: str) -> Dict[str, Any]:
+def compare_live_offline(offline_frames: Dict[int, Dict[str, Any]], live: Any, label: str) -> Dict[str, Any]:
     """Rows of (metric, offline, live, |difference|) for the totals over the frames the node
     answered, and the largest per-frame difference."""
     from foundation_stereo_ros.evaluation import metrics as M
@@ -102,18 +101,37 @@ def compare_live_offline(offline_frames: Dict[int, Dict[str, Any]], live: Any, o
             if a[k] is not None and b.get(k) is not None:
                 worst = max(worst, abs(a[k] - b[k]))
     max_disp_diff = 0.0
+    validity_differs = pixels = 0
     for s in answered:
         d_off, d_live = offline_frames[s]["disparity"], live.frames[s].disparity
-        both = np.isfinite(d_off) & np.isfinite(d_live) & (d_off > 0) & (d_live > 0)
-        valid_differs = int(((np.isfinite(d_off) & (d_off > 0)) != (np.isfinite(d_live) & (d_live > 0))).sum())
+        v_off, v_live = np.isfinite(d_off) & (d_off > 0), np.isfinite(d_live) & (d_live > 0)
+        both = v_off & v_live
+        validity_differs += int((v_off != v_live).sum())
+        pixels += int(v_off.size)
         if both.any():
             max_disp_diff = max(max_disp_diff, float(np.abs(d_off[both] - d_live[both]).max()))
-        if valid_differs:
-            max_disp_diff = float("inf")
     return {"frames_compared": len(answered), "offline_over_answered_frames": offline_sub, "rows": rows,
             "max_per_frame_metric_difference": worst, "max_disparity_difference_px": max_disp_diff,
+            "pixels_valid_in_only_one": validity_differs, "pixels_compared": pixels,
             "note": "offline totals restricted to the frames the node published; a dropped frame is not a "
                     "difference"}
+
+
+def agreement_sentence(comparison: Dict[str, Any]) -> str:
+    """How the live node's disparities compare with the offline evaluation's, in words."""
+    if comparison["frames_compared"] == 0:
+        return "no frame to compare with the offline evaluation (see the node log)."
+    diff, odd = comparison["max_disparity_difference_px"], comparison["pixels_valid_in_only_one"]
+    metric = comparison["max_per_frame_metric_difference"]
+    if diff == 0.0 and odd == 0:
+        return "its disparities are identical to the offline evaluation's, and so are the metrics."
+    if diff < 0.01 and odd <= 1e-3 * comparison["pixels_compared"]:
+        # GPU kernels (cuDNN autotuning, atomics) need not reproduce bit for bit across processes.
+        return (f"its disparities agree with the offline evaluation's within {diff:.2g} px ({odd} pixels valid in "
+                f"only one: floating-point non-determinism of the GPU kernels); largest metric difference "
+                f"{metric:.3g}.")
+    return (f"its disparities DIFFER from the offline evaluation's (up to {diff:.3g} px, {odd} pixels valid in only "
+            f"one): the node and the evaluation did not run the same configuration.")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -127,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="auto: foundation_stereo with a checkpoint, else sgbm (default)")
     p.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default)")
     p.add_argument("--frames", type=int, help="frames in the recording (default 8 on CUDA, 3 on the CPU)")
-    p.add_argument("--scale", type=float, help="image size relative to the 1282x1110 Aloe pair "
+    p.add_argument("--image-scale", type=float, help="image size relative to the 1282x1110 Aloe pair "
                    "(default 0.5 on CUDA, 0.25 on the CPU)")
     p.add_argument("--iters", type=int, help="GRU iterations (default 32 on CUDA, 8 on the CPU)")
     p.add_argument("--rate", type=float, default=2.0, help="camera rate of the recording, Hz (default 2)")
@@ -179,8 +197,11 @@ def run(args: argparse.Namespace, out_stream: Any = None) -> Dict[str, Any]:
     if choice["message"]:
         say(choice["message"])
     cuda = choice["device"].startswith("cuda")
+    if choice["backend"] == "foundation_stereo" and not cuda:
+        say("Note: FoundationStereo on the CPU takes from seconds (ViT-S, small images) to minutes (ViT-L) per "
+            "frame; --frames, --image-scale and --iters trade detail for time.")
     frames = args.frames or (8 if cuda else 3)
-    scale = args.scale or (0.5 if cuda else 0.25)
+    scale = args.image_scale or (0.5 if cuda else 0.25)
     iters = args.iters or (32 if cuda else 8)
     out = args.output or Path("output") / f"demo_{datetime.datetime.now():%Y%m%d_%H%M%S}"
     out.mkdir(parents=True, exist_ok=True)
@@ -238,22 +259,22 @@ def run(args: argparse.Namespace, out_stream: Any = None) -> Dict[str, Any]:
         # Slow the replay down when this machine is slower than the recorded camera rate, so that
         # every frame gets an answer to compare.
         replay_rate = min(1.0, period / (1.5 * p95 + 0.1)) if p95 > 0 else 1.0
-        say(f"Live replay through stereo_depth_node ({'recorded timing' if replay_rate == 1.0 else f'{replay_rate:.2g} x recorded speed: this machine processes a frame in {p95 * 1e3:.0f} ms'}) ...")
+        pace = ("recorded timing" if replay_rate == 1.0 else
+                f"{replay_rate:.2g} x recorded speed: this machine processes a frame in {p95 * 1e3:.0f} ms")
+        say(f"Live replay through stereo_depth_node ({pace}) ...")
         bar = Progress(frames, "replaying", not args.no_progress)
         try:
             live = replay_live(bag, NAMESPACE, dict(params), rate=replay_rate, log_dir=out / "live",
                                idle_timeout_s=max(20.0, 20 * p95), progress=bar.update)
         finally:
             bar.close()
-        comparison = compare_live_offline(offline_frames, live, outcome.summary["backends"][label]["metrics"], label)
+        comparison = compare_live_offline(offline_frames, live, label)
         outcome.add_sections({"live": {"replay_rate": replay_rate, "backends": {label: live.summary()}},
                               "live_vs_offline": comparison})
         result["live"] = live.summary()
         result["live_vs_offline"] = comparison
-        same = comparison["frames_compared"] > 0 and comparison["max_disparity_difference_px"] == 0.0
-        say(f"Live: the node answered {len(live.frames)}/{live.published} frames; its disparities are "
-            f"{'identical to' if same else 'NOT identical to'} the offline evaluation's "
-            f"(largest metric difference {comparison['max_per_frame_metric_difference']:.3g}).")
+        say(f"Live: the node answered {len(live.frames)}/{live.published} frames; "
+            f"{agreement_sentence(comparison)}")
         result["node_log"] = str(live.node_log)
     print_outcome(outcome, out_stream)
     say(f"recording: {bag}")
