@@ -352,12 +352,13 @@ def print_outcome(outcome: EvaluationOutcome, stream: Any = None) -> None:
         if lat["median_ms"] is not None:
             parts.append(f"latency median {lat['median_ms']:.1f} ms, p95 {lat['p95_ms']:.1f} ms")
         print(", ".join(parts), file=stream)
-    print(f"report:  {outcome.paths.html}", file=stream)
-    print(f"         {outcome.paths.markdown}", file=stream)
-    print(f"summary: {outcome.paths.summary_json}", file=stream)
-    print(f"frames:  {outcome.paths.frames_csv}", file=stream)
+    # Absolute paths: they are printed to be opened, from wherever.
+    print(f"report:  {outcome.paths.html.resolve()}", file=stream)
+    print(f"         {outcome.paths.markdown.resolve()}", file=stream)
+    print(f"summary: {outcome.paths.summary_json.resolve()}", file=stream)
+    print(f"frames:  {outcome.paths.frames_csv.resolve()}", file=stream)
     if outcome.output_bag is not None:
-        print(f"outputs: {outcome.output_bag}", file=stream)
+        print(f"outputs: {outcome.output_bag.resolve()}", file=stream)
 
 
 if __name__ == "__main__":

@@ -277,9 +277,9 @@ def run(args: argparse.Namespace, out_stream: Any = None) -> Dict[str, Any]:
             f"{agreement_sentence(comparison)}")
         result["node_log"] = str(live.node_log)
     print_outcome(outcome, out_stream)
-    say(f"recording: {bag}")
+    say(f"recording: {bag.resolve()}")
     if not args.no_live:
-        say(f"node log: {result['node_log']}")
+        say(f"node log: {Path(result['node_log']).resolve()}")
     result["summary"] = outcome.summary
     return result
 
