@@ -127,6 +127,25 @@ class Collector:
             self.messages.clear()
 
 
+def diagnostic_values(received: "Collector", hardware_id: Optional[str] = None) -> List[Dict[str, str]]:
+    """Key/value dicts of every /diagnostics status received (of ``hardware_id`` if given), in order."""
+    out = []
+    for arr in received.get("diagnostics"):
+        for status in arr.status:
+            if hardware_id is None or status.hardware_id == hardware_id:
+                values = {kv.key: kv.value for kv in status.values}
+                values["_level"] = str(int.from_bytes(status.level, "little") if isinstance(status.level, bytes)
+                                       else int(status.level))
+                values["_message"] = status.message
+                out.append(values)
+    return out
+
+
+def diagnostic_count(received: "Collector", key: str, hardware_id: Optional[str] = None) -> int:
+    """Largest integer value of ``key`` in the /diagnostics received so far (0 if never seen)."""
+    return max([int(v[key]) for v in diagnostic_values(received, hardware_id) if key in v] or [0])
+
+
 def wait_for(predicate: Callable[[], bool], timeout_s: float, period_s: float = 0.02) -> bool:
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
@@ -191,10 +210,14 @@ class NodeHarness:
             raise RuntimeError("discovery between the test node and stereo_depth_node did not complete")
 
     def publish(self, left: Image, right: Image, left_info: Optional[CameraInfo], right_info: Optional[CameraInfo],
-                t_ns: int, left_frame: str = "cam_left_optical", right_frame: str = "cam_right_optical") -> None:
-        """Stamp and publish a pair (a None CameraInfo is not sent)."""
-        for msg, frame in ((left, left_frame), (right, right_frame), (left_info, left_frame),
-                           (right_info, right_frame)):
+                t_ns: int, left_frame: str = "cam_left_optical", right_frame: str = "cam_right_optical",
+                left_info_frame: Optional[str] = None, right_info_frame: Optional[str] = None) -> None:
+        """Stamp and publish a pair (a None CameraInfo is not sent). Each CameraInfo gets its image's
+        frame id unless ``*_info_frame`` says otherwise."""
+        left_info_frame = left_frame if left_info_frame is None else left_info_frame
+        right_info_frame = right_frame if right_info_frame is None else right_info_frame
+        for msg, frame in ((left, left_frame), (right, right_frame), (left_info, left_info_frame),
+                           (right_info, right_info_frame)):
             if msg is not None:
                 stamp_msg(msg.header, t_ns, frame)
         if left_info is not None:
@@ -214,6 +237,14 @@ class NodeHarness:
             missing = [t for t in topics if self.received.by_stamp(t, t_ns) is None]
             raise AssertionError(f"no output on {missing} for the frame stamped {t_ns} within {timeout_s} s")
         return {t: self.received.by_stamp(t, t_ns) for t in topics}
+
+    def problem_count(self, problem: str) -> int:
+        """The node's own counter of ``problem`` (what /diagnostics reports as problem.<key>)."""
+        with self.node._stats.lock:
+            return self.node._stats.problems.get(problem, 0)
+
+    def diagnostic_count(self, key: str) -> int:
+        return diagnostic_count(self.received, key, self.node.get_fully_qualified_name())
 
     def rosout_lines(self) -> List[str]:
         return [m.msg for m in self.received.get("rosout") if m.name.endswith("stereo_depth_node")]

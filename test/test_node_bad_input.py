@@ -1,5 +1,8 @@
 """Each bad input: the node logs it (throttled, with its problem key), counts it in /diagnostics,
-publishes nothing for that frame, and goes on publishing the good frames that follow."""
+publishes nothing for that frame, and goes on publishing the good frames that follow.
+
+Also the inputs that look odd but are fine and must give the right depth: big-endian 16-bit data
+(decoded, byte-swapped) and left/right images with different frame ids (two cameras)."""
 from __future__ import annotations
 
 import array
@@ -10,10 +13,12 @@ import pytest
 
 from foundation_stereo_ros.ros.conversions import numpy_to_image
 
+from foundation_stereo_ros.ros.conversions import image_to_array
+
 from _ros_helpers import NodeHarness, rectified_infos, textured_scene, wait_for
 
 H, W, F, B = 48, 160, 100.0, 0.1
-LEFT, RIGHT, _ = textured_scene(H, W, seed=2)
+LEFT, RIGHT, TRUTH = textured_scene(H, W, seed=2)
 PRODUCTS = ("disparity", "depth", "points2")
 
 
@@ -56,6 +61,28 @@ def unknown_encoding(m):
 
 def lying_encoding(m):
     m.encoding = "rgba8"  # rgb8 bytes announced as 4 channels: the step no longer fits
+
+
+def rgb_as_mono8(m):
+    m.encoding = "mono8"  # rgb8 bytes announced as grey: each row would read as a third of itself
+
+
+def rgb_as_mono16(m):
+    m.encoding = "mono16"  # rgb8 bytes announced as 16-bit grey
+
+
+def grey_bytes(m):
+    grey = numpy_to_image(np.ascontiguousarray(LEFT[..., 0]), "mono8")
+    m.data = grey.data  # mono8 bytes, the message still says rgb8
+
+
+def mono_as_rgb8_dense_step(m):
+    grey_bytes(m)  # step stays 3 * width: the data is a third of step * height
+
+
+def mono_as_rgb8_true_step(m):
+    grey_bytes(m)
+    m.step = W  # the step of the real (mono8) rows: shorter than an rgb8 row
 
 
 def scale_fx(info, value):
@@ -114,12 +141,21 @@ def on_left(fn):
     return lambda l_img, r_img, l_info, r_info: fn(l_img)
 
 
+def info_from_other_camera(l_img, r_img, l_info, r_info):
+    # Calibration of another camera on the right camera_info topic (a wrong remap).
+    return dict(right_info_frame="other_camera_optical")
+
+
 CASES = [
     ("zero-size image", on_left(zero_size), "empty_image"),
     ("data shorter than step * height", on_left(short_data), "data_size"),
     ("step smaller than a row", on_left(short_step), "bad_step"),
     ("unknown encoding", on_left(unknown_encoding), "unknown_encoding"),
     ("lying encoding", on_left(lying_encoding), "bad_step"),
+    ("lying encoding: rgb8 bytes announced as mono8", on_left(rgb_as_mono8), "wrong_encoding"),
+    ("lying encoding: rgb8 bytes announced as mono16", on_left(rgb_as_mono16), "wrong_encoding"),
+    ("lying encoding: mono8 bytes announced as rgb8", on_left(mono_as_rgb8_dense_step), "data_size"),
+    ("lying encoding: mono8 bytes and step announced as rgb8", on_left(mono_as_rgb8_true_step), "bad_step"),
     ("left and right of different sizes", sizes_differ, "size_mismatch"),
     ("grey left, colour right", grey_with_colour, "encoding_mismatch"),
     ("fx = 0", zero_fx, "calibration_zero_focal"),
@@ -128,37 +164,33 @@ CASES = [
     ("NaN in P", nan_calibration, "calibration_nonfinite"),
     ("infinite distortion", inf_calibration, "calibration_nonfinite"),
     ("CameraInfo size differs from the image", info_size_mismatch, "calibration_mismatch"),
+    ("CameraInfo frame differs from its image's", info_from_other_camera, "frame_id_mismatch"),
 ]
 
 
 @pytest.mark.parametrize("name,spoil,problem", CASES, ids=[c[0] for c in CASES])
 def test_bad_frame_is_logged_counted_skipped_and_good_frames_follow(node, name, spoil, problem):
     send_good(node)  # the node works before
-    before = node.node._stats.problems.get(problem, 0)
+    before = node.problem_count(problem)
     msgs = list(good())
-    spoil(*msgs)
+    publish_options = spoil(*msgs) or {}
     bad_stamp = time.time_ns()
-    node.publish(*msgs, bad_stamp)
-    assert wait_for(lambda: node.node._stats.problems.get(problem, 0) > before, 10.0), \
+    node.publish(*msgs, bad_stamp, **publish_options)
+    assert wait_for(lambda: node.problem_count(problem) > before, 10.0), \
         f"{name}: no '{problem}' counted (counters: {node.node._stats.problems})"
     good_stamp = send_good(node)  # ... and after
     for topic in PRODUCTS:
         assert node.received.by_stamp(topic, bad_stamp) is None, f"{name}: published {topic} for a bad frame"
     assert good_stamp > bad_stamp
+    assert_logged_and_reported(node, problem, before, name)
+
+
+def assert_logged_and_reported(node, problem, before, name=""):
+    """A '[problem] ...' log line on /rosout and the counter in /diagnostics above ``before``."""
     assert wait_for(lambda: any(f"[{problem}]" in line for line in node.rosout_lines()), 5.0), \
         f"{name}: no log line for {problem}"
-    assert wait_for(lambda: diagnostics_count(node, problem) > before, 5.0)
-
-
-def diagnostics_count(node, problem):
-    best = 0
-    for arr in node.received.get("diagnostics"):
-        for status in arr.status:
-            if status.hardware_id == node.node.get_fully_qualified_name():
-                for kv in status.values:
-                    if kv.key == f"problem.{problem}":
-                        best = max(best, int(kv.value))
-    return best
+    assert wait_for(lambda: node.diagnostic_count(f"problem.{problem}") > before, 5.0), \
+        f"{name}: problem.{problem} not in /diagnostics"
 
 
 def test_log_lines_are_throttled_per_problem(node):
@@ -176,7 +208,7 @@ def test_log_lines_are_throttled_per_problem(node):
 
 
 def test_images_that_never_find_partners_are_reported(node):
-    before = node.node._stats.problems.get("unpaired", 0)
+    before = node.problem_count("unpaired")
     l_img, r_img, l_info, r_info = good()
     t0 = time.time_ns()
     for i in range(5):  # left and right images whose stamps never agree, and no CameraInfo
@@ -184,18 +216,86 @@ def test_images_that_never_find_partners_are_reported(node):
         node.pubs["right/image_rect"].publish(r_img)
         r_img.header.stamp.nanosec = (r_img.header.stamp.nanosec + 1000) % 1_000_000_000
         time.sleep(0.01)
-    assert wait_for(lambda: node.node._stats.problems.get("unpaired", 0) > before, 10.0)
-    assert wait_for(lambda: any("[unpaired]" in line for line in node.rosout_lines()), 5.0)
+    assert wait_for(lambda: node.problem_count("unpaired") > before, 10.0)
+    send_good(node)
     for i in range(5):
         assert node.received.by_stamp("disparity", t0 + i) is None
+    assert_logged_and_reported(node, "unpaired", before)
+
+
+@pytest.fixture(scope="module")
+def approximate_node():
+    h = NodeHarness(dict(backend="sgbm", sgbm_num_disparities=32, approximate_sync=True, sync_tolerance_s=0.005,
+                         log_throttle_s=60.0, diagnostics_period_s=0.3), namespace="/bad_input_approx",
+                    subscribe=PRODUCTS)
+    yield h
+    h.close()
+
+
+def test_images_outside_the_sync_tolerance_are_reported(approximate_node):
+    node = approximate_node
     send_good(node)
+    before = node.problem_count("unpaired")
+    l_img, r_img, l_info, r_info = good()
+    t = time.time_ns()
+    # Left and right 20 ms apart with a 5 ms tolerance: never a pair.
+    node.publish(l_img, numpy_to_image(RIGHT, "rgb8"), l_info, None, t)
+    stamp_right = t + 20_000_000
+    node.publish(numpy_to_image(LEFT, "rgb8"), r_img, None, r_info, stamp_right)
+    send_good(node, t + 10 ** 9)  # a newer set forms: the lonely messages are discarded
+    assert wait_for(lambda: node.problem_count("unpaired") >= before + 2, 10.0), node.node._stats.problems
+    for topic in PRODUCTS:
+        assert node.received.by_stamp(topic, t) is None and node.received.by_stamp(topic, stamp_right) is None
+    assert_logged_and_reported(node, "unpaired", before)
+    send_good(node, t + 2 * 10 ** 9)
 
 
-def test_timestamps_jumping_back_reset_pairing_and_frames_continue(node):
-    before = node.node._stats.problems.get("time_jump_back", 0)
+def test_timestamps_jumping_back_skip_the_jump_and_frames_continue(node):
+    before = node.problem_count("time_jump_back")
     send_good(node)
     earlier = time.time_ns() - 30 * 10 ** 9  # a bag loop: back 30 s
     node.publish(*good(), earlier)
-    node.wait_outputs(earlier, PRODUCTS)  # a valid frame, even if older
-    assert node.node._stats.problems.get("time_jump_back", 0) == before + 1
-    send_good(node, earlier + 10 ** 8)
+    assert wait_for(lambda: node.problem_count("time_jump_back") == before + 1, 10.0)
+    after = send_good(node, earlier + 10 ** 8)  # the next frame of the new timeline comes out
+    after2 = send_good(node, earlier + 2 * 10 ** 8)
+    assert after2 > after
+    for topic in PRODUCTS:  # the pair at the jump itself is discarded: a clean break
+        assert node.received.by_stamp(topic, earlier) is None, topic
+    assert node.problem_count("time_jump_back") == before + 1  # one jump, counted once
+    assert_logged_and_reported(node, "time_jump_back", before)
+
+
+def test_left_and_right_frame_ids_may_differ(node):
+    # Two cameras, two optical frames: processed, outputs framed and stamped like the left image.
+    stamp = time.time_ns()
+    node.publish(*good(), stamp, left_frame="zed_left_camera_optical_frame",
+                 right_frame="zed_right_camera_optical_frame")
+    out = node.wait_outputs(stamp, PRODUCTS)
+    assert {m.header.frame_id for m in out.values()} == {"zed_left_camera_optical_frame"}
+    depth = image_to_array(out["depth"])
+    assert np.isfinite(depth).mean() > 0.3
+
+
+def test_big_endian_16bit_images_give_the_right_depth(node):
+    # Decoded (byte-swapped) rather than rejected: never wrong depth, and cameras that send it work.
+    ir_left = (LEFT.mean(axis=2) * 50).astype(np.uint16)  # 16-bit grey, ~14 bits used
+    ir_right = (RIGHT.mean(axis=2) * 50).astype(np.uint16)
+    infos = rectified_infos(W, H, F, B, W / 2, W / 2, H / 2)
+    depths = {}
+    for big in (False, True):
+        msgs = [numpy_to_image(a, "mono16") for a in (ir_left, ir_right)]
+        if big:
+            for m in msgs:
+                m.data = image_to_array(m).astype(">u2").tobytes()
+                m.is_bigendian = 1
+            assert msgs[0].data != numpy_to_image(ir_left, "mono16").data  # really other bytes on the wire
+        stamp = time.time_ns()
+        node.publish(msgs[0], msgs[1], *infos, stamp)
+        depths[big] = image_to_array(node.wait_outputs(stamp, PRODUCTS)["depth"])
+    np.testing.assert_array_equal(depths[True], depths[False])
+    # The depth of the scene by construction: background plane at 12 px, raised box at 24 px.
+    for d_px in (12, 24):
+        region = np.isfinite(depths[True]) & (TRUTH == d_px)
+        assert region.mean() > 0.1 * (TRUTH == d_px).mean()
+        assert np.median(depths[True][region]) == pytest.approx(F * B / d_px, rel=0.03)
+    send_good(node)  # and the node goes on with 8-bit colour

@@ -220,7 +220,7 @@ def test_only_outputs_with_subscribers_are_computed():
     h = harness(dict(backend="sgbm", sgbm_num_disparities=32), subscribe=("disparity",))
     try:
         seen = []
-        proc = h.node._processor
+        proc = h.node.processor
         original = proc.process_messages
 
         def spy(*args, **kw):

@@ -105,7 +105,7 @@ def test_real_chessboard_calibration_rectifies_corners_onto_shared_rows(opencv_d
             cl0, cr0 = chessboard_corners(l), chessboard_corners(r)
             if cl0 is not None and cr0 is not None:
                 raw_rows.append(np.abs(cl0[:, 1] - cr0[:, 1]))
-        maps_built = node.node._processor.rectifier.maps_computed
+        maps_built = node.node.processor.rectifier.maps_computed
         disparity = out["disparity"]
     finally:
         node.close()

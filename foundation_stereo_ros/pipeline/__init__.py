@@ -8,7 +8,7 @@ API
 ---
 ::
 
-    from foundation_stereo_ros.pipeline import ProcessorConfig, StereoProcessor, Outputs, StereoInputError
+    from foundation_stereo_ros.pipeline import ProcessorConfig, StereoProcessor, Outputs, FrameError
 
     config = ProcessorConfig(backend="sgbm", rectify="auto", max_depth=20.0)   # ValueError if invalid
     # or ProcessorConfig.from_mapping(yaml_dict["stereo_depth_node"]["ros__parameters"], ignore_unknown=True)
@@ -19,8 +19,8 @@ API
     try:
         result = proc.process_messages(left_img, right_img, left_info, right_info,
                                        outputs=Outputs(depth=True, points=True, disparity_color=False))
-    except StereoInputError as e:            # bad frame: e.problem is a stable key, str(e) the reason
-        ...
+    except FrameError as e:                  # skipped frame: e.problem is a stable key, str(e) the reason
+        ...                                  # (StereoInputError: bad input; InferenceMemoryError: out of memory)
     # Or step by step:
     pair = decode_stereo_pair(left_img, right_img)                     # DecodedPair(left, right, grey)
     calib = StereoCalibration.from_camera_info(left_info, right_info)   # validated
@@ -52,27 +52,37 @@ Rectification (``rectify``): 'auto' remaps both images when either CameraInfo ha
 distortion or a non-identity R, 'always' remaps, 'never' passes images through (they must
 already be rectified; P is used for geometry). Maps are computed once per calibration and cached.
 
-Errors: every per-frame fault raises a :class:`StereoInputError` (a ValueError) subclass -
-:class:`ImageDecodeError`, :class:`CalibrationError`, :class:`PairMismatchError` - whose
-``problem`` attribute is a stable key (listed in :mod:`.errors`) for counting and reporting.
+Errors: every per-frame fault raises a :class:`FrameError` whose ``problem`` attribute is a
+stable key (listed in :mod:`.errors`) for counting and reporting: bad input a
+:class:`StereoInputError` (a ValueError) subclass - :class:`ImageDecodeError`,
+:class:`CalibrationError`, :class:`PairMismatchError` -, and a network that runs out of memory
+even at the smallest allowed resolution an :class:`InferenceMemoryError` (a RuntimeError).
+``process_messages`` also checks that each image and its own CameraInfo name the same frame
+(``check_frame_ids``).
+
+Out of memory: the FoundationStereo backend retries a frame at half the resolution (down to
+``oom_min_scale_factor * scale``) and returns to the configured scale when memory allows; the
+result's ``network_scale`` and ``oom_retries`` say what happened (see :mod:`.backends`).
 """
-from .backends import BackendError, DisparityBackend, FoundationStereoBackend, SGBMBackend, make_backend
+from .backends import (BackendError, DisparityBackend, FoundationStereoBackend, SGBMBackend, is_out_of_memory,
+                       make_backend)
 from .calibration import (RECTIFY_MODES, CameraModel, Rectifier, RectificationMaps, StereoCalibration,
                           camera_info_values, make_camera_model, rectification_maps)
 from .config import PROCESSOR_PARAMETERS, SPECS, ParamSpec, ProcessorConfig, config_problems
-from .errors import CalibrationError, ImageDecodeError, PairMismatchError, StereoInputError
+from .errors import (CalibrationError, FrameError, ImageDecodeError, InferenceMemoryError, PairMismatchError,
+                     StereoInputError)
 from .geometry import (PointProjector, colorize_disparity, depth_to_points, disparity_to_depth, pack_rgb,
                        project_points, unpack_rgb)
 from .image import (ENCODINGS, DecodedPair, auto_max16, decode_image, decode_image_msg, decode_stereo_pair,
                     encoding_info, image_to_numpy, to_rgb8)
-from .processor import ALL_OUTPUTS, Outputs, StereoProcessor, StereoResult
+from .processor import ALL_OUTPUTS, Outputs, StereoProcessor, StereoResult, check_frame_ids
 
 __all__ = [
     "ALL_OUTPUTS", "BackendError", "CalibrationError", "CameraModel", "DecodedPair", "DisparityBackend", "ENCODINGS",
-    "FoundationStereoBackend", "ImageDecodeError", "Outputs", "PROCESSOR_PARAMETERS", "PairMismatchError",
+    "FoundationStereoBackend", "FrameError", "ImageDecodeError", "InferenceMemoryError", "Outputs", "PROCESSOR_PARAMETERS", "PairMismatchError",
     "ParamSpec", "PointProjector", "ProcessorConfig", "RECTIFY_MODES", "RectificationMaps", "Rectifier",
     "SGBMBackend", "SPECS", "StereoCalibration", "StereoInputError", "StereoProcessor", "StereoResult",
-    "auto_max16", "camera_info_values", "colorize_disparity", "config_problems", "decode_image",
+    "auto_max16", "camera_info_values", "check_frame_ids", "is_out_of_memory", "colorize_disparity", "config_problems", "decode_image",
     "decode_image_msg", "decode_stereo_pair", "depth_to_points", "disparity_to_depth", "encoding_info",
     "image_to_numpy", "make_backend", "make_camera_model", "pack_rgb", "project_points", "rectification_maps",
     "to_rgb8", "unpack_rgb",

@@ -8,13 +8,15 @@ by :class:`~.processor.StereoProcessor`, identically for every backend.
 from __future__ import annotations
 
 import abc
+import sys
+import time
 from typing import Any, Optional, Tuple
 
 import cv2
 import numpy as np
 
 from .config import ProcessorConfig
-from .errors import StereoInputError
+from .errors import InferenceMemoryError, StereoInputError
 
 
 class BackendError(ValueError):
@@ -28,6 +30,10 @@ class DisparityBackend(abc.ABC):
     """Interface of a disparity estimator (see module doc). Not thread-safe: one caller at a time."""
 
     name: str = ""
+    #: Resolution relative to the camera image at which the last :meth:`compute` matched (None: the
+    #: backend has no notion of scale), and how many out-of-memory retries that call needed.
+    last_scale: Optional[float] = None
+    last_oom_retries: int = 0
 
     @abc.abstractmethod
     def compute(self, left: np.ndarray, right: np.ndarray, grey: bool = False) -> np.ndarray:
@@ -102,6 +108,17 @@ class SGBMBackend(DisparityBackend):
         return int(x), int(y), max(int(w), 0), max(int(h), 0)
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocator failure: ``torch.cuda.OutOfMemoryError`` (torch's
+    ``OutOfMemoryError``) or a RuntimeError whose message says "out of memory" (older PyTorch,
+    cuDNN/cuBLAS workspace allocations)."""
+    torch = sys.modules.get("torch")  # never imported here: SGBM users need no torch
+    oom_type = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(error, oom_type):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
 class FoundationStereoBackend(DisparityBackend):
     """The FoundationStereo network via :func:`foundation_stereo_ros.model.load_model`.
 
@@ -109,6 +126,14 @@ class FoundationStereoBackend(DisparityBackend):
     is resized back to the camera resolution and multiplied by ``width / network_width``
     (= 1/scale up to rounding). Pixels whose match would lie outside the right image
     (``u - d < 0``) or whose disparity is negative are invalid (NaN).
+
+    Out of memory (another process took the GPU, a larger image than planned): the frame's
+    tensors are released, the CUDA cache is emptied and the frame is retried at half the scale,
+    then a quarter ..., down to ``oom_min_scale_factor * scale``; below that
+    :class:`~.errors.InferenceMemoryError` is raised (the frame is skipped). Later frames start at
+    the reduced scale that worked, and every ``oom_probe_period_s`` one tries the configured scale
+    again, so the full resolution comes back as soon as the memory does. :attr:`last_scale` and
+    :attr:`last_oom_retries` tell the caller what happened to the last frame.
     """
 
     name = "foundation_stereo"
@@ -133,9 +158,15 @@ class FoundationStereoBackend(DisparityBackend):
         self.hierarchical = config.hierarchical
         self.precision = config.precision
         self.scale = config.scale
+        self.min_scale = config.scale * config.oom_min_scale_factor
+        self.probe_period_s = config.oom_probe_period_s
         self.max_disp = float(model.cfg.max_disp)
         self._torch = torch
         self._columns = np.zeros((1, 0), np.float32)  # u of each column, cached per width
+        self._fallback_scale: Optional[float] = None  # the reduced scale in use after an out-of-memory error
+        self._last_probe = 0.0  # time.monotonic() of the last attempt at the configured scale
+        self.last_scale = None
+        self.last_oom_retries = 0
 
     def with_options(self, config: ProcessorConfig) -> "FoundationStereoBackend":
         """A backend sharing this one's loaded network, with the per-call options of ``config``."""
@@ -143,14 +174,56 @@ class FoundationStereoBackend(DisparityBackend):
         backend.source = self.source
         return backend
 
-    def network_size(self, width: int, height: int) -> Tuple[int, int]:
-        """(width, height) of the network input for a camera image of this size."""
-        return max(int(round(width * self.scale)), 8), max(int(round(height * self.scale)), 8)
+    def network_size(self, width: int, height: int, scale: Optional[float] = None) -> Tuple[int, int]:
+        """(width, height) of the network input for a camera image of this size (at ``scale``,
+        default the configured one)."""
+        scale = self.scale if scale is None else scale
+        return max(int(round(width * scale)), 8), max(int(round(height * scale)), 8)
 
     def compute(self, left: np.ndarray, right: np.ndarray, grey: bool = False) -> np.ndarray:
+        now = time.monotonic()
+        start = self.scale
+        if self._fallback_scale is not None and now - self._last_probe < self.probe_period_s:
+            start = self._fallback_scale
+        if start == self.scale:
+            self._last_probe = now
+        scale, retries = start, 0
+        while True:
+            failure: Optional[BaseException] = None
+            try:
+                disparity = self._infer(left, right, scale)
+            except Exception as e:  # noqa: BLE001 - anything but an allocator failure is re-raised
+                if not is_out_of_memory(e):
+                    raise
+                failure = e
+            if failure is None:
+                break
+            # Outside the except block, so the traceback no longer pins the frame's tensors.
+            message = str(failure).splitlines()[0] if str(failure) else type(failure).__name__
+            del failure
+            self._free_memory()
+            retries += 1
+            self.last_oom_retries = retries
+            if scale / 2.0 < self.min_scale * (1.0 - 1e-9):
+                self._fallback_scale = None  # nothing worked: the next frame starts from the top again
+                self.last_scale = None
+                raise InferenceMemoryError(
+                    "out_of_memory", f"out of memory at every network scale from {start:g} down to {scale:g} "
+                                     f"(oom_min_scale_factor {self.min_scale / self.scale:g}): {message}")
+            scale /= 2.0
+        self._fallback_scale = scale if scale < self.scale else None
+        self.last_scale = scale
+        self.last_oom_retries = retries
+        return disparity
+
+    def _free_memory(self) -> None:
+        if self.device.type == "cuda":
+            self._torch.cuda.empty_cache()
+
+    def _infer(self, left: np.ndarray, right: np.ndarray, scale: float) -> np.ndarray:
         torch = self._torch
         h, w = left.shape[:2]
-        nw, nh = self.network_size(w, h)
+        nw, nh = self.network_size(w, h, scale)
         if (nw, nh) != (w, h):
             interp = cv2.INTER_AREA if nw < w else cv2.INTER_LINEAR
             left = cv2.resize(left, (nw, nh), interpolation=interp)
@@ -171,7 +244,7 @@ class FoundationStereoBackend(DisparityBackend):
         return disparity
 
     def search_range(self, width: int) -> Tuple[float, float]:
-        nw, _ = self.network_size(width, 1)
+        nw, _ = self.network_size(width, 1, self.last_scale)  # the scale the last frame really used
         return 0.0, self.max_disp * width / nw
 
     @property

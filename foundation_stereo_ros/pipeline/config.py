@@ -72,6 +72,15 @@ PROCESSOR_PARAMETERS: Tuple[ParamSpec, ...] = (
               choices=PRECISIONS),
     ParamSpec("scale", 1.0, "Network input resolution relative to the camera image; the disparity is resized "
               "back and multiplied by 1/scale.", min=0.05, max=2.0),
+    ParamSpec("oom_min_scale_factor", 0.25, "Out-of-memory fallback of the network: a frame that runs out of GPU "
+              "memory is retried at half the resolution, then a quarter ..., down to this fraction of 'scale'; "
+              "below it the frame is skipped. 1.0: no retries.", min=0.01, max=1.0),
+    ParamSpec("oom_probe_period_s", 5.0, "After an out-of-memory fallback, frames keep the reduced resolution and "
+              "the configured one is tried again every this many seconds (0: every frame tries it first).",
+              min=0.0, max=3600.0),
+    ParamSpec("check_frame_ids", True, "Skip a frame whose image frame_id differs from the frame_id of its own "
+              "CameraInfo (calibration of another camera). Left and right frame ids may differ; empty ids are "
+              "not checked."),
     ParamSpec("rectify", "auto", "'auto': rectify when CameraInfo has distortion or a rotation; 'always'; "
               "'never' (input is already rectified).", choices=("auto", "always", "never")),
     ParamSpec("min_depth", 0.0, "Depths below this (metres) are invalid (NaN) in depth and points2; 0: no limit.",
@@ -117,6 +126,9 @@ class ProcessorConfig:
     device: str = SPECS["device"].default
     precision: str = SPECS["precision"].default
     scale: float = SPECS["scale"].default
+    oom_min_scale_factor: float = SPECS["oom_min_scale_factor"].default
+    oom_probe_period_s: float = SPECS["oom_probe_period_s"].default
+    check_frame_ids: bool = SPECS["check_frame_ids"].default
     rectify: str = SPECS["rectify"].default
     min_depth: float = SPECS["min_depth"].default
     max_depth: float = SPECS["max_depth"].default

@@ -73,6 +73,17 @@ for _p in ("rggb", "bggr", "gbrg", "grbg"):
     ENCODINGS[f"bayer_{_p}16"] = EncodingInfo(_U16, 1, "bayer", _bayer(_p))
 
 
+#: Bytes per pixel of each supported encoding, and an example encoding of each size (for messages).
+_BYTES_PER_PIXEL: Dict[int, str] = {}
+for _name, _info in ENCODINGS.items():
+    _BYTES_PER_PIXEL.setdefault(_info.channels * _info.dtype.itemsize, _name)
+
+#: Row padding of at least this many bytes is not alignment padding (drivers align rows to at
+#: most 64 bytes in practice), so together with a step that is exactly a dense row of a wider
+#: encoding it reveals an encoding that names too few bytes per pixel.
+WRONG_ENCODING_MIN_PADDING = 64
+
+
 def encoding_info(encoding: str) -> EncodingInfo:
     """The layout of ``encoding``; :class:`ImageDecodeError` (``unknown_encoding``) if unsupported."""
     info = ENCODINGS.get(encoding)
@@ -109,6 +120,15 @@ def image_to_numpy(encoding: str, height: int, width: int, step: int, is_bigendi
     if step < row_bytes:
         raise ImageDecodeError("bad_step", f"step {step} is shorter than one row of {width} {encoding} pixels "
                                            f"({row_bytes} bytes)")
+    padding = step - row_bytes
+    if padding >= WRONG_ENCODING_MIN_PADDING and step % width == 0:
+        actual = step // width
+        if actual in _BYTES_PER_PIXEL and actual > info.channels * item:
+            raise ImageDecodeError(
+                "wrong_encoding", f"step {step} is exactly a dense row of {width} pixels of {actual} bytes "
+                                  f"(like {_BYTES_PER_PIXEL[actual]}), but {encoding} has {info.channels * item} "
+                                  f"byte(s) per pixel and {padding} bytes of row padding are not alignment: "
+                                  f"the encoding field is probably wrong")
     raw = _as_bytes(data)
     if raw.size != step * height:
         raise ImageDecodeError("data_size", f"data has {raw.size} bytes, expected step * height = "

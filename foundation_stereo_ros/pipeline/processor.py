@@ -14,7 +14,7 @@ import numpy as np
 from .backends import DisparityBackend, make_backend
 from .calibration import CameraModel, Rectifier, StereoCalibration
 from .config import ProcessorConfig
-from .errors import PairMismatchError
+from .errors import CalibrationError, PairMismatchError
 from .geometry import PointProjector, colorize_disparity, disparity_to_depth, pack_rgb
 from .image import DecodedPair, decode_stereo_pair
 
@@ -59,6 +59,13 @@ class StereoResult:
     colors: Optional[np.ndarray] = None  # (H, W) uint32 0x00RRGGBB of left_rect
     disparity_color: Optional[np.ndarray] = None  # (H, W, 3) uint8 RGB colour map
     timings: Dict[str, float] = field(default_factory=dict)  # seconds per stage, and 'total'
+    network_scale: Optional[float] = None  # resolution the network matched at (None: SGBM)
+    oom_retries: int = 0  # out-of-memory retries at lower resolution this frame needed
+
+    @property
+    def reduced_resolution(self) -> bool:
+        """The network ran below the configured scale because memory ran out (see backends)."""
+        return self.oom_retries > 0
 
     @property
     def valid(self) -> np.ndarray:
@@ -107,6 +114,9 @@ class StereoProcessor:
         """Decode two Image-like and two CameraInfo-like objects (rclpy or rosbags messages) and
         :meth:`process` them. Raises :class:`StereoInputError` subclasses for bad input."""
         t0 = time.perf_counter()
+        if self.config.check_frame_ids:
+            check_frame_ids(left_image, left_info, "left")
+            check_frame_ids(right_image, right_info, "right")
         calib = self.calibration(left_info, right_info)
         pair = decode_stereo_pair(left_image, right_image)
         decode_s = time.perf_counter() - t0
@@ -145,7 +155,8 @@ class StereoProcessor:
             camera=cam, right_camera=calibration.rectified_right, f=calibration.f, t=calibration.baseline,
             delta_cx=delta_cx,
             min_disparity=lo - delta_cx, max_disparity=hi - delta_cx, delta_d=backend.delta_d,
-            valid_window=backend.valid_window(w, h), timings=timings)
+            valid_window=backend.valid_window(w, h), timings=timings, network_scale=backend.last_scale,
+            oom_retries=backend.last_oom_retries)
 
         if outputs.depth or outputs.points:
             result.depth = disparity_to_depth(disparity, calibration.f, calibration.baseline,
@@ -160,6 +171,24 @@ class StereoProcessor:
             t = _lap(timings, "colorize", t)
         timings["total"] = t - t_start
         return result
+
+
+def _frame_id(msg: Any) -> str:
+    return str(getattr(getattr(msg, "header", None), "frame_id", "") or "")
+
+
+def check_frame_ids(image: Any, info: Any, name: str = "camera") -> None:
+    """Raise ``frame_id_mismatch`` when an image and its own CameraInfo name different frames.
+
+    A CameraInfo from another frame is a calibration of another camera (a remap gone wrong, two
+    drivers on one topic), and its geometry would give wrong depth. Left and right images are
+    different cameras and may have different frame ids; an empty frame id is not checked.
+    """
+    image_frame, info_frame = _frame_id(image), _frame_id(info)
+    if image_frame and info_frame and image_frame != info_frame:
+        raise CalibrationError("frame_id_mismatch", f"{name} image is in frame {image_frame!r} but its camera_info "
+                                                    f"is for frame {info_frame!r}: calibration of another camera? "
+                                                    f"(check the remappings; check_frame_ids=false disables this)")
 
 
 def _lap(timings: Dict[str, float], stage: str, since: float) -> float:

@@ -18,20 +18,30 @@ Topics (relative, so namespaces and remaps work):
 
 Per-frame problems are counted in ``/diagnostics`` as ``problem.<key>`` with the pipeline's keys
 (:mod:`foundation_stereo_ros.pipeline.errors`) plus ``unpaired`` (a message that found no
-partners), ``time_jump_back`` (stamps went back by more than 1 s: queued newer messages are
-discarded) and ``internal_error``; each is logged at most once per ``log_throttle_s``.
+partners), ``time_jump_back`` (stamps went back by more than 1 s, e.g. a bag loop: queued newer
+messages and the first pair at the new time are discarded, pairing restarts with the next one)
+and ``internal_error``; each is logged at most once per ``log_throttle_s`` as ``[<key>] ...``.
+A frame the network could only match at a reduced resolution because the GPU ran out of memory
+is published (coarser, not wrong) and counted in ``oom_retries`` / ``reduced_resolution_frames``.
 
 Threading: the synchroniser callback only stores the newest pair (an older pair still waiting
 is dropped and counted); one worker thread processes and publishes, so the executor never
-blocks on inference.
+blocks on inference. Everything a frame is processed with (the processor and the output
+options) is one immutable :class:`FrameSettings`; a parameter change builds a new one and the
+worker swaps it in between frames, so no frame sees half of a change.
+
+Shutdown (Ctrl-C, SIGTERM from a launch shutdown): the executor stops, a frame in flight gets
+up to ``SHUTDOWN_WAIT_S`` to finish (its outputs are not published), and the process exits 0.
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
 import traceback
 from collections import deque
+from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -46,7 +56,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from stereo_msgs.msg import DisparityImage
 
-from ..pipeline import Outputs, ProcessorConfig, StereoInputError, StereoProcessor
+from ..pipeline import FrameError, Outputs, ProcessorConfig, StereoProcessor
 from ..pipeline.config import PROCESSOR_PARAMETERS, ParamSpec, config_problems
 from .conversions import camera_info_msg, disparity_image_msg, numpy_to_image, pointcloud2_msg
 from .sync import stamp_ns, subscribe_synchronized
@@ -82,6 +92,10 @@ _NODE_SPECS = {s.name: s for s in NODE_PARAMETERS}
 #: Stamps going back by more than this count as a time jump (bag loop); smaller reorderings are
 #: normal between unsynchronised inputs.
 TIME_JUMP_NS = 1_000_000_000
+
+#: On shutdown, how long a frame in flight may take to finish. Below the 5 s after which
+#: ``ros2 launch`` escalates from SIGINT to SIGTERM.
+SHUTDOWN_WAIT_S = 4.0
 
 INPUTS = (("left/image_rect", Image), ("left/camera_info", CameraInfo),
           ("right/image_rect", Image), ("right/camera_info", CameraInfo))
@@ -136,12 +150,33 @@ class Stats:
         self.frames_published = 0
         self.dropped = 0  # pairs replaced by a newer one before the worker took them
         self.skipped_no_subscribers = 0
+        self.oom_retries = 0  # out-of-memory retries at a lower network resolution
+        self.reduced_resolution_frames = 0  # frames published below the configured network scale
+        self.network_scale: Optional[float] = None  # scale the network used for the last frame
         self.problems: Dict[str, int] = {}
-        self.window: deque = deque()  # (publish monotonic time, latency s, processing s)
+        self.window: deque = deque(maxlen=10_000)  # (publish monotonic time, latency s, processing s)
 
     def problem(self, key: str) -> None:
         with self.lock:
             self.problems[key] = self.problems.get(key, 0) + 1
+
+
+@dataclass(frozen=True)
+class FrameSettings:
+    """Everything one frame is processed and published with; replaced whole, never mutated."""
+
+    processor: StereoProcessor
+    points_organized: bool
+
+
+def resident_memory_mb() -> Optional[float]:
+    """Resident set size of this process in MiB (Linux /proc), None where unavailable."""
+    try:
+        with open("/proc/self/statm") as fh:
+            pages = int(fh.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class StereoDepthNode(Node):
@@ -156,11 +191,11 @@ class StereoDepthNode(Node):
             raise StartupError("invalid parameters: " + "; ".join(problems))
         config = ProcessorConfig.from_mapping({k: v for k, v in values.items() if k in _PROCESSOR_NAMES})
         try:
-            self._processor = StereoProcessor(config)
+            processor = StereoProcessor(config)
         except ValueError as e:  # CheckpointError, BackendError
             raise StartupError(f"cannot start the {config.backend} backend: {e}") from None
-        self._next_processor: Optional[StereoProcessor] = None
-        self._points_organized = bool(values["points_organized"])
+        self._settings = FrameSettings(processor, bool(values["points_organized"]))
+        self._next_settings: Optional[FrameSettings] = None  # taken by the worker before its next frame
         self._log = ThrottledLog(self.get_logger(), float(values["log_throttle_s"]))
         self._stats = Stats()
 
@@ -182,8 +217,11 @@ class StereoDepthNode(Node):
 
         self._cond = threading.Condition()
         self._pending: Optional[Tuple[Any, ...]] = None
+        self._in_flight: Optional[int] = None  # stamp of the frame the worker is processing
         self._stop = threading.Event()
         self._newest_stamp: Optional[int] = None
+        self._jump_stamp: Optional[int] = None  # stamp that jumped back; its pair is discarded
+        self._tolerance_ns = int(round(float(values["sync_tolerance_s"]) * 1e9)) if values["approximate_sync"] else 0
         self._sync = subscribe_synchronized(
             self, [(t, name) for name, t in INPUTS], qos_in, self._on_pair, queue_size=int(values["queue_size"]),
             approximate=bool(values["approximate_sync"]), tolerance_s=float(values["sync_tolerance_s"]),
@@ -217,6 +255,17 @@ class StereoDepthNode(Node):
     def parameter_values(self) -> Dict[str, Any]:
         return {s.name: self.get_parameter(s.name).value for s in ALL_PARAMETERS}
 
+    @property
+    def frame_settings(self) -> FrameSettings:
+        """The settings the next frame will be processed with."""
+        with self._cond:
+            return self._next_settings or self._settings
+
+    @property
+    def processor(self) -> StereoProcessor:
+        """The processor the next frame will go through."""
+        return self.frame_settings.processor
+
     def _on_set_parameters(self, params: Sequence[Any]) -> SetParametersResult:
         changes = {p.name: p.value for p in params}
         merged = self.parameter_values()
@@ -232,17 +281,16 @@ class StereoDepthNode(Node):
         problems += config_problems(proc_values)
         if problems:
             return SetParametersResult(successful=False, reason="; ".join(problems))
+        base = self.frame_settings
+        processor = base.processor
         if _PROCESSOR_NAMES.intersection(changes):
-            with self._cond:
-                base = self._next_processor or self._processor
             try:
-                new = base.reconfigured(ProcessorConfig.from_mapping(proc_values))
+                processor = processor.reconfigured(ProcessorConfig.from_mapping(proc_values))
             except ValueError as e:
                 return SetParametersResult(successful=False, reason=str(e))
-            with self._cond:  # the worker picks it up before its next frame
-                self._next_processor = new
-        if "points_organized" in changes:
-            self._points_organized = bool(changes["points_organized"])
+        settings = replace(base, processor=processor, points_organized=bool(merged["points_organized"]))
+        with self._cond:  # the worker swaps it in before its next frame: never half a change
+            self._next_settings = settings
         if "log_throttle_s" in changes:
             self._log.period_s = float(changes["log_throttle_s"])
         self.get_logger().info("parameters changed: " + ", ".join(f"{k}={v!r}" for k, v in changes.items()))
@@ -254,11 +302,14 @@ class StereoDepthNode(Node):
         newest = self._newest_stamp
         if newest is not None and t < newest - TIME_JUMP_NS:
             # A bag loop or a restarted driver: queued messages from "the future" would block
-            # pairing of the new ones until they age out.
+            # pairing of the new ones until they age out. The pair at the jump is discarded too,
+            # so consumers see a clean break rather than a frame from before their reset.
             self._newest_stamp = t
+            self._jump_stamp = t
             self._stats.problem("time_jump_back")
             self._log.warn("time_jump_back", f"{INPUTS[index][0]} stamp went back by {(newest - t) / 1e9:.3f} s "
-                                             f"(bag loop?); discarding queued newer messages")
+                                             f"(bag loop? restarted driver?); discarding queued newer messages and "
+                                             f"the pair stamped {t / 1e9:.6f}, resuming with the next pair")
             self._sync.discard_newer_than(t)
         elif newest is None or t > newest:
             self._newest_stamp = t
@@ -271,6 +322,9 @@ class StereoDepthNode(Node):
                                    f"sync_tolerance_s for unsynchronised cameras)")
 
     def _on_pair(self, left_img: Image, left_info: CameraInfo, right_img: Image, right_info: CameraInfo) -> None:
+        jump, self._jump_stamp = self._jump_stamp, None
+        if jump is not None and stamp_ns(left_img) <= jump + self._tolerance_ns:
+            return  # the pair at a backward time jump (counted and logged in _on_message)
         with self._cond:
             self._stats.pairs_received += 1
             if self._pending is not None:
@@ -287,20 +341,26 @@ class StereoDepthNode(Node):
                 if self._stop.is_set():
                     return
                 pair, self._pending = self._pending, None
-                if self._next_processor is not None:
-                    self._processor, self._next_processor = self._next_processor, None
-                processor = self._processor
+                if self._next_settings is not None:
+                    self._settings, self._next_settings = self._next_settings, None
+                settings = self._settings
+                self._in_flight = stamp_ns(pair[0])
             try:
-                self._process(processor, *pair)
+                self._process(settings, *pair)
             except Exception as e:  # noqa: BLE001 - the worker must survive anything a frame does
                 if self._stop.is_set() or not rclpy.ok(context=self.context):
                     return
                 self._stats.problem("internal_error")
                 self._log.warn("internal_error", f"frame failed: {type(e).__name__}: {e}\n"
                                                  f"{traceback.format_exc(limit=4)}", error=True)
+            finally:
+                with self._cond:
+                    self._in_flight = None
+                    self._cond.notify_all()
 
-    def _process(self, processor: StereoProcessor, left_img: Image, left_info: CameraInfo, right_img: Image,
+    def _process(self, settings: FrameSettings, left_img: Image, left_info: CameraInfo, right_img: Image,
                  right_info: CameraInfo) -> None:
+        processor = settings.processor
         def wanted(*pubs: Any) -> bool:
             return any(p.get_subscription_count() > 0 for p in pubs)
 
@@ -316,12 +376,27 @@ class StereoDepthNode(Node):
             return
         outputs = Outputs(depth=want_depth, points=want_points, disparity_color=want_color)
         t0 = time.perf_counter()
+        stamp = stamp_ns(left_img)
+        self.get_logger().debug(f"frame {stamp / 1e9:.6f}: processing")
         try:
             result = processor.process_messages(left_img, right_img, left_info, right_info, outputs)
-        except StereoInputError as e:
+        except FrameError as e:
             self._stats.problem(e.problem)
-            self._log.warn(e.problem, f"frame {stamp_ns(left_img) / 1e9:.6f} skipped: {e}")
+            self._log.warn(e.problem, f"frame {stamp / 1e9:.6f} skipped: {e}")
             return
+        if self._stop.is_set():
+            return  # shutting down: the publishers are going away
+        with self._stats.lock:
+            self._stats.network_scale = result.network_scale
+            if result.oom_retries:
+                self._stats.oom_retries += result.oom_retries
+                self._stats.reduced_resolution_frames += 1
+        if result.oom_retries:
+            self._log.warn("out_of_memory_fallback",
+                           f"frame {stamp / 1e9:.6f}: out of memory at network scale {processor.config.scale:g}; "
+                           f"matched at scale {result.network_scale:g} after {result.oom_retries} retr"
+                           f"{'y' if result.oom_retries == 1 else 'ies'} (coarser depth; the configured scale is "
+                           f"tried again every {processor.config.oom_probe_period_s:g} s)")
         header = left_img.header
         if want_disp:
             self._pub_disparity.publish(disparity_image_msg(result, header))
@@ -330,7 +405,8 @@ class StereoDepthNode(Node):
             self._pub_depth.publish(numpy_to_image(result.depth, "32FC1", header))
             self._pub_depth_info.publish(cam_info)
         if want_points:
-            self._pub_points.publish(pointcloud2_msg(result.points, result.colors, header, self._points_organized))
+            self._pub_points.publish(pointcloud2_msg(result.points, result.colors, header,
+                                                     settings.points_organized))
         if want_left:
             self._pub_left.publish(_picture(result.left_rect, result.grey, header))
             self._pub_left_info.publish(cam_info)
@@ -357,9 +433,12 @@ class StereoDepthNode(Node):
             st.window.clear()
             problems = dict(st.problems)
             values = dict(pairs_received=st.pairs_received, frames_published=st.frames_published,
-                          dropped_pairs=st.dropped, skipped_no_subscribers=st.skipped_no_subscribers)
+                          dropped_pairs=st.dropped, skipped_no_subscribers=st.skipped_no_subscribers,
+                          oom_retries=st.oom_retries, reduced_resolution_frames=st.reduced_resolution_frames)
+            network_scale = st.network_scale
         with self._cond:
-            backend = self._processor.config.backend
+            config = self._settings.processor.config
+        backend = config.backend
         rate = len(window) / elapsed
         lat = [w[1] for w in window]
         proc = [w[2] for w in window]
@@ -368,14 +447,25 @@ class StereoDepthNode(Node):
               ("latency_max_s", f"{np.max(lat):.4f}" if lat else "nan"),
               ("processing_mean_s", f"{np.mean(proc):.4f}" if proc else "nan")]
         kv += [(k, str(v)) for k, v in values.items()]
+        if backend == "foundation_stereo":
+            kv += [("configured_scale", f"{config.scale:g}"),
+                   ("network_scale", f"{network_scale:g}" if network_scale is not None else "nan")]
+        rss = resident_memory_mb()
+        kv += [("rss_mb", f"{rss:.1f}" if rss is not None else "nan")]
         kv += [(f"problem.{k}", str(v)) for k, v in sorted(problems.items())]
         previous = getattr(self, "_diag_prev_problems", {})
         new_problems = {k: v - previous.get(k, 0) for k, v in problems.items() if v > previous.get(k, 0)}
         self._diag_prev_problems = problems
+        reduced = values["reduced_resolution_frames"] - getattr(self, "_diag_prev_reduced", 0)
+        self._diag_prev_reduced = values["reduced_resolution_frames"]
         status = DiagnosticStatus(name=f"{self.get_name()}: stereo depth", hardware_id=self.get_fully_qualified_name())
         if new_problems:
             status.level = DiagnosticStatus.WARN
             status.message = "frames skipped: " + ", ".join(f"{k} x{v}" for k, v in sorted(new_problems.items()))
+        elif reduced > 0:
+            status.level = DiagnosticStatus.WARN
+            status.message = (f"out of GPU memory: {reduced} frame(s) at reduced network scale "
+                              f"{network_scale if network_scale is not None else float('nan'):g}")
         elif window:
             status.level = DiagnosticStatus.OK
             status.message = f"publishing at {rate:.2f} Hz"
@@ -389,16 +479,23 @@ class StereoDepthNode(Node):
         self._pub_diag.publish(msg)
 
     # ------------------------------------------------------------------ lifecycle
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop the worker (waits up to ``timeout_s`` for a frame in flight)."""
+    def stop(self, timeout_s: float = SHUTDOWN_WAIT_S) -> bool:
+        """Stop the worker, waiting up to ``timeout_s`` for a frame in flight (whose outputs are
+        not published). False if the frame was still running when the wait ended."""
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
+            in_flight = self._in_flight
+        if in_flight is not None:
+            self.get_logger().info(f"shutting down: waiting up to {timeout_s:g} s for the frame "
+                                   f"{in_flight / 1e9:.6f} in flight")
         if self._worker.is_alive() and threading.current_thread() is not self._worker:
             self._worker.join(timeout_s)
+        return not self._worker.is_alive()
 
     def destroy_node(self) -> None:
-        self.stop()
+        if not self._stop.is_set():  # main() and tests stop first, with their own wait
+            self.stop()
         super().destroy_node()
 
 
@@ -424,6 +521,8 @@ def main(args: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         return 0
     node: Optional[StereoDepthNode] = None
+    # rclpy.init installs handlers for SIGINT and SIGTERM (a launch shutdown sends SIGINT, then
+    # SIGTERM): both shut the context down, which ends spin() with ExternalShutdownException.
     try:
         try:
             node = StereoDepthNode()
@@ -440,7 +539,11 @@ def main(args: Optional[List[str]] = None) -> int:
         pass
     finally:
         if node is not None:
-            node.stop()
+            if not node.stop():
+                # A frame longer than SHUTDOWN_WAIT_S: the worker is a daemon thread and ends
+                # with the process; its result is not published.
+                rclpy.logging.get_logger(NODE_NAME).warning(
+                    f"the frame in flight did not finish within {SHUTDOWN_WAIT_S:g} s; exiting without it")
             try:
                 node.destroy_node()
             except Exception:  # noqa: BLE001 - the context may already be gone after Ctrl-C
