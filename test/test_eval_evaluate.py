@@ -182,3 +182,18 @@ def test_bad_input(tmp_path, opencv_data, capsys, monkeypatch):
     assert evaluate.main([str(bag), "--backend", "foundation_stereo", "--device", "cpu", "--no-progress",
                           "-o", str(tmp_path / "r2")]) == 2
     assert "checkpoint" in capsys.readouterr().err
+
+
+def test_backend_specs():
+    from foundation_stereo_ros.evaluation.runner import parse_backend_spec
+    from foundation_stereo_ros.pipeline import ProcessorConfig
+
+    base = ProcessorConfig(backend="sgbm", device="cpu", max_depth=12.0)
+    run = parse_backend_spec("foundation_stereo:iters=8,scale=1,checkpoint=2025", base)
+    assert run.label == "foundation_stereo-iters=8-scale=1-checkpoint=2025"
+    assert (run.config.backend, run.config.iters, run.config.scale, run.config.checkpoint) == (
+        "foundation_stereo", 8, 1.0, "2025")
+    assert run.config.max_depth == 12.0 and run.config.device == "cpu"  # the shared settings stay
+    for bad in ("sgbm:iters", "sgbm:iters=many", "sgbm:no_such=1", "magic"):
+        with pytest.raises(ValueError):
+            parse_backend_spec(bad, base)

@@ -445,8 +445,16 @@ class StereoBagReader:
             raise ValueError(f"{self.path}: not a rosbag2 folder (no metadata.yaml)")
         self._reader = AnyReader([self.path], default_typestore=typestore())
         self._reader.open()
-        self.types = {c.topic: c.msgtype for c in self._reader.connections}
-        base = topics if topics is not None else None
+        try:
+            self.types = {c.topic: c.msgtype for c in self._reader.connections}
+            self.topics = self._resolve_topics(topics, overrides)
+        except BaseException:
+            self._reader.close()
+            raise
+        self.unpaired: Dict[str, int] = {}
+
+    def _resolve_topics(self, topics: Optional[StereoTopics], overrides: Dict[str, Optional[str]]) -> StereoTopics:
+        base = topics
         if base is None:
             try:
                 base = detect_topics(self.types)
@@ -457,12 +465,14 @@ class StereoBagReader:
                                     overrides["right_image"], overrides["right_info"])  # type: ignore[arg-type]
         values = {k: getattr(base, k) for k in ("left_image", "left_info", "right_image", "right_info",
                                                  "gt_disparity", "gt_depth")}
+        unknown = sorted(set(overrides) - set(values))
+        if unknown:
+            raise ValueError(f"unknown topic roles {unknown}; expected {sorted(values)}")
         values.update({k: v for k, v in overrides.items() if v})
-        self.topics = StereoTopics(**values)
         for role, topic in values.items():
             if topic and topic not in self.types:
                 raise ValueError(f"topic {topic} ({role}) is not in {self.path}; it has: {', '.join(sorted(self.types))}")
-        self.unpaired: Dict[str, int] = {}
+        return StereoTopics(**values)
 
     def close(self) -> None:
         self._reader.close()

@@ -31,12 +31,20 @@ class BackendRun:
     config: Any  # foundation_stereo_ros.pipeline.ProcessorConfig
 
 
-def coerce_value(text: str) -> Any:
-    """A command-line value as bool, int, float or str, whichever it reads as."""
-    low = text.lower()
-    if low in ("true", "false"):
+def coerce_value(text: str, name: Optional[str] = None) -> Any:
+    """A command-line value as the type of processing parameter ``name`` (so that a checkpoint
+    called '2025' stays a string); without a known name, as bool, int, float or str, whichever it
+    reads as. A value that does not read as its parameter's type is returned as is, for the
+    configuration's validation to reject with its message."""
+    from foundation_stereo_ros.pipeline import SPECS
+
+    kind = SPECS[name].type if name in SPECS else None
+    low = text.strip().lower()
+    if kind is str:
+        return text
+    if kind in (None, bool) and low in ("true", "false"):
         return low == "true"
-    for conv in (int, float):
+    for conv in ((int, float) if kind is None else (kind,) if kind is not bool else ()):
         try:
             return conv(text)
         except ValueError:
@@ -53,7 +61,7 @@ def parse_backend_spec(spec: str, base: Any) -> BackendRun:
         key, eq, value = item.partition("=")
         if not eq:
             raise ValueError(f"backend spec {spec!r}: {item!r} is not key=value")
-        changes[key.strip()] = coerce_value(value.strip())
+        changes[key.strip()] = coerce_value(value.strip(), key.strip())
     try:
         config = type(base).from_mapping({**base.as_dict(), **changes})
     except ValueError as exc:

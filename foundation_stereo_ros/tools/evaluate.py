@@ -298,7 +298,7 @@ def build_runs(args: argparse.Namespace) -> List[BackendRun]:
         key, eq, value = item.partition("=")
         if not eq or key not in SPECS:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(SPECS))}")
-        values[key] = coerce_value(value)
+        values[key] = coerce_value(value, key)
     for name in ("checkpoint", "iters", "scale", "precision", "hierarchical"):
         v = getattr(args, name)
         if v is not None:
