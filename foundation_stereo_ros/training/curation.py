@@ -161,7 +161,7 @@ def sample_picture(sample: StereoSample, pred: np.ndarray, bad_threshold_px: flo
     """RGB mosaic: left | right / ground truth | prediction / error | bad pixels."""
     import cv2
 
-    from foundation_stereo_ros.fileio import colorize
+    from foundation_stereo_ros.pipeline.geometry import colorize_disparity as colorize
 
     gt = np.where(sample.valid, sample.disparity, np.nan)
     hi = float(np.nanmax(gt)) if np.isfinite(gt).any() else float(np.nanmax(pred))
