@@ -1,0 +1,77 @@
+"""Rectification, depth and points on the network's device, so each output leaves it in one copy.
+
+The pipeline does these steps with OpenCV/numpy on the host (``pipeline.calibration.Rectifier``,
+``pipeline.geometry``). On a GPU node the raw images can instead be uploaded once, rectified
+with ``grid_sample`` and handed to the network without a round trip, and depth and points can
+be computed beside the disparity; each result then comes back with a single device-to-host
+copy. Conventions follow the pipeline: depth ``f * B / d`` in the baseline's units, NaN where
+the disparity is not positive (or NaN) or the depth is out of range; points
+``((u - cx) Z / fx, (v - cy) Z / fy, Z)`` in the left rectified optical frame.
+"""
+from __future__ import annotations
+
+from typing import Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+Device = Union[str, torch.device]
+
+
+class DeviceRemap:
+    """``cv2.remap(img, map_x, map_y, INTER_LINEAR, BORDER_CONSTANT)`` on a torch device.
+
+    ``map_x``/``map_y`` are float (H_out, W_out) source pixel coordinates, e.g. from
+    ``cv2.initUndistortRectifyMap(..., m1type=cv2.CV_32FC1)`` (or ``cv2.convertMaps`` of the
+    fixed-point tables). They are converted once to a normalised ``grid_sample`` grid.
+    """
+
+    def __init__(self, map_x: np.ndarray, map_y: np.ndarray, source_size: Tuple[int, int], device: Device = "cpu"):
+        map_x = np.asarray(map_x, np.float32)
+        map_y = np.asarray(map_y, np.float32)
+        if map_x.shape != map_y.shape or map_x.ndim != 2:
+            raise ValueError(f"map_x and map_y must be equal (H, W) arrays, got {map_x.shape} and {map_y.shape}")
+        src_h, src_w = source_size
+        if src_h < 2 or src_w < 2:
+            raise ValueError(f"source image must be at least 2x2, got {src_h}x{src_w}")
+        # align_corners=True maps -1/+1 to the centres of the first/last pixel: x_n = 2x/(W-1) - 1.
+        grid = np.stack([2.0 * map_x / (src_w - 1) - 1.0, 2.0 * map_y / (src_h - 1) - 1.0], axis=-1)
+        self.grid = torch.from_numpy(grid.astype(np.float32))[None].to(device)  # (1, H_out, W_out, 2)
+        self.source_size = (src_h, src_w)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, C, H_src, W_src) float images -> (N, C, H_out, W_out), zeros outside the source."""
+        if images.ndim != 4 or tuple(images.shape[-2:]) != self.source_size:
+            raise ValueError(f"expected (N, C, {self.source_size[0]}, {self.source_size[1]}) images, "
+                             f"got {tuple(images.shape)}")
+        grid = self.grid.to(images.device).expand(images.shape[0], -1, -1, -1)
+        return F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="zeros",
+                             align_corners=True)
+
+
+def disparity_to_depth(disparity: torch.Tensor, f: float, baseline: float, min_depth: float = 0.0,
+                       max_depth: float = 0.0) -> torch.Tensor:
+    """Depth (same shape, float32), NaN where the disparity is not > 0 or the depth is out of range
+    (``max_depth <= 0``: no upper limit)."""
+    if not (f > 0 and baseline > 0 and np.isfinite(f * baseline)):
+        raise ValueError(f"f and baseline must be positive and finite, got f={f}, baseline={baseline}")
+    d = disparity.float()
+    depth = (f * baseline) / d
+    bad = ~(d > 0)
+    if min_depth > 0:
+        bad |= depth < min_depth
+    if max_depth > 0:
+        bad |= depth > max_depth
+    return depth.masked_fill(bad, float("nan"))
+
+
+def depth_to_points(depth: torch.Tensor, fx: float, fy: float, cx: float, cy: float) -> torch.Tensor:
+    """(H, W, 3) float32 points of an (H, W) depth image; NaN stays NaN."""
+    if depth.ndim != 2:
+        raise ValueError(f"depth must be (H, W), got {tuple(depth.shape)}")
+    h, w = depth.shape
+    z = depth.float()
+    xr = (torch.arange(w, device=z.device, dtype=torch.float64) - cx) / fx
+    yr = (torch.arange(h, device=z.device, dtype=torch.float64) - cy) / fy
+    return torch.stack([z * xr.float()[None, :], z * yr.float()[:, None], z], dim=-1)
