@@ -20,11 +20,14 @@ os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 
 import rclpy  # noqa: E402
 from rclpy.context import Context  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rcl_interfaces.msg import Log  # noqa: E402
+from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
+from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
+from rcl_interfaces.srv import SetParametersAtomically  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
 from stereo_msgs.msg import DisparityImage  # noqa: E402
 
@@ -256,3 +259,31 @@ class NodeHarness:
         self.tester.destroy_node()
         rclpy.try_shutdown(context=self.context)
         self._thread.join(5.0)
+
+
+def set_params(h, **values):
+    """Call the node's set_parameters_atomically service from a separate node, as `ros2 param`
+    does: all values are applied together or none."""
+    if not hasattr(h, "param_client"):  # one caller per harness: discovery takes a while
+        caller = rclpy.create_node("param_caller", context=h.context)
+        h.param_executor = SingleThreadedExecutor(context=h.context)
+        h.param_executor.add_node(caller)
+        h.param_client = caller.create_client(SetParametersAtomically,
+                                              f"{h.namespace}/stereo_depth_node/set_parameters_atomically")
+        assert h.param_client.wait_for_service(timeout_sec=10.0)
+    req = SetParametersAtomically.Request()
+    for name, v in values.items():
+        pv = ParameterValue()
+        if isinstance(v, bool):
+            pv.type, pv.bool_value = ParameterType.PARAMETER_BOOL, v
+        elif isinstance(v, int):
+            pv.type, pv.integer_value = ParameterType.PARAMETER_INTEGER, v
+        elif isinstance(v, float):
+            pv.type, pv.double_value = ParameterType.PARAMETER_DOUBLE, v
+        else:
+            pv.type, pv.string_value = ParameterType.PARAMETER_STRING, v
+        req.parameters.append(ParameterMsg(name=name, value=pv))
+    future = h.param_client.call_async(req)
+    h.param_executor.spin_until_future_complete(future, timeout_sec=20.0)
+    assert future.done(), "set_parameters_atomically did not answer"
+    return [future.result().result]

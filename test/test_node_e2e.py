@@ -11,17 +11,12 @@ import time
 
 import numpy as np
 import pytest
-import rclpy
-from rclpy.executors import SingleThreadedExecutor
-from rcl_interfaces.msg import Parameter as ParameterMsg
-from rcl_interfaces.msg import ParameterType, ParameterValue
-from rcl_interfaces.srv import SetParametersAtomically
 
 from foundation_stereo_ros.pipeline import unpack_rgb
 from foundation_stereo_ros.ros.conversions import (disparity_from_msg, image_to_array, numpy_to_image,
                                                    pointcloud2_to_array)
 
-from _ros_helpers import OUTPUTS, NodeHarness, rectified_infos, textured_scene, wait_for
+from _ros_helpers import OUTPUTS, NodeHarness, rectified_infos, set_params, textured_scene, wait_for
 
 H, W, F, B = 64, 200, 100.0, 0.1
 CX_L, CX_R, CY = 100.0, 96.0, 32.0  # principal points differ: delta_cx = 4 px
@@ -163,34 +158,6 @@ def test_diagnostics_report_rate_latency_and_counts(sgbm_node):
     assert 0.0 <= float(values["latency_mean_s"]) < 10.0
     assert 0.0 < float(values["processing_mean_s"]) < 10.0
     assert {"dropped_pairs", "pairs_received"} <= set(values)
-
-
-def set_params(h, **values):
-    """Call the node's set_parameters_atomically service from a separate node, as `ros2 param`
-    does: all values are applied together or none."""
-    if not hasattr(h, "param_client"):  # one caller per harness: discovery takes a while
-        caller = rclpy.create_node("param_caller", context=h.context)
-        h.param_executor = SingleThreadedExecutor(context=h.context)
-        h.param_executor.add_node(caller)
-        h.param_client = caller.create_client(SetParametersAtomically,
-                                              f"{h.namespace}/stereo_depth_node/set_parameters_atomically")
-        assert h.param_client.wait_for_service(timeout_sec=10.0)
-    req = SetParametersAtomically.Request()
-    for name, v in values.items():
-        pv = ParameterValue()
-        if isinstance(v, bool):
-            pv.type, pv.bool_value = ParameterType.PARAMETER_BOOL, v
-        elif isinstance(v, int):
-            pv.type, pv.integer_value = ParameterType.PARAMETER_INTEGER, v
-        elif isinstance(v, float):
-            pv.type, pv.double_value = ParameterType.PARAMETER_DOUBLE, v
-        else:
-            pv.type, pv.string_value = ParameterType.PARAMETER_STRING, v
-        req.parameters.append(ParameterMsg(name=name, value=pv))
-    future = h.param_client.call_async(req)
-    h.param_executor.spin_until_future_complete(future, timeout_sec=20.0)
-    assert future.done(), "set_parameters_atomically did not answer"
-    return [future.result().result]
 
 
 def test_runtime_parameter_changes_are_validated_and_applied(sgbm_node):

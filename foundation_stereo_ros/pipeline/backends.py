@@ -217,7 +217,9 @@ class FoundationStereoBackend(DisparityBackend):
         return disparity
 
     def _free_memory(self) -> None:
-        if self.device.type == "cuda":
+        # The failed attempt's tensors are already unreferenced; hand their cached blocks back to
+        # the driver so the retry (and other processes on the GPU) can use them.
+        if self._torch.cuda.is_initialized():
             self._torch.cuda.empty_cache()
 
     def _infer(self, left: np.ndarray, right: np.ndarray, scale: float) -> np.ndarray:
