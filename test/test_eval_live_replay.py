@@ -84,3 +84,25 @@ def test_live_replay_pairs_like_offline_with_approximate_sync(tmp_path, opencv_d
     assert sorted(s - T0 for s in off) == [0, 403_000_000]  # stamped like the left image
     assert sorted(live.frames) == sorted(off), (tmp_path / "live" / "node.log").read_text()
     assert_same(live, off)
+
+
+def test_looped_bag_pairs_like_the_node(tmp_path, opencv_data):
+    """A recording whose stamps jump back by 10 s halfway (a bag played in a loop, a restarted
+    driver): node and offline reader both drop the pair at the jump and go on with the rest."""
+    left = cv2.resize(cv2.cvtColor(cv2.imread(str(opencv_data / "aloeL.jpg")), cv2.COLOR_BGR2RGB), (160, 139),
+                      interpolation=cv2.INTER_AREA)
+    right = cv2.resize(cv2.cvtColor(cv2.imread(str(opencv_data / "aloeR.jpg")), cv2.COLOR_BGR2RGB), (160, 139),
+                       interpolation=cv2.INTER_AREA)
+    full = [("left", 0), ("left_info", 0), ("right", 0), ("right_info", 0)]
+    back = -10_000_000_000
+    plan = [full] * 3 + [[(role, back) for role, _ in full]] * 3
+    bag = tmp_path / "loop"
+    write_plan_bag(bag, left, right, plan, period_ns=250_000_000)
+    params = {"backend": "sgbm", "sgbm_num_disparities": 32, "device": "cpu"}
+    off = offline(bag, params)
+    period = 250_000_000
+    assert sorted(s - T0 for s in off) == sorted([0, period, 2 * period, 4 * period + back, 5 * period + back])
+    live = replay_live(bag, "/cam", params, log_dir=tmp_path / "live")
+    assert sorted(live.frames) == sorted(off), (tmp_path / "live" / "node.log").read_text()
+    assert "time_jump_back" in (tmp_path / "live" / "node.log").read_text()
+    assert_same(live, off)

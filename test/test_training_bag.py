@@ -8,6 +8,7 @@ from foundation_stereo_ros.tools.make_bag import StereoFrame, write_stereo_bag
 from foundation_stereo_ros.training import DataOptions, open_dataset
 
 F_PX, BASELINE = 400.0, 0.1
+START_NS = 1_700_000_000_000_000_000
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def test_disparity_topic_with_principal_point_offset(tmp_path, frames, storage):
         gts.append(g)
     bag = tmp_path / f"rec_{storage}"
     write_stereo_bag(bag, [StereoFrame(l, r, gt_disparity=g) for (l, r, _), g in zip(frames, gts)], calib,
-                     storage=storage)
+                     storage=storage, start_ns=START_NS, rate_hz=10.0)
     logs = []
     ds = open_dataset(f"bag:{bag}", cache_dir=tmp_path / "cache", log=logs.append)
     assert len(ds) == 3
@@ -35,9 +36,11 @@ def test_disparity_topic_with_principal_point_offset(tmp_path, frames, storage):
         np.testing.assert_array_equal(s.right, right)
         np.testing.assert_array_equal(s.valid, g > 0)
         np.testing.assert_allclose(s.disparity[g > 0], g[g > 0], atol=1e-4)
-    # The second open reuses the extraction.
+    # The second open reuses the extraction; names identify bag and stamp, whatever the cache.
     again = open_dataset(str(bag), cache_dir=tmp_path / "cache", log=logs.append)
     assert again.names == ds.names and any("extracted before" in m for m in logs)
+    assert open_dataset(str(bag), cache_dir=tmp_path / "other_cache").names == ds.names
+    assert ds.names[1] == f"{bag.resolve()}@{START_NS + 100_000_000}"  # frame 1 at 10 Hz
 
 
 def test_depth_topic_and_stride(tmp_path, frames):

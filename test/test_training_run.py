@@ -118,14 +118,18 @@ def test_curate_cli_with_the_finetuned_network(trained, data, tmp_path):
     left, right, disp = pairs[0]
     root = write_folder_dataset(tmp_path / "data", pairs + [(left, right, disp + 8.0)])
     out = tmp_path / "curation"
+    # After 8 CPU steps the clean samples' EPE is below 2 px but their bad-2 rate is not yet far
+    # from the paper's 60 %, so this run uses the (configurable) EPE criterion; the bad-2 rule is
+    # exercised with an accurate matcher in test_training_curation.py.
     rc = curate.main([str(root), "--checkpoint", str(trained["out"] / "last"), "--iters", str(ITERS),
-                      "--output", str(out), "--worst", "2", "--device", "cpu"])
+                      "--output", str(out), "--worst", "2", "--device", "cpu", "--max-bad", "-1", "--max-epe", "4"])
     assert rc == 0
     rejected = (out / "rejected.txt").read_text().splitlines()
     kept = [ln for ln in (out / "kept.txt").read_text().splitlines() if not ln.startswith("#")]
     assert [ln for ln in rejected if not ln.startswith("#")] == [str(root / "left" / "0004.png")]
     assert len(kept) == 4
-    assert len(list((out / "worst").glob("*.png"))) == 2 and "0004" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert len(list((out / "worst").glob("*.png"))) == 2 and "0004" in report and "EPE > 4 px" in report
 
 
 def test_default_side_tuning_freezes_only_the_monocular_branch(tiny_state, data, tmp_path):

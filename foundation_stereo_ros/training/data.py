@@ -32,12 +32,16 @@ Layouts (``detect_layout`` recognises them; ``layout:PATH`` forces one):
     PFM/.npy, millimetres in 16-bit PNG; or ``depth_scale``) with a ``calib.yaml`` holding
     ``focal_px`` and ``baseline_m`` (and optionally ``delta_cx``, cx_left - cx_right) is
     converted with d = focal_px * baseline_m / Z + delta_cx.
-``bag``  A rosbag2 recording, see :mod:`.bag`: extracted once into a ``folder`` layout.
+``bag``  A rosbag2 recording, see :mod:`.bag`: extracted once into a ``folder`` layout; its
+    samples are named ``<bag folder>@<left image stamp in ns>``.
+
+Sample names are otherwise the path of the left image; curation writes them to its kept and
+rejected lists and ``StereoDataset.without`` takes them back.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -464,7 +468,10 @@ def open_dataset(source: str, options: DataOptions = DataOptions(),
         if cache_dir is None:
             raise ValueError(f"{source}: a bag needs a cache folder to extract its pairs into")
         folder = extract_bag(root, Path(cache_dir), log=log, **dict(options.bag))
-        specs = scan_folder(folder)
+        # Named by bag and stamp, not by cache path, so that curation lists written by one tool
+        # (with its own cache folder) apply in another.
+        bag_dir = (root.parent if root.is_file() else root).resolve()
+        specs = [replace(sp, name=f"{bag_dir}@{sp.left.stem.split('_', 1)[-1]}") for sp in scan_folder(folder)]
     elif layout == "sceneflow":
         specs = scan_sceneflow(root, options.sceneflow_passes)
     elif layout == "middlebury":
