@@ -290,11 +290,18 @@ class _Queued:
         self.record = record
 
 
+#: The node's time-jump threshold (``stereo_depth_node.TIME_JUMP_NS``, not imported so that bag
+#: reading needs no rclpy): a stamp this much older than the newest seen is a bag loop or a
+#: restarted driver. test_eval_live_replay checks that a looped bag pairs the same live and offline.
+TIME_JUMP_NS = 1_000_000_000
+
+
 class StereoPairer:
     """Pairs left/right images and both CameraInfos in bag order with the node's own synchroniser
-    (:class:`foundation_stereo_ros.ros.sync.TimeSynchronizer`, plain Python) and the node's sync
-    parameters, so that a bag is paired offline exactly as the live node pairs it. Feed records with
-    :meth:`add`; it returns the :class:`StereoRecord` a record completes, if any."""
+    (:class:`foundation_stereo_ros.ros.sync.TimeSynchronizer`, plain Python), the node's sync
+    parameters and the node's handling of stamps that jump back, so that a bag is paired offline
+    exactly as the live node pairs it. Feed records with :meth:`add`; it returns the
+    :class:`StereoRecord` a record completes, if any."""
 
     def __init__(self, topics: StereoTopics, approximate: bool = False, tolerance_s: float = 0.005,
                  queue_size: int = 5):
@@ -305,32 +312,42 @@ class StereoPairer:
         self._done: List[StereoRecord] = []
         self._sync = TimeSynchronizer(4, self._emit, queue_size=queue_size, approximate=approximate,
                                       tolerance_s=tolerance_s)
-        self._last_left: Optional[int] = None
+        self._tolerance_ns = int(round(tolerance_s * 1e9)) if approximate else 0
+        self._newest: Optional[int] = None
+        self._jump: Optional[int] = None
         self._count = 0
         self._fed = [0, 0, 0, 0]
+        self.time_jumps = 0
 
     def _emit(self, left: _Queued, left_info: _Queued, right: _Queued, right_info: _Queued) -> None:
+        jump, self._jump = self._jump, None
+        stamp = stamp_to_ns(left.header.stamp)
+        if jump is not None and stamp <= jump + self._tolerance_ns:
+            return  # the node discards the pair at a backward time jump
         recs = (left.record, left_info.record, right.record, right_info.record)
-        self._done.append(StereoRecord(self._count, stamp_to_ns(left.header.stamp), left.record.msg,
-                                       right.record.msg, left_info.record.msg, right_info.record.msg,
-                                       log_time_ns=max(r.log_time_ns for r in recs)))
+        self._done.append(StereoRecord(self._count, stamp, left.record.msg, right.record.msg, left_info.record.msg,
+                                       right_info.record.msg, log_time_ns=max(r.log_time_ns for r in recs)))
         self._count += 1
 
     def add(self, rec: BagRecord) -> Optional[StereoRecord]:
         index = self._index.get(rec.topic)
         if index is None:
             return None
-        if index == 0:
-            t = stamp_to_ns(rec.msg.header.stamp)
-            if self._last_left is not None and t < self._last_left:
-                self._sync.reset()  # as the node does when time jumps back (a looped bag)
-            self._last_left = t
+        t = stamp_to_ns(rec.msg.header.stamp)
+        if self._newest is not None and t < self._newest - TIME_JUMP_NS:
+            # Queued newer messages would block the pairing of the new ones (as in the node).
+            self._newest = self._jump = t
+            self.time_jumps += 1
+            self._sync.discard_newer_than(t)
+        elif self._newest is None or t > self._newest:
+            self._newest = t
         self._fed[index] += 1
         self._sync.add(index, _Queued(rec))
         return self._done.pop() if self._done else None
 
     def unpaired(self) -> Dict[str, int]:
-        """Messages of each input that are in no pair: discarded by the synchroniser or still waiting."""
+        """Messages of each input that are in no pair: discarded by the synchroniser, dropped at a
+        time jump, or still waiting."""
         names = ("left", "left_info", "right", "right_info")
         return {n: fed - self._count for n, fed in zip(names, self._fed) if fed > self._count}
 
