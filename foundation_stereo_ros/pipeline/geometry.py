@@ -17,15 +17,16 @@ def disparity_to_depth(disparity: np.ndarray, f: float, baseline: float, min_dep
                        max_depth: float = 0.0) -> np.ndarray:
     """Depth in the units of ``baseline`` (float32), NaN where invalid.
 
-    Invalid: NaN or non-positive disparity (no match, or a point at/behind infinity), and depths
-    outside ``[min_depth, max_depth]`` (``max_depth <= 0``: no upper limit).
+    Invalid: NaN or non-positive disparity (no match, or a point at/behind infinity), an infinite
+    disparity or one so small that the depth overflows (never a depth of 0 or infinity), and
+    depths outside ``[min_depth, max_depth]`` (``max_depth <= 0``: no upper limit).
     """
     if f <= 0 or baseline <= 0 or not np.isfinite(f * baseline):
         raise ValueError(f"f and baseline must be positive and finite, got f={f}, baseline={baseline}")
     d = np.asarray(disparity, dtype=np.float32)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         depth = np.float32(f * baseline) / d
-    bad = ~(d > 0)  # also catches NaN
+    bad = ~((depth > 0) & (depth < np.inf))  # NaN compares false: NaN, <= 0 and overflowing disparities
     if min_depth > 0:
         bad |= depth < min_depth
     if max_depth > 0:
