@@ -108,9 +108,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     o.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"default {d.weight_decay:g}")
     o.add_argument("--warmup", type=float, default=d.warmup_fraction,
                    help=f"linear warm-up share of the steps, then linear decay (default {d.warmup_fraction:g})")
-    o.add_argument("--grad-clip", type=float, default=d.grad_clip, help=f"max gradient norm, 0 = off (default {d.grad_clip:g})")
-    o.add_argument("--train-iters", type=int, default=d.train_iters, help=f"GRU iterations in training (default {d.train_iters})")
-    o.add_argument("--valid-iters", type=int, default=d.valid_iters, help=f"GRU iterations for validation (default {d.valid_iters})")
+    o.add_argument("--grad-clip", type=float, default=d.grad_clip,
+                   help=f"max gradient norm, 0 = off (default {d.grad_clip:g})")
+    o.add_argument("--train-iters", type=int, default=d.train_iters,
+                   help=f"GRU iterations in training (default {d.train_iters})")
+    o.add_argument("--valid-iters", type=int, default=d.valid_iters,
+                   help=f"GRU iterations for validation (default {d.valid_iters})")
     o.add_argument("--gamma", type=float, default=d.gamma, help=f"sequence-loss decay (default {d.gamma:g})")
     o.add_argument("--freeze", nargs="+", default=[], metavar="MODULE",
                    help="also freeze these modules, e.g. feature (the whole feature encoder) or cnet; "
@@ -121,7 +124,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="auto = bf16 (or fp16) autocast on CUDA, fp32 on the CPU")
     o.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     o.add_argument("--seed", type=int, default=d.seed)
-    o.add_argument("--workers", type=int, default=d.num_workers, help=f"data-loading processes (default {d.num_workers})")
+    o.add_argument("--workers", type=int, default=d.num_workers,
+                   help=f"data-loading processes (default {d.num_workers})")
     a = p.add_argument_group("augmentation")
     a.add_argument("--crop", type=int, nargs=2, default=[320, 736], metavar=("H", "W"),
                    help="training crop, multiples of 32 (default 320 736)")
@@ -129,7 +133,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     a.add_argument("--scale-range", type=float, nargs=2, default=[-0.2, 0.4], metavar=("LO", "HI"),
                    help="log2 scale range (default -0.2 0.4)")
     a.add_argument("--asymmetric-prob", type=float, default=0.2,
-                   help="probability that left and right get different colour changes (default 0.2)")
+                   help="probability that the right view's colour changes differ slightly from the left's "
+                        "(default 0.2)")
     a.add_argument("--vflip-prob", type=float, default=0.0, help="vertical flip probability (default 0)")
     a.add_argument("--eraser-prob", type=float, default=0.5, help="right-view occlusion patches (default 0.5)")
     a.add_argument("--grayscale-prob", type=float, default=0.0, help="grey conversion of both views (default 0)")

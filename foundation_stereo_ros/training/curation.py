@@ -201,7 +201,8 @@ def write_curation(result: CurationResult, out_dir: Path, title: str = "") -> Di
         w = csv.writer(f)
         w.writerow(["name", "epe", f"bad_{t}", "valid_percent", "kept", "reason"])
         for s in sorted(result.scores, key=lambda s: s.severity, reverse=True):
-            w.writerow([s.name, f"{s.epe:.6g}", f"{s.bad_percent:.6g}", f"{s.valid_percent:.6g}", int(s.kept), s.reason])
+            w.writerow([s.name, f"{s.epe:.6g}", f"{s.bad_percent:.6g}", f"{s.valid_percent:.6g}", int(s.kept),
+                        s.reason])
     reasons: Dict[str, int] = {}
     for s in result.scores:
         if not s.kept:

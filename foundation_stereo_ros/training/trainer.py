@@ -16,6 +16,11 @@ A run lives in one output folder::
 
 Data order and augmentation are functions of (seed, epoch, sample index), so a resumed run sees
 the same batches as an uninterrupted one.
+
+Known difference from the reference: its GRU loop detaches the disparity at the start of each
+iteration (RAFT-style), so each iteration's loss trains only that iteration's update; this
+package's ``FoundationStereo.forward`` does not, so gradients also flow back through earlier
+iterations' updates and lookups.
 """
 from __future__ import annotations
 
