@@ -18,7 +18,7 @@ pytest.importorskip("onnxscript", reason="requirements.txt installs onnxscript (
 
 from foundation_stereo_ros.model import load_model  # noqa: E402
 from foundation_stereo_ros.runtime.backends import OnnxRuntimeDisparity, choose_providers  # noqa: E402
-from foundation_stereo_ros.runtime.onnx_export import read_export_metadata  # noqa: E402
+from foundation_stereo_ros.runtime.onnx_export import downgrade_to_opset17, read_export_metadata  # noqa: E402
 from foundation_stereo_ros.tools import export_onnx as export_cli  # noqa: E402
 
 HEIGHT, WIDTH, ITERS = 60, 90, 2  # pads to 64x96
@@ -96,6 +96,40 @@ def _perturbed_copy(model):
         for p in other.update_block.disp_head.parameters():
             p.add_(0.05 * torch.randn_like(p))
     return other
+
+
+def test_opset17_rewrite_is_valid_and_gives_the_same_numbers(exported, backend, tmp_path):
+    """TensorRT 8.5/8.6 read opset <= 17: the rewritten graph must pass the opset-17 checker and compute the same."""
+    proto = onnx.load(str(exported))
+    assert proto.opset_import[0].version == 18
+    ops18 = [n.op_type for n in proto.graph.node]
+    assert any(n.op_type == "Split" and any(a.name == "num_outputs" for a in n.attribute) for n in proto.graph.node)
+    downgrade_to_opset17(proto)
+    path17 = tmp_path / "fs17.onnx"
+    onnx.save(proto, str(path17))
+    onnx.checker.check_model(str(path17), full_check=True)
+    assert [n.op_type for n in proto.graph.node] == ops18
+    assert not any(a.name in ("num_outputs", "antialias") for n in proto.graph.node for a in n.attribute)
+    # ReduceSum has had an axes input since opset 13; the other reductions take attributes again.
+    assert not any(a.name == "noop_with_empty_axes" for n in proto.graph.node if n.op_type != "ReduceSum"
+                   for a in n.attribute)
+    rng = np.random.default_rng(4)
+    feeds = {k: (rng.random((1, 3, 64, 96)) * 255).astype(np.float32) for k in ("left", "right")}
+    got17 = ort.InferenceSession(str(path17), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    got18 = backend.session.run(None, feeds)[0]
+    np.testing.assert_allclose(got17, got18, atol=1e-5, rtol=1e-6)
+
+
+def test_opset17_rewrite_refuses_what_it_cannot_express():
+    from onnx import helper
+
+    node = helper.make_node("Resize", ["x", "", "s"], ["y"], antialias=1, mode="linear")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, 4, 4])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+                              [helper.make_tensor("s", onnx.TensorProto.FLOAT, [4], [1, 1, 2, 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    with pytest.raises(ValueError, match="antialias"):
+        downgrade_to_opset17(model)
 
 
 def test_backend_matches_pytorch_infer_on_real_images(backend, model, aloe):

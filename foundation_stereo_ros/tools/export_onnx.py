@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=_positive, required=True, help="camera image height (px)")
     p.add_argument("--width", type=_positive, required=True, help="camera image width (px)")
     p.add_argument("--iters", type=_positive, default=16, help="GRU iterations baked into the graph")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17)")
+    p.add_argument("--opset", type=int, default=18,
+                   help="ONNX opset (>= 17); 17 for TensorRT 8.5/8.6 (JetPack 5.x, 6.0), 18 for TensorRT 10")
     p.add_argument("--output", "-o", required=True, help="the .onnx file to write")
     p.add_argument("--external-data", action="store_true",
                    help="always store the weights in a .data file beside the .onnx")
