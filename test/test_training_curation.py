@@ -84,3 +84,14 @@ def test_epe_criterion_missing_ground_truth_and_unreadable_samples(tmp_path):
         CurationCriteria(max_bad_percent=None, max_epe=None)
     with pytest.raises(ValueError, match="max_bad_percent"):
         CurationCriteria(max_bad_percent=150)
+
+
+def test_curate_cli_scale_option_resamples_ground_truth(dataset_with_a_swapped_pair):
+    from foundation_stereo_ros.tools.curate import _Rescaled
+
+    ds = dataset_with_a_swapped_pair
+    half = _Rescaled(ds, 0.5)
+    s, full = half[0], ds[0]
+    assert s.left.shape == (48, 80, 3) and len(half) == len(ds) and half.specs is ds.specs
+    # every ground-truth value halves with the width (integers 2..10 px -> 1..5 px)
+    assert set(np.unique(s.disparity[s.valid])) <= set(np.unique(full.disparity[full.valid]) / 2)

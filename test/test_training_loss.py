@@ -99,3 +99,20 @@ def test_disparity_errors_by_hand():
     mean = mean_metrics([m, {"valid_pixels": 0, "epe": float("nan")}, {**m, "epe": 1.0}])
     assert mean["samples"] == 2 and mean["epe"] == pytest.approx((m["epe"] + 1.0) / 2)
     assert math.isnan(disparity_errors(pred, np.zeros_like(gt))["epe"])
+
+
+def test_schedule_and_batch_order():
+    from foundation_stereo_ros.training.trainer import EpochBatches, WarmupLinearDecay
+
+    f = WarmupLinearDecay(steps=100, warmup_fraction=0.1, final=0.05)
+    assert f(0) == pytest.approx(1 / 11) and f(9) == pytest.approx(10 / 11) and f(10) == 1.0
+    assert f(55) == pytest.approx(1 - 0.95 * 0.5) and f(100) == pytest.approx(0.05)
+    assert WarmupLinearDecay(steps=2, warmup_fraction=0.0, final=1.0)(1) == 1.0
+
+    full = list(EpochBatches(size=5, batch_size=2, seed=3, start=0, steps=9))
+    assert len(full) == 9 and all(len(b) <= 2 for b in full)
+    for epoch in range(3):  # each epoch (3 batches) visits every sample once
+        idx = [i for b in full[3 * epoch:3 * epoch + 3] for e, i in b]
+        assert sorted(idx) == list(range(5)) and {e for b in full[3 * epoch:3 * epoch + 3] for e, _ in b} == {epoch}
+    assert [i for e, i in full[0]] != [i for e, i in full[3]] or [i for e, i in full[1]] != [i for e, i in full[4]]
+    assert list(EpochBatches(size=5, batch_size=2, seed=3, start=4, steps=9)) == full[4:]  # resumed order

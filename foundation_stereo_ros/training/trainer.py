@@ -358,7 +358,8 @@ class FineTuner:
 
     @property
     def epoch(self) -> int:
-        return self.step // self.steps_per_epoch
+        """The epoch of the last batch trained on (0 before any step)."""
+        return max(0, self.step - 1) // self.steps_per_epoch
 
     # -------------------------------------------------------------- steps
     def train_step(self, batch: Dict[str, object]) -> Dict[str, float]:
@@ -430,6 +431,7 @@ class FineTuner:
         steps_since_log = 0
         try:
             for batch in loader:
+                lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
                 row = self.train_step(batch)
                 if not math.isfinite(row["loss"]):
                     self.skipped_steps += 1
@@ -447,7 +449,6 @@ class FineTuner:
                 last = row
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     now = time.perf_counter()
-                    lr = self.optimizer.param_groups[0]["lr"]
                     self.train_log.append({"step": self.step, "epoch": self.epoch, "lr": lr, **row,
                                            "skipped_steps": self.skipped_steps,
                                            "sec_per_step": (now - t_last) / steps_since_log})
