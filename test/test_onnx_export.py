@@ -199,3 +199,26 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys):
                             "--output", out]) == 2
     assert "not found" in capsys.readouterr().err
     assert not Path(out).exists()
+
+
+def test_benchmark_onnxruntime_mode_reuses_the_export(exported, vits_checkpoint, tmp_path):
+    """foundation-stereo-benchmark's onnxruntime mode, with the export above placed where it looks."""
+    import json
+    import shutil
+
+    from foundation_stereo_ros.tools import benchmark
+
+    onnx_dir = tmp_path / "exports"
+    onnx_dir.mkdir()
+    shutil.copy(exported, onnx_dir / "vits_64x96_it2.onnx")  # the name the benchmark gives this config
+    out = tmp_path / "bench.json"
+    code = benchmark.main(["--device", "cpu", "--checkpoint", str(vits_checkpoint), "--sizes", "60x90", "--iters",
+                           str(ITERS), "--modes", "eager-fp32,onnxruntime", "--repeats", "1", "--no-stages",
+                           "--no-node", "--onnx-dir", str(onnx_dir), "--json", str(out)])
+    assert code == 0
+    rows = {r["mode"]: r for r in json.loads(out.read_text())["rows"]}
+    ort_row = rows["onnxruntime"]
+    assert ort_row["status"] == "ok" and ort_row["providers"][-1] == "CPUExecutionProvider"
+    assert ort_row["latency_ms"]["median"] > 0
+    assert ort_row["vs_eager_fp32"]["max_abs_px"] < 2e-3
+    assert sorted(p.name for p in onnx_dir.iterdir()) == ["vits_64x96_it2.onnx"]  # nothing re-exported

@@ -374,7 +374,8 @@ def run_config(model, variant: str, size: Tuple[int, int], iters: int, execution
     gen = torch.Generator().manual_seed(1)
     left = (torch.rand(1, 3, ph, pw, generator=gen) * 255).to(dev)
     right = (torch.rand(1, 3, ph, pw, generator=gen) * 255).to(dev)
-    timer = _Timer(dev)
+    # ONNX Runtime runs on its own CUDA stream and returns host arrays: wall-clock timing is right there.
+    timer = _Timer("cpu" if execution == "onnxruntime" else dev)
     cuda = dev.type == "cuda"
     if cuda:
         torch.cuda.synchronize()
@@ -419,7 +420,10 @@ def run_config(model, variant: str, size: Tuple[int, int], iters: int, execution
     row["latency_ms"] = summarize(samples)
     row["throughput_fps"] = args.repeats / wall if wall > 0 else None
     row["repeats"] = args.repeats
-    if cuda:
+    if cuda and execution == "onnxruntime":
+        row["peak_memory_mib"] = None  # ONNX Runtime's own allocator: invisible to torch.cuda
+        row["memory_kind"] = "not measured (ONNX Runtime allocator)"
+    elif cuda:
         row["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
         row["peak_reserved_mib"] = torch.cuda.max_memory_reserved() / 2 ** 20
         row["memory_kind"] = "cuda max_memory_allocated"
@@ -479,8 +483,9 @@ def format_tables(rows: Sequence[Dict[str, Any]], node: Dict[str, Dict[str, Any]
         nd = node.get(size)
         ntxt = f"{100.0 * nd['total_ms'] / lat['median']:.1f}" if nd else "-"
         fps = f"{r['throughput_fps']:.2f}" if r.get("throughput_fps") else "-"
+        mem = f"{r['peak_memory_mib']:.0f}" if r.get("peak_memory_mib") is not None else "-"
         lines.append(f"{r['variant']:7} {size:>9} {r['iters']:>3} {r['mode']:24} {lat['median']:10.1f} "
-                     f"{lat['p95']:9.1f} {fps:>8} {r['peak_memory_mib']:9.0f} {speed:>9} {dtxt:>13} {ntxt:>7}")
+                     f"{lat['p95']:9.1f} {fps:>8} {mem:>9} {speed:>9} {dtxt:>13} {ntxt:>7}")
     staged = [r for r in rows if r.get("stages_ms")]
     if staged:
         from ..runtime.stages import NETWORK_STAGES
