@@ -170,6 +170,7 @@ class FoundationStereo(nn.Module):
         outputs: List[torch.Tensor] = []
         up = disp
         for i in range(iters):
+            disp = disp.detach()  # as in training: each update is supervised on its own
             geo = lookup(disp)
             with amp:
                 net, mask_features, delta = self.update_block(net, inp, geo, disp, att)
