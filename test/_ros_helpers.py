@@ -287,3 +287,49 @@ def set_params(h, **values):
     h.param_executor.spin_until_future_complete(future, timeout_sec=20.0)
     assert future.done(), "set_parameters_atomically did not answer"
     return [future.result().result]
+
+
+class InputFeeder:
+    """Publishes stereo inputs to (and listens to one output of) a node running in another process."""
+
+    def __init__(self, namespace: str, domain_id: int, output: str = "disparity") -> None:
+        self.context = Context()
+        rclpy.init(context=self.context, domain_id=domain_id)
+        self.node = rclpy.create_node("input_feeder", context=self.context)
+        self.namespace = namespace.rstrip("/")
+        qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+        self.pubs = {name: self.node.create_publisher(t, f"{self.namespace}/{name}", qos)
+                     for name, t in (("left/image_rect", Image), ("left/camera_info", CameraInfo),
+                                     ("right/image_rect", Image), ("right/camera_info", CameraInfo))}
+        self.received = Collector()
+        self.output_topic = f"{self.namespace}/{output}"
+        self.sub = self.node.create_subscription(OUTPUTS[output], self.output_topic,
+                                                 lambda m: self.received.add(output, m), qos)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        try:
+            self.executor.spin()
+        except Exception:  # noqa: BLE001 - shutdown races end the spin
+            pass
+
+    def wait_connected(self, timeout_s: float = 30.0) -> bool:
+        return wait_for(lambda: all(p.get_subscription_count() > 0 for p in self.pubs.values())
+                        and self.node.count_publishers(self.output_topic) > 0, timeout_s)
+
+    def publish(self, left: np.ndarray, right: np.ndarray, infos: Tuple[CameraInfo, CameraInfo], t_ns: int) -> None:
+        msgs = (("left/camera_info", infos[0], "left"), ("right/camera_info", infos[1], "right"),
+                ("left/image_rect", numpy_to_image(left, "rgb8"), "left"),
+                ("right/image_rect", numpy_to_image(right, "rgb8"), "right"))
+        for name, msg, frame in msgs:
+            stamp_msg(msg.header, t_ns, frame)
+            self.pubs[name].publish(msg)
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=2.0)
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+        self._thread.join(5.0)

@@ -1,5 +1,6 @@
 """stereo_depth_node as a process: refuses to start with one clear message and a non-zero exit
-code when it cannot work, and ends cleanly (exit 0, no traceback) on Ctrl-C."""
+code when it cannot work, and ends cleanly (exit 0, no traceback, no hang) on Ctrl-C or a launch
+shutdown (SIGINT, then SIGTERM), also while a frame is in flight."""
 from __future__ import annotations
 
 import os
@@ -14,7 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from _ros_helpers import domain_id_for_tests
+from foundation_stereo_ros.ros.stereo_depth_node import SHUTDOWN_WAIT_S
+
+from _ros_helpers import InputFeeder, domain_id_for_tests, rectified_infos, textured_scene
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,6 +75,9 @@ def test_node_refuses_to_start_with_a_clear_message(bad_checkpoints, case, param
     assert proc.returncode == 1, f"{case}: exit code {proc.returncode}\n{output}"
     assert "cannot start" in output and fragment in output, f"{case}:\n{output}"
     assert "Traceback" not in output, f"{case}:\n{output}"
+    # One clear message: a single line says why, nothing else is logged as an error.
+    problem_lines = [line for line in output.splitlines() if "FATAL" in line or "ERROR" in line]
+    assert len(problem_lines) == 1 and fragment in problem_lines[0], f"{case}:\n{output}"
 
 
 def wait_for_line(proc: subprocess.Popen, text: str, timeout: float, lines: list) -> bool:
@@ -104,3 +110,70 @@ def test_ctrl_c_ends_the_node_cleanly():
     output = "".join(lines)
     assert rc == 0, output
     assert "Traceback" not in output and "Error" not in output, output
+
+
+def run_until_in_flight(params, sig, image_size, timeout_ready=180.0):
+    """Start the node, feed it pairs until a frame is being processed, send ``sig``; returns
+    (exit code, output, seconds from the signal to the exit)."""
+    namespace = f"/in_flight_{sig.name.lower()}"
+    logger = f"{namespace.strip('/')}.stereo_depth_node"  # node loggers are named after namespace and node
+    cmd = node_command(*params) + ["-r", f"__ns:={namespace}", "--log-level", f"{logger}:=debug"]
+    env = node_env()
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list = []
+    feeder = None
+    try:
+        assert wait_for_line(proc, "ready", timeout_ready, lines), "".join(lines)
+        feeder = InputFeeder(namespace, int(env["ROS_DOMAIN_ID"]))
+        assert feeder.wait_connected(), "".join(lines)
+        h, w = image_size
+        left, right, _ = textured_scene(h, w, seed=9)
+        infos = rectified_infos(w, h, 200.0, 0.1, w / 2, w / 2, h / 2)
+        end = time.monotonic() + 60.0
+        # Until the node has matched our output subscription it skips frames: resend until one runs.
+        while not any(": processing" in line for line in lines) and time.monotonic() < end:
+            feeder.publish(left, right, infos, time.time_ns())
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline and not any(": processing" in line for line in lines):
+                time.sleep(0.02)
+        assert any(": processing" in line for line in lines), "".join(lines)
+        time.sleep(0.2)
+        signalled = time.monotonic()
+        proc.send_signal(sig)
+        rc = proc.wait(timeout=SHUTDOWN_WAIT_S + 30.0)
+        took = time.monotonic() - signalled
+    finally:
+        if feeder is not None:
+            feeder.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    time.sleep(0.2)  # the reader thread drains the pipe
+    return rc, "".join(lines), took
+
+
+def test_ctrl_c_with_a_network_frame_in_flight_ends_cleanly(vits_checkpoint):
+    # A CPU network frame far longer than the shutdown wait: Ctrl-C arrives in the middle of
+    # torch's work, and the node must leave without it (a normal interpreter exit would abort
+    # with torch's threads still running).
+    rc, output, took = run_until_in_flight(
+        (f"checkpoint:={vits_checkpoint}", "device:=cpu", "iters:=8", "qos_reliability:=reliable"),
+        signal.SIGINT, (192, 384))
+    assert rc == 0, output
+    assert "Traceback" not in output and "terminate called" not in output, output
+    assert "Failed to publish" not in output, output  # no complaints from a half-torn-down node
+    assert "shutting down: waiting up to" in output and "in flight" in output, output
+    assert "did not finish within" in output, output
+    assert took < SHUTDOWN_WAIT_S + 15.0, (took, output)  # bounded: no hang on the frame in flight
+
+
+def test_launch_shutdown_sigterm_with_a_frame_in_flight_ends_cleanly():
+    # SGBM on a large image (about a second): SIGTERM, as ros2 launch sends after SIGINT.
+    rc, output, took = run_until_in_flight(
+        ("backend:=sgbm", "sgbm_num_disparities:=256", "sgbm_mode:=sgbm", "qos_reliability:=reliable"),
+        signal.SIGTERM, (720, 1280), timeout_ready=60.0)
+    assert rc == 0, output
+    assert "Traceback" not in output and "Failed to publish" not in output, output
+    assert "shutting down: waiting up to" in output, output
+    assert "did not finish" not in output, output  # a second of SGBM completes within the wait
+    assert took < SHUTDOWN_WAIT_S + 15.0, (took, output)

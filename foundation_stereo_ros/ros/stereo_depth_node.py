@@ -193,7 +193,7 @@ class StereoDepthNode(Node):
         try:
             processor = StereoProcessor(config)
         except ValueError as e:  # CheckpointError, BackendError
-            raise StartupError(f"cannot start the {config.backend} backend: {e}") from None
+            raise StartupError(f"{config.backend} backend: {e}") from None
         self._settings = FrameSettings(processor, bool(values["points_organized"]))
         self._next_settings: Optional[FrameSettings] = None  # taken by the worker before its next frame
         self._log = ThrottledLog(self.get_logger(), float(values["log_throttle_s"]))
@@ -487,8 +487,8 @@ class StereoDepthNode(Node):
             self._cond.notify_all()
             in_flight = self._in_flight
         if in_flight is not None:
-            self.get_logger().info(f"shutting down: waiting up to {timeout_s:g} s for the frame "
-                                   f"{in_flight / 1e9:.6f} in flight")
+            log = self.get_logger() if rclpy.ok(context=self.context) else _shutdown_log()
+            log.info(f"shutting down: waiting up to {timeout_s:g} s for the frame {in_flight / 1e9:.6f} in flight")
         if self._worker.is_alive() and threading.current_thread() is not self._worker:
             self._worker.join(timeout_s)
         return not self._worker.is_alive()
@@ -538,18 +538,31 @@ def main(args: Optional[List[str]] = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        abandoned = False
         if node is not None:
-            if not node.stop():
-                # A frame longer than SHUTDOWN_WAIT_S: the worker is a daemon thread and ends
-                # with the process; its result is not published.
-                rclpy.logging.get_logger(NODE_NAME).warning(
-                    f"the frame in flight did not finish within {SHUTDOWN_WAIT_S:g} s; exiting without it")
+            abandoned = not node.stop()
             try:
                 node.destroy_node()
             except Exception:  # noqa: BLE001 - the context may already be gone after Ctrl-C
                 pass
         rclpy.try_shutdown()
+        if abandoned:
+            # A frame longer than SHUTDOWN_WAIT_S (the network on a CPU): its result is not
+            # published. The worker is still inside native code (PyTorch, OpenCV); a normal
+            # interpreter exit would tear down their threads under it (std::terminate, exit code
+            # -6), so leave at once - everything worth flushing is flushed here.
+            _shutdown_log().warning(f"the frame in flight did not finish within {SHUTDOWN_WAIT_S:g} s; "
+                                    f"exiting without it")
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
     return 0
+
+
+def _shutdown_log() -> Any:
+    # Not the node's logger: its /rosout publisher is gone once the context is shut down, and rcl
+    # would complain about every line.
+    return rclpy.logging.get_logger(f"{NODE_NAME}_shutdown")
 
 
 if __name__ == "__main__":
