@@ -27,7 +27,6 @@ setup(
     maintainer="foundation_stereo_ros maintainers",
     description="Zero-shot stereo depth for ROS 2 with FoundationStereo",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "foundation-stereo-infer = foundation_stereo_ros.tools.infer:main",
