@@ -12,14 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-onnx = pytest.importorskip("onnx", reason="requirements.txt installs onnx")
-ort = pytest.importorskip("onnxruntime", reason="requirements.txt installs onnxruntime")
-pytest.importorskip("onnxscript", reason="requirements.txt installs onnxscript (torch.onnx's exporter needs it)")
+# Required test dependencies (requirements.txt): a missing one fails here rather than skipping the export tests.
+import onnx
+import onnxruntime as ort
+import onnxscript  # noqa: F401 - torch.onnx's exporter needs it
 
-from foundation_stereo_ros.model import load_model  # noqa: E402
-from foundation_stereo_ros.runtime.backends import OnnxRuntimeDisparity, choose_providers  # noqa: E402
-from foundation_stereo_ros.runtime.onnx_export import downgrade_to_opset17, read_export_metadata  # noqa: E402
-from foundation_stereo_ros.tools import export_onnx as export_cli  # noqa: E402
+from foundation_stereo_ros.model import load_model
+from foundation_stereo_ros.runtime.backends import OnnxRuntimeDisparity, choose_providers
+from foundation_stereo_ros.runtime.onnx_export import downgrade_to_opset17, read_export_metadata
+from foundation_stereo_ros.tools import export_onnx as export_cli
 
 HEIGHT, WIDTH, ITERS = 60, 90, 2  # pads to 64x96
 
