@@ -215,6 +215,8 @@ def test_soak_thousands_of_frames_stable_memory_no_lost_or_duplicated_outputs():
         # frame would add ~40 MiB here.
         warm = rss_samples[1]
         assert max(rss_samples[2:]) - warm < 8.0, rss_samples
+        # /diagnostics reports the same resident memory (rss_mb), for watching a node in the field.
+        assert abs(float(final["rss_mb"]) - rss_samples[-1]) < 10.0, (final["rss_mb"], rss_samples)
     finally:
         executor.shutdown(timeout_sec=2.0)
         tester.destroy_node()

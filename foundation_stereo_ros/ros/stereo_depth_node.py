@@ -360,9 +360,10 @@ class StereoDepthNode(Node):
 
     def _process(self, settings: FrameSettings, left_img: Image, left_info: CameraInfo, right_img: Image,
                  right_info: CameraInfo) -> None:
-        processor = settings.processor
         def wanted(*pubs: Any) -> bool:
             return any(p.get_subscription_count() > 0 for p in pubs)
+
+        processor = settings.processor
 
         want_disp = wanted(self._pub_disparity)
         want_depth = wanted(self._pub_depth, self._pub_depth_info)
