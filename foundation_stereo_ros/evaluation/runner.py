@@ -105,7 +105,7 @@ class BackendFrame:
 
     label: str
     result: Any = None  # StereoResult, None when the frame was skipped
-    problem: Optional[str] = None  # StereoInputError.problem of a skipped frame
+    problem: Optional[str] = None  # FrameError.problem of a skipped frame
     message: str = ""
     latency_s: Optional[float] = None
     counts: Optional[M.ErrorCounts] = None
@@ -197,7 +197,7 @@ class Evaluator:
         return [r.label for r in self.runs]
 
     def _warm_up(self, record: StereoRecord) -> None:
-        from foundation_stereo_ros.pipeline import StereoInputError
+        from foundation_stereo_ros.pipeline import FrameError
 
         # The first call pays for lazy initialisation (CUDA context, cuDNN autotuning, allocator
         # growth); untimed runs keep that out of the latency statistics.
@@ -206,12 +206,12 @@ class Evaluator:
                 try:
                     proc.process_messages(record.left, record.right, record.left_info, record.right_info,
                                           self.outputs)
-                except StereoInputError:
+                except FrameError:
                     return  # a bad first frame: warm up on the next one
         self._warm = True
 
     def evaluate(self, record: StereoRecord) -> FrameEvaluation:
-        from foundation_stereo_ros.pipeline import StereoInputError
+        from foundation_stereo_ros.pipeline import FrameError
 
         if not self._warm:
             self._warm_up(record)
@@ -221,7 +221,7 @@ class Evaluator:
             try:
                 result = proc.process_messages(record.left, record.right, record.left_info, record.right_info,
                                                self.outputs)
-            except StereoInputError as exc:
+            except FrameError as exc:
                 frames[label] = BackendFrame(label, problem=exc.problem, message=str(exc))
                 continue
             frames[label] = BackendFrame(label, result=result, latency_s=time.perf_counter() - t0)
