@@ -87,13 +87,16 @@ def test_cli_rejects_bad_modes(capsys):
 
 
 def test_rss_peak_sees_a_freed_allocation():
-    with benchmark.RssPeak() as rss:
-        block = np.ones(64 * 2 ** 20 // 8)  # 64 MiB, touched
-        block[::512] += 1.0
-        import time
+    import mmap
+    import time
 
+    with benchmark.RssPeak() as rss:
+        # Fresh anonymous pages: malloc could reuse memory the process already holds resident.
+        block = mmap.mmap(-1, 64 * 2 ** 20)
+        for offset in range(0, len(block), mmap.PAGESIZE):
+            block[offset] = 1
         time.sleep(0.05)  # lets the sampling fallback see it too
-        del block
+        block.close()
     assert rss.peak_mib - rss.start_mib > 48
     with benchmark.RssPeak() as quiet:  # a new measurement starts from the current size again
         pass

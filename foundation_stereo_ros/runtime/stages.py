@@ -1,49 +1,23 @@
-"""The network's forward pass split into named stages, for per-stage timing.
+"""Per-stage timing of the network's forward pass.
 
-:func:`staged_forward` calls the sub-modules of :class:`~foundation_stereo_ros.model.FoundationStereo`
-in the same order, with the same autocast regions, as ``FoundationStereo.forward`` does, and lets
-a :class:`StageClock` mark the end of each stage. On CUDA the clock records events on the
-current stream, so timing adds no host-device synchronisation until the durations are read
-once at the end; on the CPU it reads ``time.perf_counter``.
-
-The split of ``SideTuningFeatures.forward`` into the monocular branch and the CNN is repeated
-here because the model offers no hook between them; ``test/test_benchmark.py`` checks that the
-staged path gives the same disparity as ``model.forward``, so a change of the model that this
-module does not follow fails there.
+``FoundationStereo.forward`` calls an ``on_stage(name)`` hook as each stage ends (``STAGES``
+in order, ``gru`` once per iteration). :func:`staged_forward` runs the forward pass with a
+:class:`StageClock` on that hook. On CUDA the clock records events on the current stream, so
+timing adds no host-device synchronisation until the durations are read once at the end; on
+the CPU it reads ``time.perf_counter``.
 """
 from __future__ import annotations
 
-import contextlib
 import time
-from typing import ContextManager, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
 from ..model import FoundationStereo
-from ..model.cost_volume import concat_volume, group_correlation_volume, soft_argmin
-from ..model.geometry import GeometryEncodingVolume
+from ..model.foundation_stereo import PRECISIONS as PRECISION_DTYPES
+from ..model.foundation_stereo import STAGES as NETWORK_STAGES
 
-PRECISION_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-# Stage names in execution order; "gru_<i>" repeats once per iteration (numbered from 0).
-NETWORK_STAGES = ("normalize", "monocular", "cnn_features", "cost_volume", "aggregation", "context",
-                  "geometry_volume", "gru", "upsample")
-
-
-def autocast_for(device: torch.device, precision: str) -> ContextManager:
-    """The autocast region the model uses for ``precision`` (no-op for fp32).
-
-    fp16/bf16 exist only on CUDA here, as in ``FoundationStereo.forward``.
-    """
-    if precision not in PRECISION_DTYPES:
-        raise ValueError(f"precision must be one of {sorted(PRECISION_DTYPES)}, got {precision!r}")
-    dtype = PRECISION_DTYPES[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    if device.type != "cuda":
-        raise ValueError(f"precision {precision!r} needs a CUDA device; use fp32 on {device.type}")
-    return torch.autocast("cuda", dtype=dtype)
+__all__ = ["NETWORK_STAGES", "PRECISION_DTYPES", "StageClock", "group_stage_times", "staged_forward"]
 
 
 class StageClock:
@@ -54,7 +28,7 @@ class StageClock:
     """
 
     def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
+        self.cuda = torch.device(device).type == "cuda"
         self._marks: List[Tuple[str, object]] = []
 
     def _now(self) -> object:
@@ -75,24 +49,19 @@ class StageClock:
     def durations_ms(self) -> List[Tuple[str, float]]:
         if len(self._marks) < 2:
             return []
+        pairs = list(zip(self._marks, self._marks[1:]))
         if self.cuda:
             self._marks[-1][1].synchronize()
-            return [(name, float(prev.elapsed_time(cur)))
-                    for (_, prev), (name, cur) in zip(self._marks, self._marks[1:])]
-        return [(name, (cur - prev) * 1e3) for (_, prev), (name, cur) in zip(self._marks, self._marks[1:])]
-
-
-class _NoClock:
-    def mark(self, name: str) -> None:
-        pass
+            return [(name, float(prev.elapsed_time(cur))) for (_, prev), (name, cur) in pairs]
+        return [(name, (cur - prev) * 1e3) for (_, prev), (name, cur) in pairs]
 
 
 def staged_forward(model: FoundationStereo, left: torch.Tensor, right: torch.Tensor, iters: int,
                    precision: str = "fp32", clock: Optional[StageClock] = None) -> torch.Tensor:
-    """Disparity (B, 1, H, W) of ``model.forward(left, right, iters, precision=precision)``.
+    """Disparity (B, 1, H, W) of ``model.forward(left, right, iters, precision=precision)``, timed per stage.
 
     ``left``/``right``: (B, 3, H, W) RGB 0..255, H and W multiples of 32. ``clock`` (already
-    started) gets one mark per stage of :data:`NETWORK_STAGES`, ``gru_<i>`` per iteration.
+    started) gets one mark per stage of ``NETWORK_STAGES``, ``gru_<i>`` for iteration i.
     """
     if iters < 1:
         raise ValueError(f"iters must be >= 1, got {iters}")
@@ -102,66 +71,19 @@ def staged_forward(model: FoundationStereo, left: torch.Tensor, right: torch.Ten
     if left.shape[-2] % 32 or left.shape[-1] % 32:
         raise ValueError(f"staged_forward needs H and W that are multiples of 32, got "
                          f"{left.shape[-2]}x{left.shape[-1]}; pad with InputPadder first")
-    clk = clock if clock is not None else _NoClock()
-    cfg = model.cfg
-    b = left.shape[0]
-    max_disp = cfg.max_disp // 4
-    amp = autocast_for(left.device, precision)
-    feature = model.feature
+    if clock is None:
+        return model(left, right, iters=iters, precision=precision).disparity
+    gru_done = 0
 
-    left_n, right_n = model.normalize(left), model.normalize(right)
-    clk.mark("normalize")
-    with amp:
-        images = torch.cat([left_n, right_n], dim=0)  # (2B, 3, H, W)
-        mono = feature.dino(images)  # (2B, C_mono, H/4, W/4)
-    clk.mark("monocular")
-    with amp:
-        x4 = feature.stages[0](feature.stem(images))
-        x8 = feature.stages[1](x4)
-        x16 = feature.stages[2](x8)
-        x32 = feature.stages[3](x16)
-        x16 = feature.deconv32_16(x32, x16)
-        x8 = feature.deconv16_8(x16, x8)
-        x4 = feature.deconv8_4(x8, x4)
-        x4 = feature.conv4(torch.cat([x4, mono], dim=1))
-        features = [x4, x8, x16, x32]
-        feat_l = [f[:b] for f in features]
-        feat_r = [f[b:] for f in features]
-        stem = model.stem_2(left_n)  # (B, 32, H/2, W/2)
-    clk.mark("cnn_features")
-    with amp:
-        gwc = group_correlation_volume(feat_l[0], feat_r[0], max_disp, cfg.correlation_groups)
-        cat = concat_volume(model.proj_cmb(feat_l[0]), model.proj_cmb(feat_r[0]), max_disp)
-        volume = torch.cat([gwc.to(cat.dtype), cat], dim=1)  # (B, 32, D/4, H/4, W/4)
-    clk.mark("cost_volume")
-    with amp:
-        volume = model.corr_stem(volume)
-        volume = model.corr_feature_att(volume, feat_l[0])
-        volume = model.cost_agg(volume, feat_l)  # (B, 28, D/4, H/4, W/4)
-        prob = F.softmax(model.classifier(volume).squeeze(1), dim=1)  # (B, D/4, H/4, W/4)
-        init = soft_argmin(prob)
-    clk.mark("aggregation")
-    with amp:
-        context = model.cnet(left_n, mono[:b])
-        net = [torch.tanh(level[0]) for level in context]
-        inp = [torch.relu(level[1]) for level in context]
-        inp = [model.cam(x) * x for x in inp]
-        att = [model.sam(x) for x in inp]
-    clk.mark("context")
-    lookup = GeometryEncodingVolume(feat_l[0], feat_r[0], volume, cfg.corr_levels, cfg.corr_radius)
-    clk.mark("geometry_volume")
-    disp = init.float()
-    mask_features = None
-    for i in range(iters):
-        geo = lookup(disp)
-        with amp:
-            net, mask_features, delta = model.update_block(net, inp, geo, disp, att)
-        disp = disp + delta.float()
-        clk.mark(f"gru_{i}")
-    with amp:
-        up = model.upsample_disparity(disp, mask_features.float(), stem.float())
-    clk.mark("upsample")
-    return up
+    def on_stage(name: str) -> None:
+        nonlocal gru_done
+        if name == "gru":
+            clock.mark(f"gru_{gru_done}")
+            gru_done += 1
+        else:
+            clock.mark(name)
+
+    return model(left, right, iters=iters, precision=precision, on_stage=on_stage).disparity
 
 
 def group_stage_times(durations: List[Tuple[str, float]]) -> Dict[str, float]:
