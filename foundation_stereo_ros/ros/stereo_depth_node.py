@@ -35,6 +35,7 @@ up to ``SHUTDOWN_WAIT_S`` to finish (its outputs are not published), and the pro
 """
 from __future__ import annotations
 
+import faulthandler
 import os
 import sys
 import threading
@@ -517,6 +518,7 @@ def _range_text(spec: ParamSpec) -> str:
 
 def main(args: Optional[List[str]] = None) -> int:
     """Console entry point: runs until Ctrl-C; exit code 1 when the node cannot start."""
+    faulthandler.enable()  # a crash inside native code (drivers, CUDA) leaves the Python stacks in the log
     try:
         rclpy.init(args=args)
     except KeyboardInterrupt:
@@ -539,24 +541,22 @@ def main(args: Optional[List[str]] = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        abandoned = False
-        if node is not None:
-            abandoned = not node.stop()
-            try:
-                node.destroy_node()
-            except Exception:  # noqa: BLE001 - the context may already be gone after Ctrl-C
-                pass
-        rclpy.try_shutdown()
-        if abandoned:
+        if node is not None and not node.stop():
             # A frame longer than SHUTDOWN_WAIT_S (the network on a CPU): its result is not
-            # published. The worker is still inside native code (PyTorch, OpenCV); a normal
-            # interpreter exit would tear down their threads under it (std::terminate, exit code
-            # -6), so leave at once - everything worth flushing is flushed here.
+            # published. The worker is still inside native code (PyTorch, OpenCV); tearing the
+            # node or the interpreter down under it can crash (std::terminate, or a segfault in
+            # the middleware), so leave at once - everything worth flushing is flushed here.
             _shutdown_log().warning(f"the frame in flight did not finish within {SHUTDOWN_WAIT_S:g} s; "
                                     f"exiting without it")
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(0)
+        if node is not None:
+            try:
+                node.destroy_node()
+            except Exception:  # noqa: BLE001 - the context may already be gone after Ctrl-C
+                pass
+        rclpy.try_shutdown()
     return 0
 
 
