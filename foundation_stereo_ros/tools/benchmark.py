@@ -28,6 +28,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .cli_args import positive_int
+
 PRESETS: Dict[str, Dict[str, Any]] = {
     # Finishes in about a minute on a 2-core CPU.
     "cpu-smoke": dict(variants=["vits"], sizes=[(64, 96), (96, 128)], iters=[8], modes=["eager-fp32"],
@@ -97,16 +99,6 @@ def _csv(kind: Callable[[str], Any]) -> Callable[[str], List[Any]]:
             raise argparse.ArgumentTypeError("empty list")
         return [kind(t) for t in items]
     return parse
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
-    return v
 
 
 # ---------------------------------------------------------------------------------------- memory
@@ -556,12 +548,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default grid (default: cpu-smoke on the CPU, gpu-quick on CUDA)")
     p.add_argument("--variants", type=_csv(str), default=None, help="comma list of vits, vitb, vitl")
     p.add_argument("--sizes", type=_csv(parse_size), default=None, help="comma list of HEIGHTxWIDTH camera sizes")
-    p.add_argument("--iters", type=_csv(_positive_int), default=None, help="comma list of GRU iteration counts")
+    p.add_argument("--iters", type=_csv(positive_int), default=None, help="comma list of GRU iteration counts")
     p.add_argument("--modes", type=_csv(parse_mode), default=None, help="comma list of modes (see below)")
-    p.add_argument("--repeats", type=_positive_int, default=None, help="timed runs per configuration")
+    p.add_argument("--repeats", type=positive_int, default=None, help="timed runs per configuration")
     p.add_argument("--warmup", type=int, default=None, help="untimed runs first (>= 1: the first call is timed "
                                                               "separately as first_call_ms)")
-    p.add_argument("--stage-repeats", type=_positive_int, default=5, help="staged runs per eager configuration")
+    p.add_argument("--stage-repeats", type=positive_int, default=5, help="staged runs per eager configuration")
     p.add_argument("--no-stages", action="store_true", help="skip the per-stage breakdown")
     p.add_argument("--no-node", action="store_true", help="skip the node-stage timing")
     p.add_argument("--checkpoint", default=None, help="real weights (then --variants is taken from its cfg.yaml)")

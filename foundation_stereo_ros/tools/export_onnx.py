@@ -14,15 +14,7 @@ import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
-    return v
+from .cli_args import positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,9 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--checkpoint", help="model_best_bp2.pth or its folder (cfg.yaml beside it)")
     src.add_argument("--random-weights", choices=["vits", "vitb", "vitl"],
                      help="export this variant with random weights (for timing and engine-build tests)")
-    p.add_argument("--height", type=_positive, required=True, help="camera image height (px)")
-    p.add_argument("--width", type=_positive, required=True, help="camera image width (px)")
-    p.add_argument("--iters", type=_positive, default=16, help="GRU iterations baked into the graph")
+    p.add_argument("--height", type=positive_int, required=True, help="camera image height (px)")
+    p.add_argument("--width", type=positive_int, required=True, help="camera image width (px)")
+    p.add_argument("--iters", type=positive_int, default=16, help="GRU iterations baked into the graph")
     p.add_argument("--opset", type=int, default=18,
                    help="ONNX opset (>= 17); 17 for TensorRT 8.5/8.6 (JetPack 5.x, 6.0), 18 for TensorRT 10")
     p.add_argument("--output", "-o", required=True, help="the .onnx file to write")
