@@ -7,16 +7,13 @@ Defaults to the front stereo camera of Isaac Sim's Nova Carter scenes
 other cameras with left_image:=... etc. Isaac Sim itself is started from its own launcher, so
 start_camera has nothing to start. Topics and settings are in config/isaac_sim.yaml.
 """
-import importlib.util
 import os
+
+from foundation_stereo_ros.ros.launch_support import generic_launch
 
 
 def _generic():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "foundation_stereo.launch.py")
-    spec = importlib.util.spec_from_file_location("foundation_stereo_generic_launch", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return generic_launch(os.path.dirname(os.path.abspath(__file__)))
 
 
 def generate_launch_description():

@@ -6,16 +6,13 @@ Uses the two mono cameras' raw images; the node rectifies them with the CameraIn
 publishes (rectify: auto). The driver's own parameters (mono streams on) are in the same file,
 config/oakd.yaml, which is passed to the driver as its params_file.
 """
-import importlib.util
 import os
+
+from foundation_stereo_ros.ros.launch_support import generic_launch
 
 
 def _generic():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "foundation_stereo.launch.py")
-    spec = importlib.util.spec_from_file_location("foundation_stereo_generic_launch", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return generic_launch(os.path.dirname(os.path.abspath(__file__)))
 
 
 EXTRA_ARGUMENTS = (

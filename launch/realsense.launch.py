@@ -9,16 +9,13 @@ off (emitter:=0, the default) for input like the network's training images, and 
 bare, textureless surfaces, comparing both with foundation-stereo-eval on a recording.
 Topics and settings are in config/realsense.yaml.
 """
-import importlib.util
 import os
+
+from foundation_stereo_ros.ros.launch_support import generic_launch
 
 
 def _generic():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "foundation_stereo.launch.py")
-    spec = importlib.util.spec_from_file_location("foundation_stereo_generic_launch", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return generic_launch(os.path.dirname(os.path.abspath(__file__)))
 
 
 EXTRA_ARGUMENTS = (

@@ -5,16 +5,13 @@
 Uses the rectified colour pair of the ZED ROS 2 wrapper (zed_wrapper); topics, encodings and
 sync settings are in config/zed.yaml. Every argument of foundation_stereo.launch.py applies.
 """
-import importlib.util
 import os
+
+from foundation_stereo_ros.ros.launch_support import generic_launch
 
 
 def _generic():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "foundation_stereo.launch.py")
-    spec = importlib.util.spec_from_file_location("foundation_stereo_generic_launch", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return generic_launch(os.path.dirname(os.path.abspath(__file__)))
 
 
 EXTRA_ARGUMENTS = (
