@@ -290,39 +290,30 @@ class _Queued:
         self.record = record
 
 
-#: The node's time-jump threshold (``stereo_depth_node.TIME_JUMP_NS``, not imported so that bag
-#: reading needs no rclpy): a stamp this much older than the newest seen is a bag loop or a
-#: restarted driver. test_eval_live_replay checks that a looped bag pairs the same live and offline.
-TIME_JUMP_NS = 1_000_000_000
-
-
 class StereoPairer:
     """Pairs left/right images and both CameraInfos in bag order with the node's own synchroniser
     (:class:`foundation_stereo_ros.ros.sync.TimeSynchronizer`, plain Python), the node's sync
-    parameters and the node's handling of stamps that jump back, so that a bag is paired offline
-    exactly as the live node pairs it. Feed records with :meth:`add`; it returns the
-    :class:`StereoRecord` a record completes, if any."""
+    parameters and the node's handling of stamps that jump back (:class:`TimeJumpGuard`), so that a
+    bag is paired offline exactly as the live node pairs it (test_eval_live_replay checks this for a
+    looped bag). Feed records with :meth:`add`; it returns the :class:`StereoRecord` a record
+    completes, if any."""
 
     def __init__(self, topics: StereoTopics, approximate: bool = False, tolerance_s: float = 0.005,
                  queue_size: int = 5):
-        from foundation_stereo_ros.ros.sync import TimeSynchronizer
+        from foundation_stereo_ros.ros.sync import TimeJumpGuard, TimeSynchronizer
 
         # The node's input order: left image, left info, right image, right info.
         self._index = {topics.left_image: 0, topics.left_info: 1, topics.right_image: 2, topics.right_info: 3}
         self._done: List[StereoRecord] = []
         self._sync = TimeSynchronizer(4, self._emit, queue_size=queue_size, approximate=approximate,
                                       tolerance_s=tolerance_s)
-        self._tolerance_ns = int(round(tolerance_s * 1e9)) if approximate else 0
-        self._newest: Optional[int] = None
-        self._jump: Optional[int] = None
+        self._time_jumps = TimeJumpGuard(approximate, tolerance_s)
         self._count = 0
         self._fed = [0, 0, 0, 0]
-        self.time_jumps = 0
 
     def _emit(self, left: _Queued, left_info: _Queued, right: _Queued, right_info: _Queued) -> None:
-        jump, self._jump = self._jump, None
         stamp = stamp_to_ns(left.header.stamp)
-        if jump is not None and stamp <= jump + self._tolerance_ns:
+        if not self._time_jumps.accept_pair(stamp):
             return  # the node discards the pair at a backward time jump
         recs = (left.record, left_info.record, right.record, right_info.record)
         self._done.append(StereoRecord(self._count, stamp, left.record.msg, right.record.msg, left_info.record.msg,
@@ -334,16 +325,17 @@ class StereoPairer:
         if index is None:
             return None
         t = stamp_to_ns(rec.msg.header.stamp)
-        if self._newest is not None and t < self._newest - TIME_JUMP_NS:
+        if self._time_jumps.observe(t) is not None:
             # Queued newer messages would block the pairing of the new ones (as in the node).
-            self._newest = self._jump = t
-            self.time_jumps += 1
             self._sync.discard_newer_than(t)
-        elif self._newest is None or t > self._newest:
-            self._newest = t
         self._fed[index] += 1
         self._sync.add(index, _Queued(rec))
         return self._done.pop() if self._done else None
+
+    @property
+    def time_jumps(self) -> int:
+        """Backward time jumps seen so far."""
+        return self._time_jumps.jumps
 
     def unpaired(self) -> Dict[str, int]:
         """Messages of each input that are in no pair: discarded by the synchroniser, dropped at a

@@ -60,7 +60,7 @@ from stereo_msgs.msg import DisparityImage
 from ..pipeline import FrameError, Outputs, ProcessorConfig, StereoProcessor
 from ..pipeline.config import PROCESSOR_PARAMETERS, ParamSpec, config_problems
 from .conversions import camera_info_msg, disparity_image_msg, numpy_to_image, pointcloud2_msg
-from .sync import stamp_ns, subscribe_synchronized
+from .sync import TimeJumpGuard, stamp_ns, subscribe_synchronized
 
 NODE_NAME = "stereo_depth_node"
 
@@ -89,10 +89,6 @@ READ_ONLY = frozenset({"approximate_sync", "sync_tolerance_s", "queue_size", "qo
 ALL_PARAMETERS: Tuple[ParamSpec, ...] = PROCESSOR_PARAMETERS + NODE_PARAMETERS
 _PROCESSOR_NAMES = frozenset(s.name for s in PROCESSOR_PARAMETERS)
 _NODE_SPECS = {s.name: s for s in NODE_PARAMETERS}
-
-#: Stamps going back by more than this count as a time jump (bag loop); smaller reorderings are
-#: normal between unsynchronised inputs.
-TIME_JUMP_NS = 1_000_000_000
 
 #: On shutdown, how long a frame in flight may take to finish. Below the 5 s after which
 #: ``ros2 launch`` escalates from SIGINT to SIGTERM.
@@ -220,9 +216,7 @@ class StereoDepthNode(Node):
         self._pending: Optional[Tuple[Any, ...]] = None
         self._in_flight: Optional[int] = None  # stamp of the frame the worker is processing
         self._stop = threading.Event()
-        self._newest_stamp: Optional[int] = None
-        self._jump_stamp: Optional[int] = None  # stamp that jumped back; its pair is discarded
-        self._tolerance_ns = int(round(float(values["sync_tolerance_s"]) * 1e9)) if values["approximate_sync"] else 0
+        self._time_jumps = TimeJumpGuard(bool(values["approximate_sync"]), float(values["sync_tolerance_s"]))
         self._sync = subscribe_synchronized(
             self, [(t, name) for name, t in INPUTS], qos_in, self._on_pair, queue_size=int(values["queue_size"]),
             approximate=bool(values["approximate_sync"]), tolerance_s=float(values["sync_tolerance_s"]),
@@ -300,20 +294,16 @@ class StereoDepthNode(Node):
     # ------------------------------------------------------------------ input (executor thread)
     def _on_message(self, index: int, msg: Any) -> None:
         t = stamp_ns(msg)
-        newest = self._newest_stamp
-        if newest is not None and t < newest - TIME_JUMP_NS:
+        back_ns = self._time_jumps.observe(t)
+        if back_ns is not None:
             # A bag loop or a restarted driver: queued messages from "the future" would block
-            # pairing of the new ones until they age out. The pair at the jump is discarded too,
-            # so consumers see a clean break rather than a frame from before their reset.
-            self._newest_stamp = t
-            self._jump_stamp = t
+            # pairing of the new ones until they age out. The pair at the jump is discarded too
+            # (in _on_pair), so consumers see a clean break rather than a frame from before their reset.
             self._stats.problem("time_jump_back")
-            self._log.warn("time_jump_back", f"{INPUTS[index][0]} stamp went back by {(newest - t) / 1e9:.3f} s "
+            self._log.warn("time_jump_back", f"{INPUTS[index][0]} stamp went back by {back_ns / 1e9:.3f} s "
                                              f"(bag loop? restarted driver?); discarding queued newer messages and "
                                              f"the pair stamped {t / 1e9:.6f}, resuming with the next pair")
             self._sync.discard_newer_than(t)
-        elif newest is None or t > newest:
-            self._newest_stamp = t
 
     def _on_unpaired(self, index: int, msg: Any) -> None:
         self._stats.problem("unpaired")
@@ -323,8 +313,7 @@ class StereoDepthNode(Node):
                                    f"sync_tolerance_s for unsynchronised cameras)")
 
     def _on_pair(self, left_img: Image, left_info: CameraInfo, right_img: Image, right_info: CameraInfo) -> None:
-        jump, self._jump_stamp = self._jump_stamp, None
-        if jump is not None and stamp_ns(left_img) <= jump + self._tolerance_ns:
+        if not self._time_jumps.accept_pair(stamp_ns(left_img)):
             return  # the pair at a backward time jump (counted and logged in _on_message)
         with self._cond:
             self._stats.pairs_received += 1

@@ -12,6 +12,9 @@ in-package :class:`TimeSynchronizer`, which also counts the messages that never 
 
 After a set is emitted, older queued messages can no longer form a newer set and are discarded
 as unpaired; a queue longer than ``queue_size`` drops its oldest message as unpaired.
+
+:class:`TimeJumpGuard` (plain Python too) handles stamps that jump backwards, e.g. a looped bag,
+for both the node and the offline bag reader.
 """
 from __future__ import annotations
 
@@ -122,6 +125,57 @@ class TimeSynchronizer:
         if max(stamps) - min(stamps) > self._tolerance_ns:
             return None
         return chosen
+
+
+#: Stamps going back by more than this count as a time jump (a bag loop, a restarted driver);
+#: smaller reorderings are normal between unsynchronised inputs.
+TIME_JUMP_NS = 1_000_000_000
+
+
+class TimeJumpGuard:
+    """The handling of input stamps that jump backwards, shared by the node and the offline bag
+    reader so that both treat a looped bag alike.
+
+    Feed every arriving stamp to :meth:`observe` before the synchroniser sees the message. A stamp
+    more than ``threshold_ns`` older than the newest seen is a jump: the caller then discards the
+    synchroniser's queued newer messages (:meth:`TimeSynchronizer.discard_newer_than`), which would
+    otherwise block the pairing of the new ones until they age out. Ask :meth:`accept_pair` about
+    every synchronised pair: the pair at the jump (the first pair after it, when stamped within the
+    sync tolerance of the jump) is rejected, so consumers see a clean break rather than a frame from
+    before their reset. Not locked: call both methods from one thread (the executor's).
+    """
+
+    def __init__(self, approximate: bool = False, tolerance_s: float = 0.0,
+                 threshold_ns: int = TIME_JUMP_NS) -> None:
+        if tolerance_s < 0:
+            raise ValueError(f"tolerance_s must be >= 0, got {tolerance_s}")
+        if threshold_ns < 0:
+            raise ValueError(f"threshold_ns must be >= 0, got {threshold_ns}")
+        # The synchroniser's own tolerance: an approximate pair at the jump may carry a left stamp
+        # up to this much after the stamp that jumped.
+        self.tolerance_ns = int(round(tolerance_s * 1e9)) if approximate else 0
+        self.threshold_ns = int(threshold_ns)
+        self._newest: Optional[int] = None
+        self._jump: Optional[int] = None  # stamp that jumped back, until the next pair is judged
+        self.jumps = 0  # backward jumps seen
+
+    def observe(self, t_ns: int) -> Optional[int]:
+        """Note an arriving stamp. On a backward jump, how far back it went in nanoseconds (and the
+        newest stamp restarts from ``t_ns``); otherwise None."""
+        newest = self._newest
+        if newest is not None and t_ns < newest - self.threshold_ns:
+            self._newest = self._jump = t_ns
+            self.jumps += 1
+            return newest - t_ns
+        if newest is None or t_ns > newest:
+            self._newest = t_ns
+        return None
+
+    def accept_pair(self, t_ns: int) -> bool:
+        """Whether to keep a synchronised pair whose left image is stamped ``t_ns``: False only for
+        the first pair after a jump when it is the pair at the jump."""
+        jump, self._jump = self._jump, None
+        return jump is None or t_ns > jump + self.tolerance_ns
 
 
 class SynchronizedSubscriptions:
