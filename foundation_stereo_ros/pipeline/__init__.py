@@ -64,8 +64,8 @@ Out of memory: the FoundationStereo backend retries a frame at half the resoluti
 ``oom_min_scale_factor * scale``) and returns to the configured scale when memory allows; the
 result's ``network_scale`` and ``oom_retries`` say what happened (see :mod:`.backends`).
 """
-from .backends import (BackendError, DisparityBackend, FoundationStereoBackend, SGBMBackend, is_out_of_memory,
-                       make_backend)
+from .backends import (BackendError, DisparityBackend, ExecutionModeError, FoundationStereoBackend, OnnxBackend,
+                       SGBMBackend, is_out_of_memory, make_backend)
 from .calibration import (RECTIFY_MODES, CameraModel, Rectifier, RectificationMaps, StereoCalibration,
                           camera_info_values, make_camera_model, rectification_maps)
 from .config import PROCESSOR_PARAMETERS, SPECS, ParamSpec, ProcessorConfig, config_problems
@@ -78,8 +78,8 @@ from .image import (ENCODINGS, DecodedPair, auto_max16, decode_image, decode_ima
 from .processor import ALL_OUTPUTS, Outputs, StereoProcessor, StereoResult, check_frame_ids
 
 __all__ = [
-    "ALL_OUTPUTS", "BackendError", "CalibrationError", "CameraModel", "DecodedPair", "DisparityBackend", "ENCODINGS",
-    "FoundationStereoBackend", "FrameError", "ImageDecodeError", "InferenceMemoryError", "Outputs", "PROCESSOR_PARAMETERS", "PairMismatchError",
+    "ALL_OUTPUTS", "BackendError", "CalibrationError", "CameraModel", "DecodedPair", "DisparityBackend", "ENCODINGS", "ExecutionModeError",
+    "FoundationStereoBackend", "FrameError", "ImageDecodeError", "InferenceMemoryError", "OnnxBackend", "Outputs", "PROCESSOR_PARAMETERS", "PairMismatchError",
     "ParamSpec", "PointProjector", "ProcessorConfig", "RECTIFY_MODES", "RectificationMaps", "Rectifier",
     "SGBMBackend", "SPECS", "StereoCalibration", "StereoInputError", "StereoProcessor", "StereoResult",
     "auto_max16", "camera_info_values", "check_frame_ids", "is_out_of_memory", "colorize_disparity", "config_problems", "decode_image",

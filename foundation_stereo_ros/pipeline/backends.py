@@ -8,15 +8,16 @@ by :class:`~.processor.StereoProcessor`, identically for every backend.
 from __future__ import annotations
 
 import abc
+import os
 import sys
 import time
-from typing import Any, Optional, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 
 from .config import ProcessorConfig
-from .errors import InferenceMemoryError, StereoInputError
+from .errors import FrameError, InferenceMemoryError, StereoInputError
 
 
 class BackendError(ValueError):
@@ -26,10 +27,21 @@ class BackendError(ValueError):
     """
 
 
+class ExecutionModeError(FrameError, RuntimeError):
+    """The configured execution mode could not be prepared for the first frame's size.
+
+    Problem: ``execution_failed``. That frame is skipped and later frames run eager; the error
+    says why (a compiler missing for torch.compile, CUDA-graph capture refused ...).
+    """
+
+
 class DisparityBackend(abc.ABC):
     """Interface of a disparity estimator (see module doc). Not thread-safe: one caller at a time."""
 
     name: str = ""
+    #: Things the user should know about this backend, logged once when it is built (for
+    #: example the ONNX providers chosen, or a parameter that does not apply).
+    notes: Tuple[str, ...] = ()
     #: Resolution relative to the camera image at which the last :meth:`compute` matched (None: the
     #: backend has no notion of scale), and how many out-of-memory retries that call needed.
     last_scale: Optional[float] = None
@@ -51,6 +63,12 @@ class DisparityBackend(abc.ABC):
     def valid_window(self, width: int, height: int) -> Tuple[int, int, int, int]:
         """(x, y, width, height) of the region where valid disparities can occur."""
         return 0, 0, width, height
+
+    def prepare(self, width: int, height: int) -> bool:
+        """Get ready for camera images of this size before the first frame (compile, capture a
+        CUDA graph, build an engine). Returns whether there was anything to do. Raises
+        :class:`BackendError` when the backend cannot run at that size."""
+        return False
 
 
 _SGBM_MODES = {"sgbm": cv2.STEREO_SGBM_MODE_SGBM, "hh": cv2.STEREO_SGBM_MODE_HH,
@@ -134,9 +152,19 @@ class FoundationStereoBackend(DisparityBackend):
     the reduced scale that worked, and every ``oom_probe_period_s`` one tries the configured scale
     again, so the full resolution comes back as soon as the memory does. :attr:`last_scale` and
     :attr:`last_oom_retries` tell the caller what happened to the last frame.
+
+    Execution modes (``config.execution``, see :mod:`foundation_stereo_ros.runtime.fastpath`):
+    ``eager`` runs :meth:`FoundationStereo.infer`; the others run a
+    :class:`~foundation_stereo_ros.runtime.fastpath.NetworkRunner` prepared for one padded
+    network input size, by :meth:`prepare` (``warmup_width`` x ``warmup_height``) or on the first
+    frame at the configured scale. Frames of any other size (out-of-memory fallback, a camera
+    that changed mode) run eager, so they never trigger minutes of recompilation mid-stream.
+    On CUDA the pair is uploaded through one reused pinned buffer.
     """
 
     name = "foundation_stereo"
+    #: torch.compile backend of the compiled execution modes.
+    compile_backend = "inductor"
 
     def __init__(self, config: ProcessorConfig, model: Any = None) -> None:
         if model is None and not config.checkpoint:
@@ -161,7 +189,13 @@ class FoundationStereoBackend(DisparityBackend):
         self.min_scale = config.scale * config.oom_min_scale_factor
         self.probe_period_s = config.oom_probe_period_s
         self.max_disp = float(model.cfg.max_disp)
+        self.execution = config.execution
+        self.warmup_size = (config.warmup_width, config.warmup_height) if config.warmup_width else None
         self._torch = torch
+        self._runner: Any = None  # NetworkRunner of a non-eager execution mode, once prepared
+        self._fast_size: Optional[Tuple[int, int]] = None  # padded (H, W) the runner is prepared for
+        self._fast_error: Optional[str] = None  # why preparing the runner failed (then: eager)
+        self._upload: Any = None  # runtime.PinnedUpload, made on first use
         self._columns = np.zeros((1, 0), np.float32)  # u of each column, cached per width
         self._fallback_scale: Optional[float] = None  # the reduced scale in use after an out-of-memory error
         self._last_probe = 0.0  # time.monotonic() of the last attempt at the configured scale
@@ -169,10 +203,44 @@ class FoundationStereoBackend(DisparityBackend):
         self.last_oom_retries = 0
 
     def with_options(self, config: ProcessorConfig) -> "FoundationStereoBackend":
-        """A backend sharing this one's loaded network, with the per-call options of ``config``."""
+        """A backend sharing this one's loaded network, with the per-call options of ``config``;
+        also its prepared execution mode when that is unaffected by the change."""
         backend = FoundationStereoBackend(config, model=self.model)
         backend.source = self.source
+        backend._upload = self._upload
+        if backend._runner_key() == self._runner_key() and backend.scale == self.scale:
+            backend._runner, backend._fast_size, backend._fast_error = self._runner, self._fast_size, self._fast_error
         return backend
+
+    def _runner_key(self) -> Tuple:
+        return self.execution, self.precision, self.iters, self.warmup_size
+
+    @property
+    def prepared_size(self) -> Optional[Tuple[int, int]]:
+        """Padded network input (H, W) the execution mode is prepared for (None: not yet, or eager)."""
+        return self._fast_size
+
+    def prepare(self, width: int, height: int) -> bool:
+        if self.execution == "eager" or self.hierarchical:
+            return False
+        try:
+            self._prepare_runner(width, height)
+        except Exception as e:  # noqa: BLE001 - compile / capture failures come in many types
+            raise BackendError(f"execution {self.execution!r} could not be prepared for {width}x{height} images: "
+                               f"{type(e).__name__}: {_first_line(e)} (use execution 'eager')") from None
+        return True
+
+    def _prepare_runner(self, width: int, height: int) -> None:
+        from ..model.padding import InputPadder
+        from ..runtime.fastpath import NetworkRunner
+
+        nw, nh = self.network_size(width, height)
+        size = InputPadder(nh, nw).padded_size
+        if self._runner is None:
+            self._runner = NetworkRunner(self.model, self.iters, self.precision, self.execution,
+                                         compile_backend=self.compile_backend)
+        self._runner.warmup(*size)
+        self._fast_size = size
 
     def network_size(self, width: int, height: int, scale: Optional[float] = None) -> Tuple[int, int]:
         """(width, height) of the network input for a camera image of this size (at ``scale``,
@@ -230,13 +298,21 @@ class FoundationStereoBackend(DisparityBackend):
             interp = cv2.INTER_AREA if nw < w else cv2.INTER_LINEAR
             left = cv2.resize(left, (nw, nh), interpolation=interp)
             right = cv2.resize(right, (nw, nh), interpolation=interp)
-        pair = torch.from_numpy(np.stack([left, right]))  # (2, h, w, 3) uint8
-        if self.device.type == "cuda":
-            pair = pair.pin_memory().to(self.device, non_blocking=True)
-        pair = pair.permute(0, 3, 1, 2).float()  # (2, 3, h, w)
-        disp = self.model.infer(pair[:1], pair[1:], iters=self.iters, hierarchical=self.hierarchical,
-                                precision=self.precision)  # (1, 1, h, w)
-        disparity = disp[0, 0].float().cpu().numpy()
+        if self._upload is None:
+            from ..runtime.backends import PinnedUpload
+
+            self._upload = PinnedUpload(self.device)
+        runner = self._fast_runner(w, h, nw, nh, scale)
+        with torch.no_grad():
+            pair = self._upload(left, right).permute(0, 3, 1, 2).float()  # (2, 3, h, w)
+            if runner is not None:
+                padder = runner[1]
+                lp, rp = padder.pad(pair[:1], pair[1:])
+                disp = padder.unpad(runner[0](lp, rp))  # (1, 1, h, w)
+            else:
+                disp = self.model.infer(pair[:1], pair[1:], iters=self.iters, hierarchical=self.hierarchical,
+                                        precision=self.precision)  # (1, 1, h, w)
+            disparity = disp[0, 0].float().cpu().numpy()
         if (nw, nh) != (w, h):
             disparity = cv2.resize(disparity, (w, h), interpolation=cv2.INTER_LINEAR)
             disparity *= np.float32(w / nw)
@@ -245,9 +321,175 @@ class FoundationStereoBackend(DisparityBackend):
         disparity[(disparity < 0) | (disparity > self._columns)] = np.nan  # match left of the right image
         return disparity
 
+    def _fast_runner(self, width: int, height: int, nw: int, nh: int, scale: float):
+        """(runner, padder) when this frame's network size is the prepared one, else None (eager)."""
+        if self.execution == "eager" or self.hierarchical or self._fast_error is not None:
+            return None
+        from ..model.padding import InputPadder
+
+        padder = InputPadder(nh, nw)
+        if self._fast_size is None and scale == self.scale:
+            try:  # the first frame at the configured scale decides the size
+                self._prepare_runner(width, height)
+            except Exception as e:  # noqa: BLE001 - compile / capture failures come in many types
+                if is_out_of_memory(e):
+                    raise  # the caller retries at a lower scale, eager
+                self._fast_error = f"{type(e).__name__}: {_first_line(e)}"
+                raise ExecutionModeError("execution_failed", f"execution {self.execution!r} could not be prepared "
+                                                             f"for {width}x{height} images ({self._fast_error}); "
+                                                             f"this frame is skipped and later frames run eager") from None
+        if padder.padded_size != self._fast_size:
+            return None
+        return self._runner, padder
+
     def search_range(self, width: int) -> Tuple[float, float]:
         nw, _ = self.network_size(width, 1, self.last_scale)  # the scale the last frame really used
         return 0.0, self.max_disp * width / nw
+
+    @property
+    def delta_d(self) -> float:
+        return 0.0
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error)
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def default_trt_cache_dir() -> str:
+    """``$ROS_HOME/foundation_stereo_trt`` (ROS_HOME defaults to ``~/.ros``)."""
+    ros_home = os.environ.get("ROS_HOME") or os.path.join(os.path.expanduser("~"), ".ros")
+    return os.path.join(ros_home, "foundation_stereo_trt")
+
+
+_ONNX_PROVIDER_NAMES = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider",
+                        "cpu": "CPUExecutionProvider"}
+
+
+def onnx_provider_list(provider: str, device: str, available: Sequence[str]) -> List[str]:
+    """ONNX Runtime providers, in order, for the ``onnx_provider`` and ``device`` parameters.
+
+    'auto' takes TensorRT, then CUDA, then the CPU, as far as ``available`` has them ('cpu' only
+    on device 'cpu'). 'tensorrt' and 'cuda' add the providers after them in that order as the
+    fallback for nodes they cannot run. ValueError when a named provider is not installed.
+    """
+    order = [_ONNX_PROVIDER_NAMES[p] for p in ("tensorrt", "cuda", "cpu")]
+    if provider == "auto":
+        wanted = ["CPUExecutionProvider"] if device == "cpu" else order
+        return [p for p in wanted if p in available] or ["CPUExecutionProvider"]
+    first = _ONNX_PROVIDER_NAMES[provider]
+    if first not in available:
+        raise BackendError(f"onnx_provider {provider!r}: this onnxruntime has no {first} (it has "
+                           f"{', '.join(available)}); install onnxruntime-gpu (NVIDIA's wheel on Jetson) or set "
+                           f"onnx_provider 'auto'")
+    return [first] + [p for p in order[order.index(first) + 1:] if p in available]
+
+
+class OnnxBackend(DisparityBackend):
+    """The network exported by ``foundation-stereo-export``, run by ONNX Runtime
+    (:class:`foundation_stereo_ros.runtime.OnnxRuntimeDisparity`).
+
+    The graph has a fixed input size and GRU iteration count. Camera images that pad to its
+    input size run as they are; others are resized to the image size the graph was exported for
+    (area filter when shrinking) and the disparity is resized back and multiplied by
+    ``width / export_width``, as ``scale`` does for the PyTorch backend. An allocation failure
+    in ONNX Runtime raises :class:`~.errors.InferenceMemoryError` (the frame is skipped).
+    """
+
+    name = "onnx"
+
+    def __init__(self, config: ProcessorConfig) -> None:
+        if not config.onnx_model:
+            raise BackendError("backend 'onnx' needs the onnx_model parameter: the .onnx file made by "
+                               "foundation-stereo-export")
+        if not os.path.isfile(config.onnx_model):
+            raise BackendError(f"onnx_model {config.onnx_model!r}: no such file (make one with "
+                               f"foundation-stereo-export --checkpoint ... --height H --width W --output FILE)")
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise BackendError("backend 'onnx' needs the 'onnxruntime' package (onnxruntime-gpu for CUDA/TensorRT, "
+                               "NVIDIA's wheel on Jetson)") from None
+        from ..runtime.backends import OnnxRuntimeDisparity
+
+        available = ort.get_available_providers()
+        providers = onnx_provider_list(config.onnx_provider, config.device, available)
+        device_id = int(config.device.split(":")[1]) if config.device.startswith("cuda:") else 0
+        cache = None
+        if "TensorrtExecutionProvider" in providers:
+            cache = config.onnx_trt_cache_dir or default_trt_cache_dir()
+            try:
+                os.makedirs(cache, exist_ok=True)
+            except OSError as e:
+                raise BackendError(f"onnx_trt_cache_dir {cache!r} cannot be created: {e}") from None
+        self.runner = OnnxRuntimeDisparity(config.onnx_model, providers=providers, device_id=device_id,
+                                           trt_fp16=config.precision == "fp16", trt_cache_dir=cache)
+        meta = self.runner.metadata
+        self.input_size = self.runner.input_size  # (H, W) of the graph, multiples of 32
+        ih, iw = self.input_size
+        self.image_size = (int(meta.get("image_height", ih)), int(meta.get("image_width", iw)))
+        self.max_disp = self.runner.max_disp
+        self.iters = self.runner.iters
+        self.providers = tuple(self.runner.providers)
+        notes = [f"ONNX Runtime providers: {', '.join(self.providers)}"
+                 + (f" (TensorRT engines cached in {cache})" if cache else "")]
+        if config.device != "cpu" and self.providers[0] == "CPUExecutionProvider":
+            notes.append(f"device {config.device!r} asked for, but this onnxruntime has no GPU provider "
+                         f"({', '.join(available)}): the network runs on the CPU, slowly")
+        if self.iters and self.iters != config.iters:
+            notes.append(f"the ONNX model runs {self.iters} GRU iterations (fixed at export); the iters parameter "
+                         f"({config.iters}) does not apply")
+        self.notes = tuple(notes)
+        self.source = config.backend_key()
+        self.last_scale = None
+        self.last_oom_retries = 0
+        self._columns = np.zeros((1, 0), np.float32)
+
+    def prepare(self, width: int, height: int) -> bool:
+        # The first run builds the TensorRT engine (or loads it from the cache): do it now.
+        gen = np.random.default_rng(0)
+        left = gen.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        try:
+            self.compute(left, left.copy())
+        except FrameError as e:
+            raise BackendError(f"the ONNX model cannot run on {width}x{height} images: {e}") from None
+        return True
+
+    def network_size(self, width: int, height: int) -> Tuple[int, int]:
+        """(width, height) the camera images are matched at."""
+        from ..model.padding import InputPadder
+
+        if InputPadder(height, width).padded_size == self.input_size:
+            return width, height
+        return self.image_size[1], self.image_size[0]
+
+    def compute(self, left: np.ndarray, right: np.ndarray, grey: bool = False) -> np.ndarray:
+        h, w = left.shape[:2]
+        nw, nh = self.network_size(w, h)
+        if (nw, nh) != (w, h):
+            interp = cv2.INTER_AREA if nw * nh < w * h else cv2.INTER_LINEAR
+            left = cv2.resize(left, (nw, nh), interpolation=interp)
+            right = cv2.resize(right, (nw, nh), interpolation=interp)
+        try:
+            disparity = self.runner.disparity(left, right)
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+            text = str(e).lower()
+            if "allocate" in text or "out of memory" in text:
+                raise InferenceMemoryError("out_of_memory", f"ONNX Runtime ran out of memory: {_first_line(e)}") from None
+            raise
+        if (nw, nh) != (w, h):
+            disparity = cv2.resize(disparity, (w, h), interpolation=cv2.INTER_LINEAR)
+            disparity *= np.float32(w / nw)
+        self.last_scale = nw / w
+        if self._columns.shape[1] != w:
+            self._columns = np.arange(w, dtype=np.float32)[None, :]
+        disparity[(disparity < 0) | (disparity > self._columns)] = np.nan  # match left of the right image
+        return disparity
+
+    def search_range(self, width: int) -> Tuple[float, float]:
+        if not self.max_disp:  # an export without metadata: anything up to the image width
+            return 0.0, float(width - 1)
+        return 0.0, self.max_disp / (self.last_scale or 1.0)  # network px -> camera px
 
     @property
     def delta_d(self) -> float:
@@ -259,6 +501,10 @@ def make_backend(config: ProcessorConfig, previous: Optional[DisparityBackend] =
     device are unchanged. Raises CheckpointError / BackendError (ValueErrors) when it cannot be built."""
     if config.backend == "sgbm":
         return SGBMBackend(config)
+    if config.backend == "onnx":
+        if isinstance(previous, OnnxBackend) and previous.source == config.backend_key():
+            return previous
+        return OnnxBackend(config)
     if isinstance(previous, FoundationStereoBackend) and previous.source == (config.checkpoint, config.device):
         return previous.with_options(config)
     return FoundationStereoBackend(config)

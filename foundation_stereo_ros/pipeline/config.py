@@ -11,8 +11,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
-BACKENDS = ("foundation_stereo", "sgbm")
+BACKENDS = ("foundation_stereo", "onnx", "sgbm")
 PRECISIONS = ("fp32", "fp16", "bf16")
+#: How the PyTorch network runs (see :mod:`foundation_stereo_ros.runtime.fastpath`).
+EXECUTIONS = ("eager", "compile", "cudagraph", "compile-cudagraph")
+ONNX_PROVIDERS = ("auto", "tensorrt", "cuda", "cpu")
 SGBM_MODES = ("sgbm", "hh", "sgbm_3way", "hh4")
 
 
@@ -59,17 +62,39 @@ class ParamSpec:
 
 
 PROCESSOR_PARAMETERS: Tuple[ParamSpec, ...] = (
-    ParamSpec("backend", "foundation_stereo", "Disparity estimator: 'foundation_stereo' (the network) or 'sgbm' "
-              "(OpenCV semi-global matching on the CPU, no GPU or checkpoint needed).", choices=BACKENDS),
+    ParamSpec("backend", "foundation_stereo", "Disparity estimator: 'foundation_stereo' (the network in PyTorch), "
+              "'onnx' (the network exported by foundation-stereo-export, run by ONNX Runtime with TensorRT, CUDA or "
+              "the CPU) or 'sgbm' (OpenCV semi-global matching on the CPU, no GPU or checkpoint needed).",
+              choices=BACKENDS),
     ParamSpec("checkpoint", "", "FoundationStereo checkpoint: the .pth file or its folder (with cfg.yaml beside "
               "it). Required for backend 'foundation_stereo'."),
-    ParamSpec("iters", 32, "GRU refinement iterations of the network (fewer: faster, coarser).", min=1, max=128,
+    ParamSpec("iters", 32, "GRU refinement iterations of the network (fewer: faster, coarser). Backend 'onnx' runs "
+              "the number fixed at export.", min=1, max=128,
               step=1),
     ParamSpec("hierarchical", False, "Coarse-to-fine inference: a half-resolution pass initialises the full one "
               "(helps large images / large disparities)."),
-    ParamSpec("device", "cuda", "Torch device for the network: 'cuda', 'cuda:N' or 'cpu'."),
-    ParamSpec("precision", "fp32", "Network arithmetic: 'fp32', or 'fp16'/'bf16' autocast on CUDA.",
+    ParamSpec("device", "cuda", "Device of the network: 'cuda', 'cuda:N' or 'cpu' (backend 'onnx': the GPU ONNX "
+              "Runtime runs on, or 'cpu' for its CPU provider only)."),
+    ParamSpec("precision", "fp32", "Network arithmetic: 'fp32', or 'fp16'/'bf16' autocast on CUDA (backend 'onnx': "
+              "'fp16' builds the TensorRT engine in fp16).",
               choices=PRECISIONS),
+    ParamSpec("execution", "eager", "How the PyTorch network runs: 'eager'; 'compile' (torch.compile: minutes of "
+              "compilation before the first frame); 'cudagraph' (the whole pass replayed as one CUDA graph; CUDA "
+              "only); 'compile-cudagraph' (both). The non-eager modes are prepared for one network input size, "
+              "warmup_width x warmup_height at start (or the first frame's); frames of any other size run eager.",
+              choices=EXECUTIONS),
+    ParamSpec("warmup_width", 0, "Camera image width to prepare the execution mode for at start (with "
+              "warmup_height); 0: prepare on the first frame.", min=0, max=16384, step=1),
+    ParamSpec("warmup_height", 0, "Camera image height to prepare the execution mode for at start (with "
+              "warmup_width); 0: prepare on the first frame.", min=0, max=16384, step=1),
+    ParamSpec("onnx_model", "", "ONNX model made by foundation-stereo-export (fixed input size and GRU "
+              "iterations). Required for backend 'onnx'."),
+    ParamSpec("onnx_provider", "auto", "ONNX Runtime execution provider: 'auto' (TensorRT, then CUDA, then the "
+              "CPU, as installed; the CPU only with device 'cpu'), 'tensorrt', 'cuda' or 'cpu'.",
+              choices=ONNX_PROVIDERS),
+    ParamSpec("onnx_trt_cache_dir", "", "Folder where ONNX Runtime's TensorRT provider keeps built engines, so "
+              "only the first start builds one (minutes on Jetson); empty: $ROS_HOME/foundation_stereo_trt "
+              "(ROS_HOME defaults to ~/.ros)."),
     ParamSpec("scale", 1.0, "Network input resolution relative to the camera image; the disparity is resized "
               "back and multiplied by 1/scale.", min=0.05, max=2.0),
     ParamSpec("oom_min_scale_factor", 0.25, "Out-of-memory fallback of the network: a frame that runs out of GPU "
@@ -112,6 +137,7 @@ SPECS: Dict[str, ParamSpec] = {s.name: s for s in PROCESSOR_PARAMETERS}
 
 #: Fields that change the disparity backend (others can be swapped without rebuilding it).
 FOUNDATION_STEREO_FIELDS = ("checkpoint", "device")
+ONNX_FIELDS = ("onnx_model", "onnx_provider", "onnx_trt_cache_dir", "device", "precision")
 SGBM_FIELDS = tuple(s.name for s in PROCESSOR_PARAMETERS if s.name.startswith("sgbm_"))
 
 
@@ -125,6 +151,12 @@ class ProcessorConfig:
     hierarchical: bool = SPECS["hierarchical"].default
     device: str = SPECS["device"].default
     precision: str = SPECS["precision"].default
+    execution: str = SPECS["execution"].default
+    warmup_width: int = SPECS["warmup_width"].default
+    warmup_height: int = SPECS["warmup_height"].default
+    onnx_model: str = SPECS["onnx_model"].default
+    onnx_provider: str = SPECS["onnx_provider"].default
+    onnx_trt_cache_dir: str = SPECS["onnx_trt_cache_dir"].default
     scale: float = SPECS["scale"].default
     oom_min_scale_factor: float = SPECS["oom_min_scale_factor"].default
     oom_probe_period_s: float = SPECS["oom_probe_period_s"].default
@@ -170,7 +202,7 @@ class ProcessorConfig:
 
     def backend_key(self) -> Tuple:
         """Equal keys: the same backend object can serve both configs."""
-        names = FOUNDATION_STEREO_FIELDS if self.backend == "foundation_stereo" else SGBM_FIELDS
+        names = {"foundation_stereo": FOUNDATION_STEREO_FIELDS, "onnx": ONNX_FIELDS}.get(self.backend, SGBM_FIELDS)
         return (self.backend,) + tuple(getattr(self, n) for n in names)
 
 
@@ -193,6 +225,29 @@ def config_problems(values: Mapping[str, Any]) -> list:
         problems.append(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     elif get("precision") != "fp32" and device == "cpu":
         problems.append(f"precision {get('precision')!r} needs a CUDA device; use fp32 on the CPU")
+    backend, execution = get("backend"), get("execution")
+    if (get("warmup_width") == 0) != (get("warmup_height") == 0):
+        problems.append("set both warmup_width and warmup_height, or neither (0: the first frame's size)")
+    if backend == "foundation_stereo" and execution != "eager":
+        if get("hierarchical"):
+            problems.append(f"hierarchical inference runs two passes of different sizes and is eager only; "
+                            f"set execution 'eager' or hierarchical false (execution is {execution!r})")
+        if "cudagraph" in execution and device == "cpu":
+            problems.append(f"execution {execution!r} needs a CUDA device; use 'eager' or 'compile' on the CPU")
+    if backend == "onnx":
+        if not get("onnx_model"):
+            problems.append("backend 'onnx' needs onnx_model: the .onnx file made by foundation-stereo-export")
+        if get("hierarchical"):
+            problems.append("backend 'onnx' has no hierarchical inference (the exported graph is one pass)")
+        if get("scale") != 1.0:
+            problems.append("backend 'onnx' has a fixed input size (chosen at export); leave scale at 1.0")
+        if get("precision") == "bf16":
+            problems.append("backend 'onnx' runs fp32, or fp16 through TensorRT; bf16 is not offered")
+        provider = get("onnx_provider")
+        if device == "cpu" and provider in ("tensorrt", "cuda"):
+            problems.append(f"onnx_provider {provider!r} needs a CUDA device; set device 'cuda' or provider 'cpu'")
+        if get("precision") == "fp16" and provider in ("cuda", "cpu"):
+            problems.append(f"fp16 for backend 'onnx' is TensorRT's; provider {provider!r} runs the fp32 graph")
     return problems
 
 

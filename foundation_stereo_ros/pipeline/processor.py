@@ -94,6 +94,14 @@ class StereoProcessor:
         device) and rectification maps. Raises like the constructor; ``self`` stays usable."""
         return StereoProcessor(config, make_backend(config, previous=self.backend), _rectifier=self.rectifier)
 
+    def prepare(self, width: int, height: int) -> bool:
+        """Get the backend ready for camera images of this size before the first frame (compile
+        or capture the network's execution mode, build a TensorRT engine); whether it had
+        anything to do. Raises BackendError (a ValueError) when it cannot run at that size."""
+        if width < 1 or height < 1:
+            raise ValueError(f"image size must be positive, got {width}x{height}")
+        return self.backend.prepare(width, height)
+
     # ------------------------------------------------------------------ calibration
     def calibration(self, left_info: Any, right_info: Any) -> StereoCalibration:
         """Validated calibration of two CameraInfo-like objects, cached by content."""

@@ -195,6 +195,7 @@ class StereoDepthNode(Node):
         self._next_settings: Optional[FrameSettings] = None  # taken by the worker before its next frame
         self._log = ThrottledLog(self.get_logger(), float(values["log_throttle_s"]))
         self._stats = Stats()
+        self._prepare_backend(processor)
 
         qos_in = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=int(values["qos_depth"]),
                             reliability=(ReliabilityPolicy.BEST_EFFORT if values["qos_reliability"] == "best_effort"
@@ -233,6 +234,30 @@ class StereoDepthNode(Node):
             f"{'approximate' if values['approximate_sync'] else 'exact'} sync on "
             f"{', '.join(self._sync.topic_names())}"
             f"{' (message_filters)' if self._sync.uses_message_filters else ''}")
+
+    def _prepare_backend(self, processor: StereoProcessor) -> None:
+        """Log what the backend says about itself, and compile / capture / build its engine now
+        for warmup_width x warmup_height, so the first camera frame is not minutes late."""
+        config = processor.config
+        for note in processor.backend.notes:
+            self.get_logger().info(f"{config.backend} backend: {note}")
+        fast = config.backend == "onnx" or (config.backend == "foundation_stereo" and config.execution != "eager")
+        if not fast:
+            return
+        what = "the ONNX model" if config.backend == "onnx" else f"execution {config.execution!r}"
+        if not config.warmup_width:
+            self.get_logger().info(f"{what} will be prepared on the first frame, which will be slow; set "
+                                   f"warmup_width and warmup_height to the camera's image size to do it at start")
+            return
+        size = f"{config.warmup_width}x{config.warmup_height}"
+        self.get_logger().info(f"preparing {what} for {size} images (compiling or building an engine can take "
+                               f"minutes)")
+        t0 = time.monotonic()
+        try:
+            processor.prepare(config.warmup_width, config.warmup_height)
+        except ValueError as e:  # BackendError
+            raise StartupError(f"{config.backend} backend: {e}") from None
+        self.get_logger().info(f"{what} prepared for {size} images in {time.monotonic() - t0:.1f} s")
 
     # ------------------------------------------------------------------ parameters
     def _declare_parameters(self) -> Dict[str, Any]:
@@ -283,6 +308,9 @@ class StereoDepthNode(Node):
                 processor = processor.reconfigured(ProcessorConfig.from_mapping(proc_values))
             except ValueError as e:
                 return SetParametersResult(successful=False, reason=str(e))
+            if processor.backend is not base.processor.backend:
+                for note in processor.backend.notes:
+                    self.get_logger().info(f"{processor.config.backend} backend: {note}")
         settings = replace(base, processor=processor, points_organized=bool(merged["points_organized"]))
         with self._cond:  # the worker swaps it in before its next frame: never half a change
             self._next_settings = settings
@@ -429,6 +457,7 @@ class StereoDepthNode(Node):
             network_scale = st.network_scale
         with self._cond:
             config = self._settings.processor.config
+            providers = getattr(self._settings.processor.backend, "providers", ())
         backend = config.backend
         rate = len(window) / elapsed
         lat = [w[1] for w in window]
@@ -438,8 +467,10 @@ class StereoDepthNode(Node):
               ("latency_max_s", f"{np.max(lat):.4f}" if lat else "nan"),
               ("processing_mean_s", f"{np.mean(proc):.4f}" if proc else "nan")]
         kv += [(k, str(v)) for k, v in values.items()]
+        if backend == "onnx":
+            kv += [("onnx_providers", ",".join(providers))]
         if backend == "foundation_stereo":
-            kv += [("configured_scale", f"{config.scale:g}"),
+            kv += [("execution", f"{config.execution}-{config.precision}"), ("configured_scale", f"{config.scale:g}"),
                    ("network_scale", f"{network_scale:g}" if network_scale is not None else "nan")]
         rss = resident_memory_mb()
         kv += [("rss_mb", f"{rss:.1f}" if rss is not None else "nan")]

@@ -70,6 +70,39 @@ class _NumpyBackend(abc.ABC):
         return 0, 0, width, height
 
 
+class PinnedUpload:
+    """Host-to-device transfer of an image pair through one reused page-locked buffer.
+
+    On CUDA the two images are written straight into a pinned (2, H, W, C) uint8 buffer (one
+    host copy each) and leave in one asynchronous copy; the buffer is reallocated only when the
+    size changes. Elsewhere the pair is stacked and returned on the host. The caller must finish
+    with the device copy (any device-to-host copy of a result does) before the next call, which
+    overwrites the buffer.
+    """
+
+    def __init__(self, device) -> None:
+        import torch
+
+        self._torch = torch
+        self.device = torch.device(device)
+        self._buffer: Optional["torch.Tensor"] = None
+        self.allocations = 0  # how many pinned buffers were made (one per size)
+
+    def __call__(self, left: np.ndarray, right: np.ndarray):
+        """(2, H, W, C) uint8 tensor of the pair on the device."""
+        torch = self._torch
+        if self.device.type != "cuda":
+            return torch.from_numpy(np.stack([left, right]))
+        shape = (2,) + tuple(left.shape)
+        if self._buffer is None or tuple(self._buffer.shape) != shape:
+            self._buffer = torch.empty(shape, dtype=torch.uint8, pin_memory=True)
+            self.allocations += 1
+        host = self._buffer.numpy()
+        host[0] = left
+        host[1] = right
+        return self._buffer.to(self.device, non_blocking=True)
+
+
 class TorchDisparity(_NumpyBackend):
     """The PyTorch network in one :class:`~.fastpath.NetworkRunner` execution mode.
 
@@ -89,22 +122,12 @@ class TorchDisparity(_NumpyBackend):
         self.runner = NetworkRunner(model, iters, precision, execution, compile_backend=compile_backend)
         self.device = self.runner.device
         self.max_disp = float(model.cfg.max_disp)
-        self._pinned: Optional["torch.Tensor"] = None
+        self._upload = PinnedUpload(self.device)
 
     def warmup(self, height: int, width: int) -> None:
         """Compile / capture for camera images of this size (call at node start)."""
         ph, pw = InputPadder(height, width).padded_size
         self.runner.warmup(ph, pw)
-
-    def _upload(self, left: np.ndarray, right: np.ndarray):
-        torch = self._torch
-        pair = torch.from_numpy(np.stack([left, right]))  # (2, H, W, 3) uint8
-        if self.device.type != "cuda":
-            return pair
-        if self._pinned is None or self._pinned.shape != pair.shape:
-            self._pinned = torch.empty(pair.shape, dtype=torch.uint8, pin_memory=True)
-        self._pinned.copy_(pair)
-        return self._pinned.to(self.device, non_blocking=True)
 
     def disparity(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
         h, w = check_pair(left, right)

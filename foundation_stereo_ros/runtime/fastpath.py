@@ -23,9 +23,8 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 
 from ..model import FoundationStereo
+from ..pipeline.config import EXECUTIONS  # the node's 'execution' parameter offers the same modes
 from .stages import PRECISION_DTYPES
-
-EXECUTIONS = ("eager", "compile", "cudagraph", "compile-cudagraph")
 
 # Accepted (mean, max) |d - d_eager_fp32| in px per precision, on the 64x96 test pair of
 # test/test_fastpath.py. fp32 modes differ only in summation order. The fp16/bf16 bounds are
