@@ -219,3 +219,128 @@ def test_benchmark_onnxruntime_mode_reuses_the_export(exported, vits_checkpoint,
     assert ort_row["latency_ms"]["median"] > 0
     assert ort_row["vs_eager_fp32"]["max_abs_px"] < 2e-3
     assert sorted(p.name for p in onnx_dir.iterdir()) == ["vits_64x96_it2.onnx"]  # nothing re-exported
+
+
+# ---------------------------------------------------------------- the node's 'onnx' backend
+
+def _invalid(d: np.ndarray) -> np.ndarray:
+    """The pipeline's invalid pixels: a negative disparity, or a match left of the right image."""
+    u = np.arange(d.shape[1], dtype=np.float32)[None, :]
+    return (d < 0) | (d > u)
+
+
+def _check_backend_output(backend, left, right, expected: np.ndarray, atol: float) -> None:
+    """Random weights give mostly negative (invalid) disparities, so the values are compared
+    before invalidation and the NaN map separately."""
+    raw = backend.network_disparity(left, right)
+    np.testing.assert_allclose(raw, expected, atol=atol, rtol=1e-4)
+    assert np.array_equal(np.isnan(backend.compute(left, right)), _invalid(raw))
+
+
+def _onnx_config(exported, **kw):
+    from foundation_stereo_ros.pipeline import ProcessorConfig
+
+    values = dict(backend="onnx", onnx_model=str(exported), device="cpu", rectify="never")
+    values.update(kw)
+    return ProcessorConfig(**values)
+
+
+def test_pipeline_onnx_backend_matches_pytorch_at_the_export_size(exported, model, aloe):
+    from foundation_stereo_ros.pipeline import OnnxBackend
+
+    backend = OnnxBackend(_onnx_config(exported))
+    left, right = aloe
+    to_t = lambda a: torch.from_numpy(a).permute(2, 0, 1)[None].float()  # noqa: E731
+    expected = model.infer(to_t(left), to_t(right), iters=ITERS)[0, 0].numpy()
+    _check_backend_output(backend, left, right, expected, atol=2e-3)
+    assert backend.last_scale == 1.0 and backend.search_range(WIDTH) == (0.0, 416.0)
+    assert backend.providers == ("CPUExecutionProvider",)
+    notes = " | ".join(backend.notes)
+    assert "CPUExecutionProvider" in notes
+    assert "runs 2 GRU iterations (fixed at export); the iters parameter (32) does not apply" in notes
+
+
+def test_pipeline_onnx_backend_resizes_other_camera_sizes_to_the_export_size(exported, model, aloe):
+    from foundation_stereo_ros.pipeline import OnnxBackend
+
+    backend = OnnxBackend(_onnx_config(exported, iters=ITERS))
+    assert backend.notes == ("ONNX Runtime providers: CPUExecutionProvider",)
+    small_l, small_r = aloe
+    big_l = cv2.resize(small_l, (2 * WIDTH, 2 * HEIGHT), interpolation=cv2.INTER_CUBIC)
+    big_r = cv2.resize(small_r, (2 * WIDTH, 2 * HEIGHT), interpolation=cv2.INTER_CUBIC)
+    # By definition: matched at the export size (area filter), resized back, disparities doubled.
+    shrink = lambda a: cv2.resize(a, (WIDTH, HEIGHT), interpolation=cv2.INTER_AREA)  # noqa: E731
+    to_t = lambda a: torch.from_numpy(a).permute(2, 0, 1)[None].float()  # noqa: E731
+    net = model.infer(to_t(shrink(big_l)), to_t(shrink(big_r)), iters=ITERS)[0, 0].numpy()
+    expected = cv2.resize(net, (2 * WIDTH, 2 * HEIGHT), interpolation=cv2.INTER_LINEAR) * 2.0
+    assert expected.shape == (2 * HEIGHT, 2 * WIDTH)
+    _check_backend_output(backend, big_l, big_r, expected, atol=5e-3)
+    assert backend.last_scale == 0.5 and backend.search_range(2 * WIDTH) == (0.0, 832.0)
+
+
+def test_pipeline_onnx_backend_reports_what_it_cannot_do(exported, tmp_path):
+    from foundation_stereo_ros.pipeline import BackendError, OnnxBackend, ProcessorConfig
+
+    with pytest.raises(BackendError, match="no such file"):
+        OnnxBackend(_onnx_config(tmp_path / "missing.onnx"))
+    for kw, message in ((dict(hierarchical=True), "no hierarchical inference"),
+                        (dict(scale=0.5), "fixed input size"),
+                        (dict(onnx_model=""), "needs onnx_model"),
+                        (dict(device="cuda", precision="bf16"), "bf16 is not offered"),
+                        (dict(onnx_provider="tensorrt"), "needs a CUDA device"),
+                        (dict(device="cuda", precision="fp16", onnx_provider="cuda"), "fp16 for backend 'onnx' is "
+                                                                                       "TensorRT's")):
+        values = dict(backend="onnx", onnx_model=str(exported), device="cpu")
+        values.update(kw)
+        with pytest.raises(ValueError, match=message):
+            ProcessorConfig(**values)
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        # Asked for the GPU, but this onnxruntime has none: it runs, and says so.
+        backend = OnnxBackend(_onnx_config(exported, device="cuda"))
+        assert backend.providers == ("CPUExecutionProvider",)
+        assert any("has no GPU provider" in n and "slowly" in n for n in backend.notes)
+        with pytest.raises(BackendError, match="onnxruntime-gpu"):
+            OnnxBackend(_onnx_config(exported, device="cuda", onnx_provider="cuda"))
+
+
+def test_onnx_provider_order_follows_the_parameters():
+    from foundation_stereo_ros.pipeline.backends import BackendError, onnx_provider_list
+
+    trt, cuda, cpu = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
+    everything = [cpu, cuda, trt, "AzureExecutionProvider"]
+    assert onnx_provider_list("auto", "cuda", everything) == [trt, cuda, cpu]
+    assert onnx_provider_list("auto", "cuda:1", [cpu, cuda]) == [cuda, cpu]
+    assert onnx_provider_list("auto", "cpu", everything) == [cpu]
+    assert onnx_provider_list("tensorrt", "cuda", everything) == [trt, cuda, cpu]
+    assert onnx_provider_list("cuda", "cuda", everything) == [cuda, cpu]
+    assert onnx_provider_list("cpu", "cuda", everything) == [cpu]
+    with pytest.raises(BackendError, match="has no TensorrtExecutionProvider"):
+        onnx_provider_list("tensorrt", "cuda", [cpu, cuda])
+
+
+def test_node_with_the_onnx_backend_publishes_what_the_pipeline_computes(exported, aloe):
+    import time
+
+    from foundation_stereo_ros.pipeline import OnnxBackend
+    from foundation_stereo_ros.ros.conversions import disparity_from_msg
+
+    from _ros_helpers import NodeHarness, diagnostic_values, rectified_infos, wait_for
+
+    params = dict(backend="onnx", onnx_model=str(exported), device="cpu", iters=ITERS, rectify="never",
+                  warmup_width=WIDTH, warmup_height=HEIGHT)
+    h = NodeHarness(params, namespace="/onnx_node", subscribe=("disparity",))
+    try:
+        left, right = aloe
+        f, baseline = 60.0, 0.1
+        infos = rectified_infos(WIDTH, HEIGHT, f, baseline, WIDTH / 2, WIDTH / 2, HEIGHT / 2)
+        stamp = time.time_ns()
+        h.publish_arrays(left, right, "rgb8", infos, stamp)
+        msg = h.wait_outputs(stamp, ["disparity"], timeout_s=60.0)["disparity"]
+        expected = OnnxBackend(_onnx_config(exported)).compute(left, right)
+        np.testing.assert_allclose(disparity_from_msg(msg), expected, atol=1e-5, equal_nan=True)
+        assert msg.max_disparity == pytest.approx(416.0) and msg.f == pytest.approx(f)
+        hw = h.node.get_fully_qualified_name()
+        assert wait_for(lambda: any(v.get("onnx_providers") == "CPUExecutionProvider"
+                                    for v in diagnostic_values(h.received, hw)), 10.0)
+    finally:
+        h.close()

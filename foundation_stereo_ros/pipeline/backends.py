@@ -464,6 +464,15 @@ class OnnxBackend(DisparityBackend):
         return self.image_size[1], self.image_size[0]
 
     def compute(self, left: np.ndarray, right: np.ndarray, grey: bool = False) -> np.ndarray:
+        disparity = self.network_disparity(left, right)
+        w = disparity.shape[1]
+        if self._columns.shape[1] != w:
+            self._columns = np.arange(w, dtype=np.float32)[None, :]
+        disparity[(disparity < 0) | (disparity > self._columns)] = np.nan  # match left of the right image
+        return disparity
+
+    def network_disparity(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        """The network's disparity at the camera resolution, camera px, before invalid pixels become NaN."""
         h, w = left.shape[:2]
         nw, nh = self.network_size(w, h)
         if (nw, nh) != (w, h):
@@ -481,9 +490,6 @@ class OnnxBackend(DisparityBackend):
             disparity = cv2.resize(disparity, (w, h), interpolation=cv2.INTER_LINEAR)
             disparity *= np.float32(w / nw)
         self.last_scale = nw / w
-        if self._columns.shape[1] != w:
-            self._columns = np.arange(w, dtype=np.float32)[None, :]
-        disparity[(disparity < 0) | (disparity > self._columns)] = np.nan  # match left of the right image
         return disparity
 
     def search_range(self, width: int) -> Tuple[float, float]:
