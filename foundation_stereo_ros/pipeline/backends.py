@@ -249,6 +249,28 @@ class FoundationStereoBackend(DisparityBackend):
         return max(int(round(width * scale)), 8), max(int(round(height * scale)), 8)
 
     def compute(self, left: np.ndarray, right: np.ndarray, grey: bool = False) -> np.ndarray:
+        return self._with_memory_fallback(lambda scale: self._infer(left, right, scale))
+
+    def upload(self, left: np.ndarray, right: np.ndarray) -> Any:
+        """(2, H, W, 3) uint8 tensor of an (H, W, 3) uint8 pair on the network's device, through
+        one reused pinned buffer on CUDA (finish with it before the next call)."""
+        if self._upload is None:
+            from ..runtime.backends import PinnedUpload
+
+            self._upload = PinnedUpload(self.device)
+        return self._upload(left, right)
+
+    def compute_on_device(self, images: Any) -> Any:
+        """:meth:`compute` for a (2, 3, H, W) float tensor of the left and right image (0..255) on
+        the network's device: the (H, W) float32 raw disparity stays there, NaN where invalid.
+        Resizing for ``scale`` happens on the device too (area filter when shrinking, bilinear
+        otherwise, as OpenCV does on the host)."""
+        if images.ndim != 4 or images.shape[0] != 2 or images.shape[1] != 3:
+            raise ValueError(f"images must be (2, 3, H, W), got {tuple(images.shape)}")
+        return self._with_memory_fallback(lambda scale: self._infer_tensor(images, scale))
+
+    def _with_memory_fallback(self, attempt: Any) -> Any:
+        """``attempt(scale)`` at the configured (or fallback) scale, halving it on out-of-memory errors."""
         now = time.monotonic()
         start = self.scale
         if self._fallback_scale is not None and now - self._last_probe < self.probe_period_s:
@@ -259,7 +281,7 @@ class FoundationStereoBackend(DisparityBackend):
         while True:
             failure: Optional[BaseException] = None
             try:
-                disparity = self._infer(left, right, scale)
+                disparity = attempt(scale)
             except Exception as e:  # noqa: BLE001 - anything but an allocator failure is re-raised
                 if not is_out_of_memory(e):
                     raise
@@ -298,21 +320,9 @@ class FoundationStereoBackend(DisparityBackend):
             interp = cv2.INTER_AREA if nw < w else cv2.INTER_LINEAR
             left = cv2.resize(left, (nw, nh), interpolation=interp)
             right = cv2.resize(right, (nw, nh), interpolation=interp)
-        if self._upload is None:
-            from ..runtime.backends import PinnedUpload
-
-            self._upload = PinnedUpload(self.device)
-        runner = self._fast_runner(w, h, nw, nh, scale)
         with torch.no_grad():
-            pair = self._upload(left, right).permute(0, 3, 1, 2).float()  # (2, 3, h, w)
-            if runner is not None:
-                padder = runner[1]
-                lp, rp = padder.pad(pair[:1], pair[1:])
-                disp = padder.unpad(runner[0](lp, rp))  # (1, 1, h, w)
-            else:
-                disp = self.model.infer(pair[:1], pair[1:], iters=self.iters, hierarchical=self.hierarchical,
-                                        precision=self.precision)  # (1, 1, h, w)
-            disparity = disp[0, 0].float().cpu().numpy()
+            pair = self.upload(left, right).permute(0, 3, 1, 2).float()  # (2, 3, h, w)
+            disparity = self._network(pair, w, h, scale)[0, 0].float().cpu().numpy()
         if (nw, nh) != (w, h):
             disparity = cv2.resize(disparity, (w, h), interpolation=cv2.INTER_LINEAR)
             disparity *= np.float32(w / nw)
@@ -320,6 +330,39 @@ class FoundationStereoBackend(DisparityBackend):
             self._columns = np.arange(w, dtype=np.float32)[None, :]
         disparity[(disparity < 0) | (disparity > self._columns)] = np.nan  # match left of the right image
         return disparity
+
+    def _network(self, pair: Any, width: int, height: int, scale: float) -> Any:
+        """(1, 1, h, w) disparity of a (2, 3, h, w) pair at network size, for camera images of
+        ``width`` x ``height`` matched at ``scale``: the prepared execution mode when the size is
+        the prepared one, eager otherwise."""
+        nh, nw = pair.shape[-2:]
+        runner = self._fast_runner(width, height, nw, nh, scale)
+        if runner is not None:
+            padder = runner[1]
+            lp, rp = padder.pad(pair[:1], pair[1:])
+            return padder.unpad(runner[0](lp, rp))
+        return self.model.infer(pair[:1], pair[1:], iters=self.iters, hierarchical=self.hierarchical,
+                                precision=self.precision)
+
+    def _infer_tensor(self, images: Any, scale: float) -> Any:
+        torch = self._torch
+        import torch.nn.functional as F
+
+        h, w = images.shape[-2:]
+        nw, nh = self.network_size(w, h, scale)
+        with torch.no_grad():
+            pair = images
+            if (nw, nh) != (w, h):
+                if nw < w:
+                    pair = F.interpolate(images, size=(nh, nw), mode="area")
+                else:
+                    pair = F.interpolate(images, size=(nh, nw), mode="bilinear", align_corners=False)
+            disp = self._network(pair, w, h, scale).float()  # (1, 1, nh, nw)
+            if (nw, nh) != (w, h):
+                disp = F.interpolate(disp, size=(h, w), mode="bilinear", align_corners=False) * (w / nw)
+            d = disp[0, 0]
+            columns = torch.arange(w, device=d.device, dtype=torch.float32)
+            return d.masked_fill((d < 0) | (d > columns), float("nan"))  # match left of the right image
 
     def _fast_runner(self, width: int, height: int, nw: int, nh: int, scale: float):
         """(runner, padder) when this frame's network size is the prepared one, else None (eager)."""

@@ -95,6 +95,10 @@ PROCESSOR_PARAMETERS: Tuple[ParamSpec, ...] = (
     ParamSpec("onnx_trt_cache_dir", "", "Folder where ONNX Runtime's TensorRT provider keeps built engines, so "
               "only the first start builds one (minutes on Jetson); empty: $ROS_HOME/foundation_stereo_trt "
               "(ROS_HOME defaults to ~/.ros)."),
+    ParamSpec("geometry_device", "auto", "Where rectification, depth and points are computed for backend "
+              "'foundation_stereo': 'auto' (on the network's GPU when it runs on CUDA, so each output leaves the GPU "
+              "in one copy; otherwise on the host), 'network' (always on the network's device, the CPU included) "
+              "or 'host' (OpenCV and numpy).", choices=("auto", "network", "host")),
     ParamSpec("scale", 1.0, "Network input resolution relative to the camera image; the disparity is resized "
               "back and multiplied by 1/scale.", min=0.05, max=2.0),
     ParamSpec("oom_min_scale_factor", 0.25, "Out-of-memory fallback of the network: a frame that runs out of GPU "
@@ -157,6 +161,7 @@ class ProcessorConfig:
     onnx_model: str = SPECS["onnx_model"].default
     onnx_provider: str = SPECS["onnx_provider"].default
     onnx_trt_cache_dir: str = SPECS["onnx_trt_cache_dir"].default
+    geometry_device: str = SPECS["geometry_device"].default
     scale: float = SPECS["scale"].default
     oom_min_scale_factor: float = SPECS["oom_min_scale_factor"].default
     oom_probe_period_s: float = SPECS["oom_probe_period_s"].default

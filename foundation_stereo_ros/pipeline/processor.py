@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from .backends import DisparityBackend, make_backend
+from .backends import DisparityBackend, FoundationStereoBackend, make_backend
 from .calibration import CameraModel, Rectifier, StereoCalibration
 from .config import ProcessorConfig
 from .errors import CalibrationError, PairMismatchError
@@ -88,6 +88,7 @@ class StereoProcessor:
         self.rectifier = _rectifier or Rectifier()
         self._projector = PointProjector()
         self._calibrations: "OrderedDict[bytes, StereoCalibration]" = OrderedDict()
+        self._remaps: "OrderedDict[Tuple, Tuple[Any, Any]]" = OrderedDict()  # device rectification, per calibration
 
     def reconfigured(self, config: ProcessorConfig) -> "StereoProcessor":
         """A processor for ``config`` that reuses this one's loaded network (same checkpoint and
@@ -145,19 +146,22 @@ class StereoProcessor:
         h, w = left.shape[:2]
         calibration.check_image_size(w, h)
         rectified = calibration.needs_rectification(self.config.rectify)
-        if rectified:
-            left, right = self.rectifier.rectify(left, right, calibration)
-        t = _lap(timings, "rectify", t)
-
         backend = self.backend
-        disparity = backend.compute(left, right, pair.grey)
-        t = _lap(timings, "match", t)
-
         delta_cx = calibration.delta_cx
-        if delta_cx:
-            disparity -= np.float32(delta_cx)
-        lo, hi = backend.search_range(w)
         cam = calibration.rectified_left
+        on_device = self.geometry_on_device
+        if on_device:
+            left, right, disparity, depth, points, t = self._match_on_device(pair, calibration, rectified, outputs,
+                                                                            timings, t)
+        else:
+            if rectified:
+                left, right = self.rectifier.rectify(left, right, calibration)
+            t = _lap(timings, "rectify", t)
+            disparity = backend.compute(left, right, pair.grey)
+            t = _lap(timings, "match", t)
+            if delta_cx:
+                disparity -= np.float32(delta_cx)
+        lo, hi = backend.search_range(w)
         result = StereoResult(
             disparity=disparity, left_rect=left, right_rect=right, grey=pair.grey, rectified=rectified,
             camera=cam, right_camera=calibration.rectified_right, f=calibration.f, t=calibration.baseline,
@@ -166,19 +170,91 @@ class StereoProcessor:
             valid_window=backend.valid_window(w, h), timings=timings, network_scale=backend.last_scale,
             oom_retries=backend.last_oom_retries)
 
-        if outputs.depth or outputs.points:
-            result.depth = disparity_to_depth(disparity, calibration.f, calibration.baseline,
-                                              self.config.min_depth, self.config.max_depth)
-            t = _lap(timings, "depth", t)
-        if outputs.points:
-            result.points = self._projector.points(result.depth, cam.fx, cam.fy, cam.cx, cam.cy)
-            result.colors = pack_rgb(left)
-            t = _lap(timings, "points", t)
+        if on_device:
+            result.depth, result.points = depth, points
+            if outputs.points:
+                result.colors = pack_rgb(left)
+        else:
+            if outputs.depth or outputs.points:
+                result.depth = disparity_to_depth(disparity, calibration.f, calibration.baseline,
+                                                  self.config.min_depth, self.config.max_depth)
+                t = _lap(timings, "depth", t)
+            if outputs.points:
+                result.points = self._projector.points(result.depth, cam.fx, cam.fy, cam.cx, cam.cy)
+                result.colors = pack_rgb(left)
+                t = _lap(timings, "points", t)
         if outputs.disparity_color:
             result.disparity_color = colorize_disparity(disparity, result.min_disparity, result.max_disparity)
             t = _lap(timings, "colorize", t)
         timings["total"] = t - t_start
         return result
+
+
+    # ------------------------------------------------------------------ on the network's device
+    @property
+    def geometry_on_device(self) -> bool:
+        """Whether rectification, depth and points run on the network's device (``geometry_device``)."""
+        backend = self.backend
+        if not isinstance(backend, FoundationStereoBackend) or self.config.geometry_device == "host":
+            return False
+        return self.config.geometry_device == "network" or backend.device.type == "cuda"
+
+    def _device_remaps(self, calibration: StereoCalibration, device: Any) -> Tuple[Any, Any]:
+        """Left and right :class:`~foundation_stereo_ros.runtime.device_geometry.DeviceRemap` of a
+        calibration: the host's fixed-point tables (same 1/32 px positions), cached per calibration."""
+        key = (calibration.key, str(device))
+        remaps = self._remaps.get(key)
+        if remaps is None:
+            import cv2
+
+            from ..runtime.device_geometry import DeviceRemap
+
+            maps = self.rectifier.maps(calibration)
+            remaps = tuple(DeviceRemap(*cv2.convertMaps(m[0], m[1], cv2.CV_32FC1), source_size=cam.size[::-1],
+                                       device=device)
+                           for m, cam in ((maps.left, calibration.left), (maps.right, calibration.right)))
+            self._remaps[key] = remaps
+            while len(self._remaps) > 4:
+                self._remaps.popitem(last=False)
+        else:
+            self._remaps.move_to_end(key)
+        return remaps
+
+    def _match_on_device(self, pair: DecodedPair, calibration: StereoCalibration, rectified: bool, outputs: Outputs,
+                         timings: Dict[str, float], t: float):
+        """Upload once, rectify, match, depth and points on the network's device; one copy back per
+        output. Returns (left_rect, right_rect, disparity, depth, points, time) on the host."""
+        import torch
+
+        from ..runtime.device_geometry import depth_to_points, disparity_to_depth as depth_on_device
+
+        backend = self.backend
+        left, right = pair.left, pair.right
+        with torch.no_grad():
+            images = backend.upload(left, right).permute(0, 3, 1, 2).float()  # (2, 3, H, W)
+            if rectified:
+                remap_left, remap_right = self._device_remaps(calibration, images.device)
+                # Rounded like the host's uint8 remap, so the network sees the same kind of picture.
+                images = torch.cat([remap_left(images[:1]), remap_right(images[1:])]).round_().clamp_(0, 255)
+                rect = images.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # (2, H, W, 3): one copy back
+                left, right = rect[0], rect[1]
+            t = _lap(timings, "rectify", t)
+            disparity = backend.compute_on_device(images)  # (H, W) raw, NaN invalid
+            if calibration.delta_cx:
+                disparity = disparity - calibration.delta_cx
+            disparity_host = disparity.cpu().numpy()
+            t = _lap(timings, "match", t)
+            depth = points = None
+            if outputs.depth or outputs.points:
+                depth_t = depth_on_device(disparity, calibration.f, calibration.baseline, self.config.min_depth,
+                                          self.config.max_depth)
+                depth = depth_t.cpu().numpy()
+                t = _lap(timings, "depth", t)
+                if outputs.points:
+                    cam = calibration.rectified_left
+                    points = depth_to_points(depth_t, cam.fx, cam.fy, cam.cx, cam.cy).cpu().numpy()
+                    t = _lap(timings, "points", t)
+        return left, right, disparity_host, depth, points, t
 
 
 def _frame_id(msg: Any) -> str:

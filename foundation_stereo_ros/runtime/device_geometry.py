@@ -5,7 +5,7 @@ The pipeline does these steps with OpenCV/numpy on the host (``pipeline.calibrat
 with ``grid_sample`` and handed to the network without a round trip, and depth and points can
 be computed beside the disparity; each result then comes back with a single device-to-host
 copy. Conventions follow the pipeline: depth ``f * B / d`` in the baseline's units, NaN where
-the disparity is not positive (or NaN) or the depth is out of range; points
+the disparity is not positive (or NaN), the depth overflows or is out of range; points
 ``((u - cx) Z / fx, (v - cy) Z / fy, Z)`` in the left rectified optical frame.
 """
 from __future__ import annotations
@@ -58,7 +58,7 @@ def disparity_to_depth(disparity: torch.Tensor, f: float, baseline: float, min_d
         raise ValueError(f"f and baseline must be positive and finite, got f={f}, baseline={baseline}")
     d = disparity.float()
     depth = (f * baseline) / d
-    bad = ~(d > 0)
+    bad = ~((depth > 0) & torch.isfinite(depth))  # NaN, non-positive and overflowing disparities, as on the host
     if min_depth > 0:
         bad |= depth < min_depth
     if max_depth > 0:

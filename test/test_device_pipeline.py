@@ -1,0 +1,129 @@
+"""Rectification, matching, depth and points on the network's device (``geometry_device``)
+against the host path (OpenCV and numpy) of the same processor.
+
+On a GPU node this path uploads the pair once and brings each output back in one copy; here it
+runs on the CPU device ('network'), which exercises the same code.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from foundation_stereo_ros.pipeline import (ALL_OUTPUTS, DecodedPair, ProcessorConfig, StereoCalibration,
+                                            StereoProcessor, make_camera_model)
+
+H, W, F_PX, BASELINE = 64, 96, 70.0, 0.12
+
+
+@pytest.fixture(scope="module")
+def pair(opencv_data) -> DecodedPair:
+    def load(name):
+        img = cv2.imread(str(opencv_data / name))
+        return cv2.cvtColor(cv2.resize(img, (W, H), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+    return DecodedPair(load("aloeL.jpg"), load("aloeR.jpg"), grey=False)
+
+
+def calibration(distorted: bool) -> StereoCalibration:
+    k = [F_PX + 3, 0, W / 2 - 1.5, 0, F_PX + 2, H / 2 + 1.0, 0, 0, 1]
+    d = [-0.15, 0.03, 0.001, -0.0005, 0.0] if distorted else [0.0] * 5
+    rot = cv2.Rodrigues(np.array([0.01, -0.015, 0.004]))[0] if distorted else np.eye(3)
+    # Principal points differ between the rectified cameras: delta_cx = 3 px.
+    left = make_camera_model(W, H, k, d, rot.reshape(-1), [F_PX, 0, W / 2, 0, 0, F_PX, H / 2, 0, 0, 0, 1, 0])
+    right = make_camera_model(W, H, k, d, rot.T.reshape(-1),
+                              [F_PX, 0, W / 2 - 3, -F_PX * BASELINE, 0, F_PX, H / 2, 0, 0, 0, 1, 0])
+    return StereoCalibration(left, right)
+
+
+@pytest.fixture(scope="module")
+def processors(vits_checkpoint):
+    host = StereoProcessor(ProcessorConfig(backend="foundation_stereo", checkpoint=str(vits_checkpoint), device="cpu",
+                                           iters=2, geometry_device="host", min_depth=0.05, max_depth=50.0))
+    device = host.reconfigured(host.config.replace(geometry_device="network"))
+    assert device.backend.model is host.backend.model
+    return host, device
+
+
+def _same(a: np.ndarray, b: np.ndarray, atol: float) -> None:
+    assert a.shape == b.shape and a.dtype == b.dtype
+    assert np.array_equal(np.isnan(a), np.isnan(b))
+    np.testing.assert_allclose(a, b, atol=atol, rtol=1e-5, equal_nan=True)
+
+
+def test_only_the_network_backend_on_a_gpu_uses_the_device_path_by_default(processors):
+    host, device = processors
+    assert not host.geometry_on_device and device.geometry_on_device
+    auto = host.reconfigured(host.config.replace(geometry_device="auto"))
+    assert not auto.geometry_on_device  # the network runs on the CPU here
+    sgbm = StereoProcessor(ProcessorConfig(backend="sgbm", geometry_device="network"))
+    assert not sgbm.geometry_on_device
+
+
+def test_device_path_equals_the_host_path_without_rectification(processors, pair):
+    host, device = processors
+    calib = calibration(distorted=False)
+    a = host.process(pair, calib, ALL_OUTPUTS)
+    b = device.process(pair, calib, ALL_OUTPUTS)
+    assert not a.rectified and not b.rectified
+    # The network saw the same pixels: the outputs agree to float rounding.
+    _same(b.disparity, a.disparity, atol=1e-4)
+    _same(b.depth, a.depth, atol=1e-5)
+    _same(b.points, a.points, atol=1e-5)
+    assert np.isfinite(a.disparity).any() and np.isnan(a.disparity).any()  # both kinds of pixel compared
+    assert np.array_equal(b.colors, a.colors) and np.array_equal(b.left_rect, pair.left)
+    assert (b.min_disparity, b.max_disparity, b.f, b.t) == (a.min_disparity, a.max_disparity, a.f, a.t)
+    assert {"rectify", "match", "depth", "points"} <= set(b.timings)
+
+
+def test_device_rectification_matches_opencv_and_feeds_the_network(processors, pair):
+    host, device = processors
+    calib = calibration(distorted=True)
+    a = host.process(pair, calib, ALL_OUTPUTS)
+    b = device.process(pair, calib, ALL_OUTPUTS)
+    assert a.rectified and b.rectified
+    for got, expected in ((b.left_rect, a.left_rect), (b.right_rect, a.right_rect)):
+        diff = np.abs(got.astype(int) - expected.astype(int))
+        # Same 1/32 px sampling positions; OpenCV's fixed-point weights round a little differently.
+        assert diff.max() <= 2 and diff.mean() < 0.1, (diff.max(), diff.mean())
+    assert (b.left_rect != pair.left).mean() > 0.5  # the images really were remapped
+    # The device disparity is the network's answer for the device-rectified images.
+    raw = host.backend.compute(b.left_rect, b.right_rect) - np.float32(calib.delta_cx)
+    _same(b.disparity, raw, atol=1e-3)
+    # Depth and points follow from that disparity exactly as on the host.
+    from foundation_stereo_ros.pipeline import depth_to_points, disparity_to_depth
+
+    depth = disparity_to_depth(b.disparity, calib.f, calib.baseline, 0.05, 50.0)
+    cam = calib.rectified_left
+    _same(b.depth, depth, atol=1e-5)
+    _same(b.points, depth_to_points(depth, cam.fx, cam.fy, cam.cx, cam.cy), atol=1e-5)
+
+
+def test_device_path_at_a_reduced_scale_matches_the_host_path(processors, pair, monkeypatch):
+    host, device = processors
+    half_host = host.reconfigured(host.config.replace(scale=0.5))
+    half_device = device.reconfigured(device.config.replace(scale=0.5))
+    calib = calibration(distorted=False)
+    # Random weights leave few valid pixels at half size: compare what the network returned.
+    seen = []
+    real = type(host.backend)._network
+    monkeypatch.setattr(type(host.backend), "_network",
+                        lambda self, *a: seen.append(real(self, *a).clone()) or seen[-1])
+    a = half_host.process(pair, calib, ALL_OUTPUTS)
+    b = half_device.process(pair, calib, ALL_OUTPUTS)
+    assert a.network_scale == b.network_scale == 0.5
+    assert [tuple(s.shape) for s in seen] == [(1, 1, H // 2, W // 2)] * 2
+    # The host resizes uint8 images (rounded), the device keeps them in float: nearly equal inputs.
+    diff = (seen[0] - seen[1]).abs()
+    assert diff.median().item() < 0.05 and diff.mean().item() < 0.2, (diff.median().item(), diff.mean().item())
+    assert np.array_equal(np.isnan(a.disparity), np.isnan(b.disparity)) or \
+        (np.isnan(a.disparity) != np.isnan(b.disparity)).mean() < 0.01
+
+
+def test_device_path_is_cached_per_calibration(processors, pair):
+    _, device = processors
+    calib = calibration(distorted=True)
+    device.process(pair, calib, ALL_OUTPUTS)
+    built = device.rectifier.maps_computed
+    remaps = len(device._remaps)
+    device.process(pair, calib, ALL_OUTPUTS)
+    assert device.rectifier.maps_computed == built and len(device._remaps) == remaps >= 1
