@@ -129,21 +129,25 @@ def test_cli_runs_on_the_cpu_and_writes_json(tmp_path, capsys):
     node = result["node"]["60x90"]
     assert set(node["stages_ms"]) == set(benchmark.NODE_STAGES)
     assert node["total_ms"] == pytest.approx(sum(node["stages_ms"].values()))
+    assert set(node["by_geometry_device"]) == {"host", "network"} and node["geometry_device"] == "host"
     assert "eager-fp32" in printed and "network stages" in printed and "node stages" in printed
 
 
-def test_node_stage_timing_uses_real_work():
-    node = benchmark.time_node_stages(48, 64, "cpu", repeats=2)
-    assert all(v >= 0 for v in node["stages_ms"].values())
-    assert node["sources"]["functions"] in ("opencv/numpy", "foundation_stereo_ros.pipeline")
+def test_node_stage_timing_runs_the_node_code_on_both_geometry_paths(monkeypatch):
+    from foundation_stereo_ros.pipeline import StereoProcessor
+    from foundation_stereo_ros.ros import conversions
 
-
-def test_synthetic_calibration_rectifies_to_a_valid_image():
-    maps, f, baseline, cx, cy = benchmark._synthetic_calibration(120, 160)
-    import cv2
-
-    img = np.full((120, 160, 3), 200, np.uint8)
-    rect = cv2.remap(img, maps[0][0], maps[0][1], cv2.INTER_LINEAR)
-    # alpha=0 keeps only valid pixels: the centre of the rectified image comes from the source.
-    assert rect[60, 80, 0] == 200
-    assert f > 0 and baseline == pytest.approx(0.12) and 0 < cx < 160 and 0 < cy < 120
+    calls = []
+    real_process = StereoProcessor.process
+    monkeypatch.setattr(StereoProcessor, "process",
+                        lambda self, *a, **k: calls.append("process") or real_process(self, *a, **k))
+    real_cloud = conversions.pointcloud2_msg
+    monkeypatch.setattr(conversions, "pointcloud2_msg", lambda *a, **k: calls.append("cloud") or real_cloud(*a, **k))
+    for geometry, on_device in (("host", False), ("network", True)):
+        calls.clear()
+        node = benchmark.time_node_stages(48, 64, "cpu", repeats=2, geometry=geometry)
+        assert node["on_device"] is on_device and node["geometry_device"] == geometry
+        assert set(node["stages_ms"]) == set(benchmark.NODE_STAGES)
+        assert all(v >= 0 for v in node["stages_ms"].values())
+        assert node["stages_ms"]["rectification"] > 0 and node["stages_ms"]["message_building"] > 0
+        assert calls == ["process", "cloud"] * 3  # one dropped warm-up pass, then two timed ones

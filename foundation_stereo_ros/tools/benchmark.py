@@ -6,8 +6,10 @@ the median and p95 latency of the network, its throughput, its peak memory (CUDA
 largest difference of its disparity from the eager fp32 path on the same input, and for eager
 modes the time of each stage (monocular branch, CNN features, cost volume, aggregation, context,
 geometry volume, each GRU iteration, upsampling; CUDA events on a GPU). The node's own work per
-camera pair (image conversion, rectification, normalisation/padding/upload, disparity download,
-depth and points, message building) is timed per resolution and related to the network's time.
+camera pair (image conversion, rectification, upload and download, depth, points, message
+building) is timed per resolution through the node's real code with the network replaced by a
+stored disparity, with the geometry on the host and on the network's device, and related to the
+network's time.
 
 Weights are random unless ``--checkpoint`` is given: timing does not depend on them. Results are
 printed as tables and, with ``--json``, written after every configuration, so a run that is cut
@@ -46,8 +48,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                      repeats=20, warmup=3),
 }
 
-NODE_STAGES = ("image_conversion", "rectification", "normalize_pad_upload", "disparity_download", "depth_points",
-               "message_building")
+NODE_STAGES = ("image_conversion", "rectification", "upload_download", "depth", "points", "message_building")
 
 
 # ---------------------------------------------------------------------------------------- statistics
@@ -172,8 +173,11 @@ class RssPeak:
 
 # ---------------------------------------------------------------------------------------- node stages
 def _synthetic_calibration(height: int, width: int):
-    """A plausible stereo rig (fx ~ 0.9 w, 12 cm baseline, mild distortion, small rotation) and its remap tables."""
+    """Left and right CameraModel of a plausible rig (fx ~ 0.9 w, 12 cm baseline, mild
+    distortion, small rotation): every frame is rectified, as with a raw camera driver."""
     import cv2
+
+    from ..pipeline.calibration import make_camera_model
 
     f = 0.9 * width
     k = np.array([[f, 0, width / 2 - 3.5], [0, f, height / 2 + 2.0], [0, 0, 1]], np.float64)
@@ -181,129 +185,63 @@ def _synthetic_calibration(height: int, width: int):
     rot = cv2.Rodrigues(np.array([0.004, -0.006, 0.002]))[0]
     rect_l, rect_r, p_l, p_r, _q, _, _ = cv2.stereoRectify(k, dist, k, dist, (width, height), rot,
                                                           np.array([[-0.12], [0.0], [0.0]]), alpha=0)
-    maps = [cv2.initUndistortRectifyMap(k, dist, r, p[:, :3], (width, height), cv2.CV_16SC2)
-            for r, p in ((rect_l, p_l), (rect_r, p_r))]
-    return maps, float(p_l[0, 0]), 0.12, float(p_l[0, 2]), float(p_l[1, 2])
+    return tuple(make_camera_model(width, height, k.reshape(-1), dist, r.reshape(-1), p.reshape(-1), name=name)
+                 for r, p, name in ((rect_l, p_l, "left"), (rect_r, p_r, "right")))
 
 
-def _node_functions() -> Dict[str, Any]:
-    """The pipeline's functions where its package provides them, OpenCV/numpy equivalents otherwise."""
-    import cv2
+class _FixedDisparityNetwork:
+    """Stands in for the network so that only the node's own work is timed: ``infer`` returns a
+    disparity already on the device, of the input's size, at once."""
 
-    def decode_fallback(encoding: str, h: int, w: int, step: int, big: int, data: Any) -> np.ndarray:
-        pixels = np.frombuffer(data, np.uint8).reshape(h, step)[:, :w * 3].reshape(h, w, 3)
-        return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+    def __init__(self, height: int, width: int, device) -> None:
+        import torch
 
-    def depth_fallback(disparity: np.ndarray, f: float, baseline: float) -> np.ndarray:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            depth = np.float32(f * baseline) / disparity
-        depth[~(disparity > 0)] = np.nan
-        return depth
+        from ..model.config import FoundationStereoConfig
 
-    def points_fallback(depth: np.ndarray, fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
-        h, w = depth.shape
-        xr = ((np.arange(w, dtype=np.float32) - cx) / fx)[None, :]
-        yr = ((np.arange(h, dtype=np.float32) - cy) / fy)[:, None]
-        return np.stack([depth * xr, depth * yr, depth], axis=-1)
+        self.cfg = FoundationStereoConfig(vit_size="vits")
+        gen = torch.Generator().manual_seed(0)
+        self._disparity = (torch.rand(1, 1, height, width, generator=gen) * 40 + 1).to(device)
 
-    funcs = dict(decode=decode_fallback, depth=depth_fallback, points=points_fallback, source="opencv/numpy")
-    try:
-        from ..pipeline.geometry import depth_to_points, disparity_to_depth
-        from ..pipeline.image import decode_image
-
-        # Smoke-call with the signatures this tool expects; a pipeline that changed them is not used.
-        probe = decode_image("bgr8", 2, 2, 6, 0, bytes(12))
-        d = disparity_to_depth(np.ones((2, 2), np.float32), 100.0, 0.1)
-        depth_to_points(d, 100.0, 100.0, 1.0, 1.0)
-        if probe.shape == (2, 2, 3):
-            funcs = dict(decode=decode_image, depth=lambda disp, f, b: disparity_to_depth(disp, f, b),
-                         points=depth_to_points, source="foundation_stereo_ros.pipeline")
-    except Exception:  # noqa: BLE001 - the pipeline package is optional here
-        pass
-    return funcs
+    def infer(self, left, right, **_options):
+        return self._disparity
 
 
-def _message_builder() -> Tuple[Callable[..., Any], str]:
-    """Builds the node's output messages (DisparityImage, depth Image, PointCloud2 xyz+rgb)."""
-    try:
-        from sensor_msgs.msg import Image, PointCloud2, PointField
-        from stereo_msgs.msg import DisparityImage
-    except ImportError:
-        Image = PointCloud2 = PointField = DisparityImage = None
+def time_node_stages(height: int, width: int, device, repeats: int, geometry: str = "host") -> Dict[str, Any]:
+    """Median ms of each stage of the node's own per-frame work for one camera pair of this size:
+    its real code (the pipeline's StereoProcessor and the node's message conversions) with the
+    network replaced by a stored disparity. ``geometry``: the ``geometry_device`` parameter."""
+    from ..pipeline import ALL_OUTPUTS, FoundationStereoBackend, ProcessorConfig, StereoProcessor
+    from ..ros.conversions import camera_info_msg, disparity_image_msg, numpy_to_image, pointcloud2_msg
 
-    def build(disparity: np.ndarray, depth: np.ndarray, points: np.ndarray, rgb: np.ndarray):
-        h, w = disparity.shape
-        packed = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
-        cloud = np.empty((h, w), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("rgb", "<u4")])
-        cloud["x"], cloud["y"], cloud["z"], cloud["rgb"] = points[..., 0], points[..., 1], points[..., 2], packed
-        if Image is None:
-            return disparity.tobytes(), depth.tobytes(), cloud.tobytes()
-        disp_msg = DisparityImage()
-        disp_msg.image = Image(height=h, width=w, encoding="32FC1", step=4 * w, data=disparity.tobytes())
-        depth_msg = Image(height=h, width=w, encoding="32FC1", step=4 * w, data=depth.tobytes())
-        fields = [PointField(name=n, offset=4 * i, datatype=PointField.FLOAT32 if n != "rgb" else PointField.UINT32,
-                             count=1) for i, n in enumerate(("x", "y", "z", "rgb"))]
-        cloud_msg = PointCloud2(height=h, width=w, fields=fields, is_bigendian=False, point_step=16,
-                                row_step=16 * w, data=cloud.tobytes(), is_dense=False)
-        return disp_msg, depth_msg, cloud_msg
-
-    return build, ("sensor_msgs/stereo_msgs" if Image is not None else "bytes only (no sensor_msgs)")
-
-
-def time_node_stages(height: int, width: int, device, repeats: int, network_disparity: Optional[Any] = None
-                     ) -> Dict[str, Any]:
-    """Median ms of each node stage for one camera pair of this size (network excluded)."""
-    import cv2
-    import torch
-
-    from ..model.padding import InputPadder
-
+    config = ProcessorConfig(backend="foundation_stereo", checkpoint="(stored disparity)", device=str(device),
+                             iters=1, rectify="always", geometry_device=geometry)
+    backend = FoundationStereoBackend(config, model=_FixedDisparityNetwork(height, width, device))
+    processor = StereoProcessor(config, backend=backend)
+    left_cam, right_cam = _synthetic_calibration(height, width)
     rng = np.random.default_rng(0)
-    raw = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(2)]
-    msgs = [im.tobytes() for im in raw]  # bgr8 Image payloads
-    maps, f, baseline, cx, cy = _synthetic_calibration(height, width)
-    funcs = _node_functions()
-    build, msg_source = _message_builder()
-    padder = InputPadder(height, width)
-    ph, pw = padder.padded_size
-    disp_dev = (network_disparity if network_disparity is not None
-                else torch.rand(1, 1, ph, pw, device=device) * 40 + 1)
-    cuda = torch.device(device).type == "cuda"
-    pinned = torch.empty((2, height, width, 3), dtype=torch.uint8, pin_memory=True) if cuda else None
+    images = [numpy_to_image(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "bgr8") for _ in range(2)]
+    infos = [camera_info_msg(left_cam), camera_info_msg(right_cam)]
     times: Dict[str, List[float]] = {k: [] for k in NODE_STAGES}
-
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize()
-
-    for rep in range(repeats + 1):  # the first pass warms caches and is dropped
-        t = [time.perf_counter()]
-        rgb = [funcs["decode"]("bgr8", height, width, 3 * width, 0, m) for m in msgs]
-        t.append(time.perf_counter())
-        rect = [cv2.remap(im, mp[0], mp[1], cv2.INTER_LINEAR) for im, mp in zip(rgb, maps)]
-        t.append(time.perf_counter())
-        pair = torch.from_numpy(np.stack(rect))
-        if cuda:
-            pinned.copy_(pair)
-            pair = pinned.to(device, non_blocking=True)
-        pair = pair.permute(0, 3, 1, 2).float()
-        lp, rp = padder.pad(pair[:1], pair[1:])
-        sync()
-        t.append(time.perf_counter())
-        disparity = padder.unpad(disp_dev)[0, 0].float().cpu().numpy()
-        t.append(time.perf_counter())
-        depth = funcs["depth"](disparity, f, baseline)
-        points = funcs["points"](depth, f, f, cx, cy)
-        t.append(time.perf_counter())
-        build(disparity, depth, points, rect[0])
-        t.append(time.perf_counter())
-        del lp, rp
+    for rep in range(repeats + 1):  # the first pass builds the remap tables and is dropped
+        result = processor.process_messages(images[0], images[1], infos[0], infos[1], ALL_OUTPUTS)
+        t = time.perf_counter()
+        header = images[0].header
+        disparity_image_msg(result, header)
+        numpy_to_image(result.depth, "32FC1", header)
+        pointcloud2_msg(result.points, result.colors, header, True)
+        numpy_to_image(result.left_rect, "rgb8", header)
+        messages_ms = (time.perf_counter() - t) * 1e3
         if rep > 0:
-            for name, a, b in zip(NODE_STAGES, t, t[1:]):
-                times[name].append((b - a) * 1e3)
+            tm = result.timings
+            for name, key in (("image_conversion", "decode"), ("rectification", "rectify"),
+                              ("upload_download", "match"), ("depth", "depth"), ("points", "points")):
+                times[name].append(tm.get(key, 0.0) * 1e3)
+            times["message_building"].append(messages_ms)
     stages = {k: summarize(v)["median"] for k, v in times.items()}
-    return dict(stages_ms=stages, total_ms=sum(stages.values()), sources=dict(
-        functions=funcs["source"], messages=msg_source, rectification="cv2.remap CV_16SC2"))
+    return dict(stages_ms=stages, total_ms=sum(stages.values()), geometry_device=geometry,
+                on_device=processor.geometry_on_device,
+                sources=dict(functions="foundation_stereo_ros.pipeline.StereoProcessor",
+                             messages="foundation_stereo_ros.ros.conversions"))
 
 
 # ---------------------------------------------------------------------------------------- network
@@ -527,12 +465,13 @@ def format_tables(rows: Sequence[Dict[str, Any]], node: Dict[str, Dict[str, Any]
                          + " ".join(f"{c:>18}" for c in cells))
     if node:
         lines.append("")
-        lines.append("node stages per pair (network excluded), median ms")
-        hdr = f"{'size':>9} " + " ".join(f"{s:>20}" for s in NODE_STAGES) + f" {'total':>8}"
+        lines.append("node stages per pair (network excluded), median ms; geometry on the host or the network's device")
+        hdr = f"{'size':>9} {'geometry':>8} " + " ".join(f"{s:>16}" for s in NODE_STAGES) + f" {'total':>8}"
         lines += [hdr, "-" * len(hdr)]
         for size, nd in node.items():
-            lines.append(f"{size:>9} " + " ".join(f"{nd['stages_ms'][s]:20.2f}" for s in NODE_STAGES)
-                         + f" {nd['total_ms']:8.2f}")
+            for name, path in (nd.get("by_geometry_device") or {nd.get("geometry_device", "-"): nd}).items():
+                lines.append(f"{size:>9} {name:>8} " + " ".join(f"{path['stages_ms'][s]:16.2f}" for s in NODE_STAGES)
+                             + f" {path['total_ms']:8.2f}")
     return "\n".join(lines)
 
 
@@ -622,7 +561,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with torch.no_grad():
         if not args.no_node:
             for h, w in args.sizes:
-                result["node"][f"{h}x{w}"] = time_node_stages(h, w, device, repeats=max(args.repeats, 3))
+                paths = {g: time_node_stages(h, w, device, repeats=max(args.repeats, 3), geometry=g)
+                         for g in ("host", "network")}
+                # The figure related to the network is the path the node takes by default (auto).
+                default = paths["network" if device.type == "cuda" else "host"]
+                result["node"][f"{h}x{w}"] = dict(default, by_geometry_device=paths)
             flush()
         for variant in args.variants:
             model, weights = build_model(variant, args.checkpoint, device)
