@@ -118,3 +118,24 @@ def test_disparity_image_marks_invalid_below_min_disparity():
     back = disparity_from_msg(msg)
     np.testing.assert_array_equal(np.isnan(back), np.isnan(d))
     np.testing.assert_array_equal(back[~np.isnan(d)], d[~np.isnan(d)])
+
+
+@pytest.mark.parametrize("organized", [True, False])
+def test_point_cloud_from_the_processors_interleaved_buffer_is_the_same_message(organized):
+    from foundation_stereo_ros.pipeline import PointProjector
+
+    rng = np.random.default_rng(4)
+    depth = rng.uniform(0.5, 5.0, (5, 7)).astype(np.float32)
+    depth[2, 3] = np.nan
+    rgb = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    projector = PointProjector()
+    cloud = projector.cloud(depth, rgb, 50.0, 51.0, 3.2, 2.1)
+    points = projector.points(depth, 50.0, 51.0, 3.2, 2.1)
+    np.testing.assert_array_equal(cloud[..., :3], points)
+    np.testing.assert_array_equal(unpack_rgb(cloud[..., 3]), rgb)
+    packed = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
+    expected = pointcloud2_msg(points, packed, header(), organized=organized)
+    got = pointcloud2_msg(np.zeros((1, 1, 3), np.float32), None, header(), organized=organized, cloud=cloud)
+    assert serialize_message(got) == serialize_message(expected)
+    with pytest.raises(ValueError, match=r"\(H, W, 4\) float32"):
+        pointcloud2_msg(points, None, header(), cloud=points)

@@ -62,6 +62,19 @@ class PointProjector:
         return pts
 
 
+    def cloud(self, depth: np.ndarray, rgb: np.ndarray, fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
+        """(H, W, 4) float32 x, y, z and the bits of packed ``0x00RRGGBB`` colour: the PointCloud2
+        point layout, filled in place so the message needs no second pass over the points."""
+        h, w = depth.shape
+        xr, yr = self.rays(w, h, fx, fy, cx, cy)
+        buf = np.empty((h, w, 4), np.float32)
+        np.multiply(depth, xr, out=buf[..., 0])
+        np.multiply(depth, yr, out=buf[..., 1])
+        buf[..., 2] = depth
+        buf[..., 3] = pack_rgb(rgb).view(np.float32)
+        return buf
+
+
 def depth_to_points(depth: np.ndarray, fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
     """(H, W, 3) float32 points of a depth image through pinhole intrinsics (NaN stays NaN)."""
     return PointProjector().points(np.asarray(depth, np.float32), fx, fy, cx, cy)

@@ -57,10 +57,18 @@ class StereoResult:
     depth: Optional[np.ndarray] = None  # (H, W) float32 metres, NaN invalid
     points: Optional[np.ndarray] = None  # (H, W, 3) float32 x, y, z in the left optical frame, NaN invalid
     colors: Optional[np.ndarray] = None  # (H, W) uint32 0x00RRGGBB of left_rect
+    #: (H, W, 4) float32 x, y, z, colour bits: the PointCloud2 layout; ``points`` and ``colors`` are views of it.
+    cloud: Optional[np.ndarray] = None
     disparity_color: Optional[np.ndarray] = None  # (H, W, 3) uint8 RGB colour map
     timings: Dict[str, float] = field(default_factory=dict)  # seconds per stage, and 'total'
     network_scale: Optional[float] = None  # resolution the network matched at (None: SGBM)
     oom_retries: int = 0  # out-of-memory retries at lower resolution this frame needed
+
+    def set_cloud(self, cloud: np.ndarray) -> None:
+        """Store an (H, W, 4) x, y, z, colour-bits buffer and expose ``points`` and ``colors`` as views."""
+        self.cloud = cloud
+        self.points = cloud[..., :3]
+        self.colors = cloud[..., 3].view(np.uint32)
 
     @property
     def reduced_resolution(self) -> bool:
@@ -171,17 +179,16 @@ class StereoProcessor:
             oom_retries=backend.last_oom_retries)
 
         if on_device:
-            result.depth, result.points = depth, points
+            result.depth = depth
             if outputs.points:
-                result.colors = pack_rgb(left)
+                result.set_cloud(points)
         else:
             if outputs.depth or outputs.points:
                 result.depth = disparity_to_depth(disparity, calibration.f, calibration.baseline,
                                                   self.config.min_depth, self.config.max_depth)
                 t = _lap(timings, "depth", t)
             if outputs.points:
-                result.points = self._projector.points(result.depth, cam.fx, cam.fy, cam.cx, cam.cy)
-                result.colors = pack_rgb(left)
+                result.set_cloud(self._projector.cloud(result.depth, left, cam.fx, cam.fy, cam.cx, cam.cy))
                 t = _lap(timings, "points", t)
         if outputs.disparity_color:
             result.disparity_color = colorize_disparity(disparity, result.min_disparity, result.max_disparity)
@@ -223,7 +230,8 @@ class StereoProcessor:
     def _match_on_device(self, pair: DecodedPair, calibration: StereoCalibration, rectified: bool, outputs: Outputs,
                          timings: Dict[str, float], t: float):
         """Upload once, rectify, match, depth and points on the network's device; one copy back per
-        output. Returns (left_rect, right_rect, disparity, depth, points, time) on the host."""
+        output. Returns (left_rect, right_rect, disparity, depth, cloud, time) on the host, the cloud
+        (H, W, 4) in the PointCloud2 layout of :meth:`StereoResult.set_cloud`."""
         import torch
 
         from ..runtime.device_geometry import depth_to_points, disparity_to_depth as depth_on_device
@@ -252,7 +260,10 @@ class StereoProcessor:
                 t = _lap(timings, "depth", t)
                 if outputs.points:
                     cam = calibration.rectified_left
-                    points = depth_to_points(depth_t, cam.fx, cam.fy, cam.cx, cam.cy).cpu().numpy()
+                    rgb = images[0].to(torch.int32)  # (3, H, W) of the matched left image
+                    packed = ((rgb[0] << 16) | (rgb[1] << 8) | rgb[2]).view(torch.float32)  # colour bits
+                    points_t = depth_to_points(depth_t, cam.fx, cam.fy, cam.cx, cam.cy)  # (H, W, 3)
+                    points = torch.cat([points_t, packed[..., None]], dim=-1).cpu().numpy()  # (H, W, 4): one copy
                     t = _lap(timings, "points", t)
         return left, right, disparity_host, depth, points, t
 

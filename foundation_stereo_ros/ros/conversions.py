@@ -126,19 +126,27 @@ _POINT_STEP = 16
 
 
 def pointcloud2_msg(points: np.ndarray, colors: Optional[np.ndarray], header: Header,
-                    organized: bool = True) -> PointCloud2:
+                    organized: bool = True, cloud: Optional[np.ndarray] = None) -> PointCloud2:
     """PointCloud2 with float32 x, y, z and packed rgb (a float32 field holding 0x00RRGGBB bits).
 
     ``points`` (H, W, 3) float32, NaN where invalid; ``colors`` (H, W) uint32 or None (rgb 0).
     ``organized``: an H x W cloud with NaN points (``is_dense`` False), else 1 x N of valid points.
+    ``cloud``: the same data already interleaved as (H, W, 4) float32 (``StereoResult.cloud``),
+    used as the payload directly (``points`` and ``colors`` are then ignored).
     """
-    h, w = points.shape[:2]
-    buf = np.empty((h, w, 4), np.float32)
-    buf[..., :3] = points
-    if colors is None:
-        buf[..., 3] = 0.0
+    if cloud is not None:
+        if cloud.ndim != 3 or cloud.shape[2] != 4 or cloud.dtype != np.float32:
+            raise ValueError(f"cloud must be (H, W, 4) float32, got {cloud.shape} {cloud.dtype}")
+        buf, points = cloud, cloud[..., :3]
+        h, w = cloud.shape[:2]
     else:
-        buf[..., 3] = np.ascontiguousarray(colors, dtype=np.uint32).view(np.float32)
+        h, w = points.shape[:2]
+        buf = np.empty((h, w, 4), np.float32)
+        buf[..., :3] = points
+        if colors is None:
+            buf[..., 3] = 0.0
+        else:
+            buf[..., 3] = np.ascontiguousarray(colors, dtype=np.uint32).view(np.float32)
     if not organized:
         buf = buf[np.isfinite(points[..., 2])][None]  # (1, N, 4)
         h, w = buf.shape[:2]

@@ -425,7 +425,7 @@ class StereoDepthNode(Node):
             self._pub_depth_info.publish(cam_info)
         if want_points:
             self._pub_points.publish(pointcloud2_msg(result.points, result.colors, header,
-                                                     settings.points_organized))
+                                                     settings.points_organized, cloud=result.cloud))
         if want_left:
             self._pub_left.publish(_picture(result.left_rect, result.grey, header))
             self._pub_left_info.publish(cam_info)

@@ -228,7 +228,7 @@ def time_node_stages(height: int, width: int, device, repeats: int, geometry: st
         header = images[0].header
         disparity_image_msg(result, header)
         numpy_to_image(result.depth, "32FC1", header)
-        pointcloud2_msg(result.points, result.colors, header, True)
+        pointcloud2_msg(result.points, result.colors, header, True, cloud=result.cloud)
         numpy_to_image(result.left_rect, "rgb8", header)
         messages_ms = (time.perf_counter() - t) * 1e3
         if rep > 0:
