@@ -35,6 +35,7 @@ setup(
             "foundation-stereo-make-bag = foundation_stereo_ros.tools.make_bag:main",
             "foundation-stereo-demo = foundation_stereo_ros.tools.main_job:main",
             "foundation-stereo-benchmark = foundation_stereo_ros.tools.benchmark:main",
+            "foundation-stereo-memory = foundation_stereo_ros.tools.memory_fit:main",
             "foundation-stereo-export = foundation_stereo_ros.tools.export_onnx:main",
             "foundation-stereo-finetune = foundation_stereo_ros.tools.finetune:main",
             "foundation-stereo-curate = foundation_stereo_ros.tools.curate:main",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from foundation_stereo_ros.pipeline import (ALL_OUTPUTS, DecodedPair, ProcessorConfig, StereoCalibration,
                                             StereoProcessor, make_camera_model)
@@ -35,10 +36,15 @@ def calibration(distorted: bool) -> StereoCalibration:
     return StereoCalibration(left, right)
 
 
-@pytest.fixture(scope="module")
-def processors(vits_checkpoint):
-    host = StereoProcessor(ProcessorConfig(backend="foundation_stereo", checkpoint=str(vits_checkpoint), device="cpu",
-                                           iters=2, geometry_device="host", min_depth=0.05, max_depth=50.0))
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                 reason="the GPU run of this path needs CUDA"))]
+
+
+@pytest.fixture(scope="module", params=DEVICES)
+def processors(vits_checkpoint, request):
+    host = StereoProcessor(ProcessorConfig(backend="foundation_stereo", checkpoint=str(vits_checkpoint),
+                                           device=request.param, iters=2, geometry_device="host", min_depth=0.05,
+                                           max_depth=50.0))
     device = host.reconfigured(host.config.replace(geometry_device="network"))
     assert device.backend.model is host.backend.model
     return host, device
@@ -54,7 +60,7 @@ def test_only_the_network_backend_on_a_gpu_uses_the_device_path_by_default(proce
     host, device = processors
     assert not host.geometry_on_device and device.geometry_on_device
     auto = host.reconfigured(host.config.replace(geometry_device="auto"))
-    assert not auto.geometry_on_device  # the network runs on the CPU here
+    assert auto.geometry_on_device == (host.config.device == "cuda")  # on the GPU only
     sgbm = StereoProcessor(ProcessorConfig(backend="sgbm", geometry_device="network"))
     assert not sgbm.geometry_on_device
 

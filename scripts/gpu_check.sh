@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Everything that needs an NVIDIA GPU, in one run: the CUDA tests, the benchmark and the memory
+# table. Results go to $OUT (default ./gpu_results): text logs and JSON to paste into the README.
+#
+#   OUT=gpu_results ./scripts/gpu_check.sh            # uses python3; PYTHON=... to choose another
+#   GPU_CHECK_FULL=1 ./scripts/gpu_check.sh           # also torch.compile and the 3-size matrix (long)
+#
+# Needs PyTorch with CUDA, timm, numpy, pyyaml, opencv-python-headless and pytest; rclpy is not
+# needed (the ROS tests are not part of this run). The tests that need the published-format test
+# checkpoint read ../shared/parity, or FOUNDATION_STEREO_PARITY_DIR.
+set -u
+OUT=${OUT:-gpu_results}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+status=0
+
+run() {  # run NAME CMD...: log to $OUT/NAME.txt, remember a failure, go on
+    local name=$1
+    shift
+    echo "== $name: $*" | tee -a "$OUT/summary.txt"
+    local t0=$SECONDS
+    "$@" >"$OUT/$name.txt" 2>&1
+    local rc=$?
+    echo "   exit $rc after $((SECONDS - t0)) s" | tee -a "$OUT/summary.txt"
+    tail -n 25 "$OUT/$name.txt"
+    [ $rc -eq 0 ] || status=1
+}
+
+nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || true
+"$PY" -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0))" | tee "$OUT/torch.txt"
+
+# fp16/bf16 and CUDA-graph parity against eager fp32, no host-device sync, device-side geometry,
+# the GPU pipeline path, the CUDA memory measurement.
+run pytest "$PY" -m pytest -q -rs -p no:cacheprovider test/test_fastpath.py test/test_fastpath_geometry.py \
+    test/test_model_paths.py test/test_device_pipeline.py test/test_memory_fit.py
+
+# ViT-L 480x640, 16 iterations, eager fp32/fp16/bf16 against CUDA graphs: the figure.
+run bench_vitl_480x640 "$PY" -m foundation_stereo_ros.tools.benchmark --variants vitl --sizes 480x640 --iters 16 \
+    --modes eager-fp32,eager-fp16,eager-bf16,cudagraph-fp16,cudagraph-bf16 --repeats 20 --warmup 3 \
+    --json "$OUT/bench_vitl_480x640.json"
+
+# Speed-up per resolution (both variants), CUDA graphs against eager.
+run bench_sizes "$PY" -m foundation_stereo_ros.tools.benchmark --variants vits,vitl --sizes 320x480,480x640,720x1280 \
+    --iters 16 --modes eager-fp32,eager-bf16,cudagraph-bf16 --repeats 10 --warmup 2 --no-stages \
+    --json "$OUT/bench_sizes.json"
+
+# Largest size per 8/16/24 GiB, fp32 and bf16, single pass and hierarchical, re-measured.
+run memory "$PY" -m foundation_stereo_ros.tools.memory_fit --variants vits,vitl --precisions fp32,bf16 \
+    --json "$OUT/memory.json"
+
+if [ "${GPU_CHECK_FULL:-0}" = "1" ]; then
+    run bench_full "$PY" -m foundation_stereo_ros.tools.benchmark --preset gpu-full --json "$OUT/bench_full.json"
+fi
+exit $status
