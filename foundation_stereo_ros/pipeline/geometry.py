@@ -53,26 +53,24 @@ class PointProjector:
 
     def points(self, depth: np.ndarray, fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
         """(H, W, 3) float32 x, y, z; NaN wherever depth is NaN."""
-        h, w = depth.shape
-        xr, yr = self.rays(w, h, fx, fy, cx, cy)
-        pts = np.empty((h, w, 3), np.float32)
-        np.multiply(depth, xr, out=pts[..., 0])
-        np.multiply(depth, yr, out=pts[..., 1])
-        pts[..., 2] = depth
-        return pts
-
+        return self._back_project(depth, np.empty(depth.shape + (3,), np.float32), fx, fy, cx, cy)
 
     def cloud(self, depth: np.ndarray, rgb: np.ndarray, fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
         """(H, W, 4) float32 x, y, z and the bits of packed ``0x00RRGGBB`` colour: the PointCloud2
         point layout, filled in place so the message needs no second pass over the points."""
-        h, w = depth.shape
-        xr, yr = self.rays(w, h, fx, fy, cx, cy)
-        buf = np.empty((h, w, 4), np.float32)
-        np.multiply(depth, xr, out=buf[..., 0])
-        np.multiply(depth, yr, out=buf[..., 1])
-        buf[..., 2] = depth
+        buf = self._back_project(depth, np.empty(depth.shape + (4,), np.float32), fx, fy, cx, cy)
         buf[..., 3] = pack_rgb(rgb).view(np.float32)
         return buf
+
+    def _back_project(self, depth: np.ndarray, out: np.ndarray, fx: float, fy: float, cx: float,
+                      cy: float) -> np.ndarray:
+        """x, y, z of each pixel written into channels 0-2 of ``out`` (H, W, >= 3)."""
+        h, w = depth.shape
+        xr, yr = self.rays(w, h, fx, fy, cx, cy)
+        np.multiply(depth, xr, out=out[..., 0])
+        np.multiply(depth, yr, out=out[..., 1])
+        out[..., 2] = depth
+        return out
 
 
 def depth_to_points(depth: np.ndarray, fx: float, fy: float, cx: float, cy: float) -> np.ndarray:

@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .cli_args import positive_int
+from .cli_args import positive_int, torch_device
 
 PRESETS: Dict[str, Dict[str, Any]] = {
     # Finishes in about a minute on a 2-core CPU.
@@ -510,9 +510,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from ..model.config import VIT_SPECS
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print(f"error: device {device} requested but CUDA is not available to PyTorch", file=sys.stderr)
+    device, problem = torch_device(args.device)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     if args.threads > 0:
         torch.set_num_threads(args.threads)

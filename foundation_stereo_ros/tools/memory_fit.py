@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .benchmark import _csv, parse_size
-from .cli_args import positive_int
+from .cli_args import positive_int, torch_device
 
 DEFAULT_SAMPLES = ((240, 320), (480, 640), (720, 960))
 ASPECTS = {"4:3": 4.0 / 3.0, "16:9": 16.0 / 9.0}
@@ -236,9 +236,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..model import FoundationStereo, FoundationStereoConfig
     from ..model.config import VIT_SPECS
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print(f"error: device {device} requested but CUDA is not available to PyTorch", file=sys.stderr)
+    device, problem = torch_device(args.device)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     precisions = args.precisions or (["fp32", "bf16"] if device.type == "cuda" else ["fp32"])
     bad = [v for v in args.variants if v not in VIT_SPECS] + [p for p in precisions if p not in ("fp32", "fp16", "bf16")]
