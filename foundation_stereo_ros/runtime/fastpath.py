@@ -23,8 +23,11 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 
 from ..model import FoundationStereo
-from ..pipeline.config import EXECUTIONS  # the node's 'execution' parameter offers the same modes
 from .stages import PRECISION_DTYPES
+
+# The node's 'execution' parameter (pipeline.config.EXECUTIONS) offers the same modes; this
+# package does not import the pipeline, which needs OpenCV (a test keeps the two equal).
+EXECUTIONS = ("eager", "compile", "cudagraph", "compile-cudagraph")
 
 # Accepted (mean, max) |d - d_eager_fp32| in px per precision, on the 64x96 test pair of
 # test/test_fastpath.py. fp32 modes differ only in summation order. The fp16/bf16 bounds are
