@@ -344,3 +344,34 @@ def test_node_with_the_onnx_backend_publishes_what_the_pipeline_computes(exporte
                                     for v in diagnostic_values(h.received, hw)), 10.0)
     finally:
         h.close()
+
+
+def test_bag_evaluation_runs_the_onnx_backend_like_the_node(exported, opencv_data, tmp_path):
+    """foundation-stereo-eval with --backend onnx:onnx_model=...: the disparities it writes are the
+    ONNX backend's for each frame of the bag (here 80x69 images, resized to the export's 90x60)."""
+    import json
+
+    from foundation_stereo_ros.pipeline import OnnxBackend, decode_stereo_pair
+    from foundation_stereo_ros.tools import evaluate
+
+    from _eval_helpers import disparity_values, make_aloe_bag, read_messages
+
+    bag = make_aloe_bag(tmp_path / "aloe", opencv_data, 0.125, gt=True)
+    out, out_bag = tmp_path / "report", tmp_path / "outputs"
+    spec = f"onnx:onnx_model={exported}"
+    rc = evaluate.main([str(bag), "--backend", spec, "--device", "cpu", "--warmup", "0", "-o", str(out),
+                        "--output-bag", str(out_bag), "--no-progress"])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    (label,) = summary["backends"]
+    assert summary["backends"][label]["latency"]["n"] == 1
+    messages = read_messages(out_bag)
+    written = disparity_values(messages["/stereo/disparity"][0][1])  # one backend: the input's namespace
+    inputs = read_messages(bag)
+    left_msg = inputs["/stereo/left/image_rect"][0][1]
+    right_msg = inputs["/stereo/right/image_rect"][0][1]
+    pair = decode_stereo_pair(left_msg, right_msg)
+    expected = OnnxBackend(_onnx_config(exported)).compute(pair.left, pair.right)
+    assert written.shape == expected.shape == pair.left.shape[:2]
+    np.testing.assert_allclose(np.where(written > 0, written, np.nan), np.where(expected > 0, expected, np.nan),
+                               atol=1e-4, equal_nan=True)
