@@ -211,3 +211,28 @@ def test_node_refuses_to_start_when_the_mode_cannot_be_prepared(vits_checkpoint,
                             parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
     finally:
         rclpy.try_shutdown(context=context)
+
+
+def test_switching_the_mode_at_runtime_prepares_it_on_the_next_frame(vits_checkpoint, eager):
+    from _ros_helpers import set_params, wait_for
+
+    params = dict(backend="foundation_stereo", checkpoint=str(vits_checkpoint), device="cpu", iters=ITERS)
+    h = NodeHarness(params, namespace=f"/modes_{next(_ns)}", subscribe=("disparity",))
+    try:
+        assert h.node.processor.backend.prepared_size is None
+        (result,) = set_params(h, execution="compile")
+        assert result.successful, result.reason
+        assert wait_for(lambda: any("execution 'compile' will be prepared on the next frame" in line
+                                    for line in h.rosout_lines()), 10.0), h.rosout_lines()
+        left, right, _ = textured_scene(H, W, seed=7)
+        infos = rectified_infos(W, H, 80.0, 0.1, W / 2, W / 2, H / 2)
+        stamp = time.time_ns()
+        h.publish_arrays(left, right, "rgb8", infos, stamp)
+        msg = h.wait_outputs(stamp, ["disparity"], timeout_s=120.0)["disparity"]
+        _close(disparity_from_msg(msg), eager.compute(left, right))
+        backend = h.node.processor.backend
+        assert backend.execution == "compile" and backend.prepared_size == (H, W)
+        (refused,) = set_params(h, execution="cudagraph")  # no CUDA here: refused with the reason
+        assert not refused.successful and "needs a CUDA device" in refused.reason
+    finally:
+        h.close()

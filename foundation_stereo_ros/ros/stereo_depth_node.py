@@ -311,6 +311,11 @@ class StereoDepthNode(Node):
             if processor.backend is not base.processor.backend:
                 for note in processor.backend.notes:
                     self.get_logger().info(f"{processor.config.backend} backend: {note}")
+            cfg = processor.config
+            if (cfg.backend == "foundation_stereo" and cfg.execution != "eager"
+                    and getattr(processor.backend, "prepared_size", None) is None):
+                self.get_logger().info(f"execution {cfg.execution!r} will be prepared on the next frame, which "
+                                       f"will be slow (frames arriving meanwhile are dropped, newest kept)")
         settings = replace(base, processor=processor, points_organized=bool(merged["points_organized"]))
         with self._cond:  # the worker swaps it in before its next frame: never half a change
             self._next_settings = settings
