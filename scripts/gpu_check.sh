@@ -60,11 +60,11 @@ run bench_vitl_480x640 "$PY" -m foundation_stereo_ros.tools.benchmark --variants
 
 # Speed-up per resolution (both variants), CUDA graphs against eager.
 run bench_sizes "$PY" -m foundation_stereo_ros.tools.benchmark --variants vits,vitl --sizes 320x480,480x640,720x1280 \
-    --iters 16 --modes eager-fp32,eager-bf16,cudagraph-bf16 --repeats 10 --warmup 2 --no-stages $node_flag \
+    --iters 16 --modes eager-fp32,eager-bf16,cudagraph-bf16 --repeats 5 --warmup 1 --no-stages $node_flag \
     --json "$OUT/bench_sizes.json"
 
 # Largest size per 8/16/24 GiB, fp32 and bf16, single pass and hierarchical, re-measured.
-run memory "$PY" -m foundation_stereo_ros.tools.memory_fit --variants vits,vitl --precisions fp32,bf16 \
+run memory "$PY" -m foundation_stereo_ros.tools.memory_fit --variants vits,vitl --precisions fp32,bf16 --iters 2 \
     --json "$OUT/memory.json"
 
 if [ "${GPU_CHECK_FULL:-0}" = "1" ]; then
