@@ -15,7 +15,7 @@ from .backends import DisparityBackend, FoundationStereoBackend, make_backend
 from .calibration import CameraModel, Rectifier, StereoCalibration
 from .config import ProcessorConfig
 from .errors import CalibrationError, PairMismatchError
-from .geometry import PointProjector, colorize_disparity, disparity_to_depth, pack_rgb
+from .geometry import PointProjector, colorize_disparity, disparity_to_depth
 from .image import DecodedPair, decode_stereo_pair
 
 
@@ -195,7 +195,6 @@ class StereoProcessor:
             t = _lap(timings, "colorize", t)
         timings["total"] = t - t_start
         return result
-
 
     # ------------------------------------------------------------------ on the network's device
     @property
