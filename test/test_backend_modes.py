@@ -176,6 +176,16 @@ def test_pinned_upload_reuses_one_buffer_per_size():
     assert up.allocations == 2
 
 
+def _publish_and_compare(h: NodeHarness, eager: FoundationStereoBackend, seed: int) -> None:
+    """One rectified pair through the node: its disparity must be the eager backend's."""
+    left, right, _ = textured_scene(H, W, seed=seed)
+    infos = rectified_infos(W, H, 80.0, 0.1, W / 2, W / 2, H / 2)
+    stamp = time.time_ns()
+    h.publish_arrays(left, right, "rgb8", infos, stamp)
+    msg = h.wait_outputs(stamp, ["disparity"], timeout_s=120.0)["disparity"]
+    _close(disparity_from_msg(msg), eager.compute(left, right))
+
+
 def test_node_prepares_the_mode_at_start_and_publishes_the_same_disparity(vits_checkpoint, eager, capfd):
     params = dict(backend="foundation_stereo", checkpoint=str(vits_checkpoint), device="cpu", iters=ITERS,
                   execution="compile", warmup_width=W, warmup_height=H)
@@ -183,12 +193,7 @@ def test_node_prepares_the_mode_at_start_and_publishes_the_same_disparity(vits_c
     try:
         backend = h.node.processor.backend
         assert backend.prepared_size == (H, W)  # prepared before any frame arrived
-        left, right, _ = textured_scene(H, W, seed=6)
-        infos = rectified_infos(W, H, 80.0, 0.1, W / 2, W / 2, H / 2)
-        stamp = time.time_ns()
-        h.publish_arrays(left, right, "rgb8", infos, stamp)
-        msg = h.wait_outputs(stamp, ["disparity"], timeout_s=120.0)["disparity"]
-        _close(disparity_from_msg(msg), eager.compute(left, right))
+        _publish_and_compare(h, eager, seed=6)
         # Logged during construction, before any /rosout subscriber could exist: read the console.
         console = capfd.readouterr().err
         assert f"preparing execution 'compile' for {W}x{H} images" in console
@@ -224,12 +229,7 @@ def test_switching_the_mode_at_runtime_prepares_it_on_the_next_frame(vits_checkp
         assert result.successful, result.reason
         assert wait_for(lambda: any("execution 'compile' will be prepared on the next frame" in line
                                     for line in h.rosout_lines()), 10.0), h.rosout_lines()
-        left, right, _ = textured_scene(H, W, seed=7)
-        infos = rectified_infos(W, H, 80.0, 0.1, W / 2, W / 2, H / 2)
-        stamp = time.time_ns()
-        h.publish_arrays(left, right, "rgb8", infos, stamp)
-        msg = h.wait_outputs(stamp, ["disparity"], timeout_s=120.0)["disparity"]
-        _close(disparity_from_msg(msg), eager.compute(left, right))
+        _publish_and_compare(h, eager, seed=7)
         backend = h.node.processor.backend
         assert backend.execution == "compile" and backend.prepared_size == (H, W)
         (refused,) = set_params(h, execution="cudagraph")  # no CUDA here: refused with the reason
