@@ -20,7 +20,8 @@ from foundation_stereo_ros.ros.conversions import disparity_from_msg
 from foundation_stereo_ros.runtime.backends import PinnedUpload
 from foundation_stereo_ros.runtime.fastpath import PARITY_TOLERANCE_PX, NetworkRunner
 
-from _ros_helpers import NodeHarness, domain_id_for_tests, rectified_infos, textured_scene
+from _ros_helpers import (NodeHarness, diagnostic_values, domain_id_for_tests, rectified_infos, textured_scene,
+                          wait_for)
 
 import rclpy  # noqa: E402 - after _ros_helpers, which limits discovery to this machine
 from rclpy.context import Context  # noqa: E402
@@ -74,12 +75,13 @@ def test_compiled_mode_is_prepared_once_and_matches_eager(eager, scene, monkeypa
     left, right = scene
     _close(fast.compute(left, right), eager.compute(left, right))
     assert calls == [(1, 3, H, W)]  # the frame went through the prepared runner
+    assert fast.last_fast is True and eager.last_fast is None
 
     # Another size runs eager and leaves the prepared size alone (no recompilation mid-stream).
     calls.clear()
     big_l, big_r = np.tile(left, (1, 2, 1)), np.tile(right, (1, 2, 1))
     _close(fast.compute(big_l, big_r), eager.compute(big_l, big_r))
-    assert calls == [] and fast.prepared_size == (H, W)
+    assert calls == [] and fast.prepared_size == (H, W) and fast.last_fast is False
 
 
 def test_first_frame_prepares_when_no_warmup_size_is_given(eager, scene):
@@ -198,6 +200,18 @@ def test_node_prepares_the_mode_at_start_and_publishes_the_same_disparity(vits_c
         console = capfd.readouterr().err
         assert f"preparing execution 'compile' for {W}x{H} images" in console
         assert f"execution 'compile' prepared for {W}x{H} images" in console
+        # A camera of another size still gets depth (eager), and the node says why it is slow.
+        wide = 2 * W
+        left, right, _ = textured_scene(H, wide, seed=8)
+        stamp = time.time_ns()
+        h.publish_arrays(left, right, "rgb8", rectified_infos(wide, H, 80.0, 0.1, wide / 2, wide / 2, H / 2), stamp)
+        msg = h.wait_outputs(stamp, ["disparity"], timeout_s=120.0)["disparity"]
+        _close(disparity_from_msg(msg), eager.compute(left, right))
+        hw = h.node.get_fully_qualified_name()
+        assert wait_for(lambda: any(v.get("eager_fallback_frames") == "1" and v["_level"] == "1"
+                                    for v in diagnostic_values(h.received, hw)), 10.0)
+        assert any(f"({wide}x{H}) ran eager: execution 'compile' is prepared for network input {W}x{H} only" in line
+                   for line in h.rosout_lines()), h.rosout_lines()
     finally:
         h.close()
 
@@ -219,7 +233,7 @@ def test_node_refuses_to_start_when_the_mode_cannot_be_prepared(vits_checkpoint,
 
 
 def test_switching_the_mode_at_runtime_prepares_it_on_the_next_frame(vits_checkpoint, eager):
-    from _ros_helpers import set_params, wait_for
+    from _ros_helpers import set_params
 
     params = dict(backend="foundation_stereo", checkpoint=str(vits_checkpoint), device="cpu", iters=ITERS)
     h = NodeHarness(params, namespace=f"/modes_{next(_ns)}", subscribe=("disparity",))

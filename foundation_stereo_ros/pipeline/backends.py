@@ -39,6 +39,9 @@ class DisparityBackend(abc.ABC):
     """Interface of a disparity estimator (see module doc). Not thread-safe: one caller at a time."""
 
     name: str = ""
+    #: Whether the last :meth:`compute` ran the prepared fast execution mode (None: the backend has
+    #: none configured). False means it fell back to eager for that frame (another input size).
+    last_fast: Optional[bool] = None
     #: Things the user should know about this backend, logged once when it is built (for
     #: example the ONNX providers chosen, or a parameter that does not apply).
     notes: Tuple[str, ...] = ()
@@ -337,6 +340,8 @@ class FoundationStereoBackend(DisparityBackend):
         the prepared one, eager otherwise."""
         nh, nw = pair.shape[-2:]
         runner = self._fast_runner(width, height, nw, nh, scale)
+        if self.execution != "eager" and not self.hierarchical:
+            self.last_fast = runner is not None
         if runner is not None:
             padder = runner[1]
             lp, rp = padder.pad(pair[:1], pair[1:])

@@ -63,6 +63,9 @@ class StereoResult:
     timings: Dict[str, float] = field(default_factory=dict)  # seconds per stage, and 'total'
     network_scale: Optional[float] = None  # resolution the network matched at (None: SGBM)
     oom_retries: int = 0  # out-of-memory retries at lower resolution this frame needed
+    #: The network ran its prepared fast execution mode (None: eager configured; False: this frame's
+    #: size differs from the prepared one and ran eager).
+    fast_execution: Optional[bool] = None
 
     def set_cloud(self, cloud: np.ndarray) -> None:
         """Store an (H, W, 4) x, y, z, colour-bits buffer and expose ``points`` and ``colors`` as views."""
@@ -176,7 +179,7 @@ class StereoProcessor:
             delta_cx=delta_cx,
             min_disparity=lo - delta_cx, max_disparity=hi - delta_cx, delta_d=backend.delta_d,
             valid_window=backend.valid_window(w, h), timings=timings, network_scale=backend.last_scale,
-            oom_retries=backend.last_oom_retries)
+            oom_retries=backend.last_oom_retries, fast_execution=backend.last_fast)
 
         if on_device:
             result.depth = depth

@@ -149,6 +149,7 @@ class Stats:
         self.skipped_no_subscribers = 0
         self.oom_retries = 0  # out-of-memory retries at a lower network resolution
         self.reduced_resolution_frames = 0  # frames published below the configured network scale
+        self.eager_fallback_frames = 0  # frames of another size than the prepared execution mode's
         self.network_scale: Optional[float] = None  # scale the network used for the last frame
         self.problems: Dict[str, int] = {}
         self.window: deque = deque(maxlen=10_000)  # (publish monotonic time, latency s, processing s)
@@ -415,6 +416,17 @@ class StereoDepthNode(Node):
             if result.oom_retries:
                 self._stats.oom_retries += result.oom_retries
                 self._stats.reduced_resolution_frames += 1
+            if result.fast_execution is False:
+                self._stats.eager_fallback_frames += 1
+        if result.fast_execution is False and not result.oom_retries:
+            # Not an out-of-memory fallback (logged above): the camera size is not the prepared one.
+            prepared = getattr(processor.backend, "prepared_size", None)
+            why = (f"is prepared for network input {prepared[1]}x{prepared[0]} only" if prepared
+                   else "could not be prepared")
+            h, w = result.disparity.shape
+            self._log.warn("eager_fallback", f"frame {stamp / 1e9:.6f} ({w}x{h}) ran eager: execution "
+                                             f"{processor.config.execution!r} {why}; set warmup_width and "
+                                             f"warmup_height to the camera's image size")
         if result.oom_retries:
             self._log.warn("out_of_memory_fallback",
                            f"frame {stamp / 1e9:.6f}: out of memory at network scale {processor.config.scale:g}; "
@@ -458,7 +470,8 @@ class StereoDepthNode(Node):
             problems = dict(st.problems)
             values = dict(pairs_received=st.pairs_received, frames_published=st.frames_published,
                           dropped_pairs=st.dropped, skipped_no_subscribers=st.skipped_no_subscribers,
-                          oom_retries=st.oom_retries, reduced_resolution_frames=st.reduced_resolution_frames)
+                          oom_retries=st.oom_retries, reduced_resolution_frames=st.reduced_resolution_frames,
+                          eager_fallback_frames=st.eager_fallback_frames)
             network_scale = st.network_scale
         with self._cond:
             config = self._settings.processor.config
@@ -485,6 +498,8 @@ class StereoDepthNode(Node):
         self._diag_prev_problems = problems
         reduced = values["reduced_resolution_frames"] - getattr(self, "_diag_prev_reduced", 0)
         self._diag_prev_reduced = values["reduced_resolution_frames"]
+        slow = values["eager_fallback_frames"] - getattr(self, "_diag_prev_eager", 0)
+        self._diag_prev_eager = values["eager_fallback_frames"]
         status = DiagnosticStatus(name=f"{self.get_name()}: stereo depth", hardware_id=self.get_fully_qualified_name())
         if new_problems:
             status.level = DiagnosticStatus.WARN
@@ -493,6 +508,10 @@ class StereoDepthNode(Node):
             status.level = DiagnosticStatus.WARN
             status.message = (f"out of GPU memory: {reduced} frame(s) at reduced network scale "
                               f"{network_scale if network_scale is not None else float('nan'):g}")
+        elif slow > 0:
+            status.level = DiagnosticStatus.WARN
+            status.message = (f"{slow} frame(s) ran eager, not execution {config.execution!r}: their size is not "
+                              f"the prepared one (warmup_width, warmup_height)")
         elif window:
             status.level = DiagnosticStatus.OK
             status.message = f"publishing at {rate:.2f} Hz"
