@@ -32,8 +32,15 @@ ARGUMENTS: Tuple[Tuple[str, str, str], ...] = (
                    "config/default.yaml for the generic launch file."),
     ("namespace", "", "Namespace of the node and of its outputs (disparity, depth, points2); default: the "
                       "config's launch section, else 'stereo'."),
-    ("backend", "", "Disparity backend: 'foundation_stereo' (the network) or 'sgbm' (OpenCV, CPU, no "
-                    "checkpoint needed)."),
+    ("backend", "", "Disparity backend: 'foundation_stereo' (the network in PyTorch), 'onnx' (an export run "
+                    "by ONNX Runtime / TensorRT; see onnx_model) or 'sgbm' (OpenCV, CPU, no checkpoint needed)."),
+    ("onnx_model", "", "ONNX model made by foundation-stereo-export, for backend:=onnx."),
+    ("execution", "", "PyTorch execution mode: 'eager', 'compile', 'cudagraph' or 'compile-cudagraph'."),
+    ("warmup_width", "", "Camera image width to compile / capture / build the engine for at start (with "
+                         "warmup_height)."),
+    ("warmup_height", "", "Camera image height to compile / capture / build the engine for at start."),
+    ("geometry_device", "", "Where rectification, depth and points run: 'auto' (the GPU when the network "
+                            "runs on CUDA), 'network' or 'host'."),
     ("checkpoint", "", "FoundationStereo checkpoint (.pth or its folder). Empty: $FOUNDATION_STEREO_CHECKPOINT, "
                        "else ~/.cache/foundation_stereo/<model_variant>/model_best_bp2.pth."),
     ("model_variant", "", "Published model to look for in ~/.cache/foundation_stereo when no checkpoint is "
@@ -53,7 +60,8 @@ ARGUMENTS: Tuple[Tuple[str, str, str], ...] = (
 
 #: Launch arguments that become node parameters, with their parameter type.
 PARAMETER_ARGUMENTS = {"backend": str, "checkpoint": str, "iters": int, "scale": float, "precision": str,
-                       "device": str, "hierarchical": bool}
+                       "device": str, "hierarchical": bool, "onnx_model": str, "execution": str,
+                       "warmup_width": int, "warmup_height": int, "geometry_device": str}
 
 
 def package_share() -> str:

@@ -144,6 +144,24 @@ def test_parameter_overrides(generic, tmp_path, monkeypatch, vits_checkpoint):
     assert generic.parameter_overrides({"model_variant": "23-51-11"})["checkpoint"] == str(vits_checkpoint)
 
 
+def test_fast_path_arguments_become_node_parameters_of_the_right_type(generic, tmp_path, monkeypatch):
+    from foundation_stereo_ros.pipeline import SPECS
+
+    monkeypatch.delenv("FOUNDATION_STEREO_CHECKPOINT", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no cached checkpoint to add
+
+    for name, kind in generic.PARAMETER_ARGUMENTS.items():
+        assert SPECS[name].type is kind, name
+    assert generic.parameter_overrides({"backend": "onnx", "onnx_model": "/models/fs.onnx", "execution": "cudagraph",
+                                        "warmup_width": "640", "warmup_height": "480",
+                                        "geometry_device": "host"}) == {
+        "backend": "onnx", "onnx_model": "/models/fs.onnx", "execution": "cudagraph", "warmup_width": 640,
+        "warmup_height": 480, "geometry_device": "host"}
+    with pytest.raises(ValueError, match="warmup_width"):
+        generic.parameter_overrides({"warmup_width": "wide"})
+
+
 def test_remappings_from_arguments_win(generic):
     settings = generic.launch_settings(generic.config_path("zed"))
     remaps = dict(generic.remappings(settings, {"left_image": "/my/left"}))
