@@ -199,7 +199,6 @@ class FoundationStereoBackend(DisparityBackend):
         self._fast_size: Optional[Tuple[int, int]] = None  # padded (H, W) the runner is prepared for
         self._fast_error: Optional[str] = None  # why preparing the runner failed (then: eager)
         self._upload: Any = None  # runtime.PinnedUpload, made on first use
-        self._columns = np.zeros((1, 0), np.float32)  # u of each column, cached per width
         self._fallback_scale: Optional[float] = None  # the reduced scale in use after an out-of-memory error
         self._last_probe = 0.0  # time.monotonic() of the last attempt at the configured scale
         self.last_scale = None
@@ -316,6 +315,8 @@ class FoundationStereoBackend(DisparityBackend):
             self._torch.cuda.empty_cache()
 
     def _infer(self, left: np.ndarray, right: np.ndarray, scale: float) -> np.ndarray:
+        from ..runtime.backends import invalidate
+
         torch = self._torch
         h, w = left.shape[:2]
         nw, nh = self.network_size(w, h, scale)
@@ -329,10 +330,7 @@ class FoundationStereoBackend(DisparityBackend):
         if (nw, nh) != (w, h):
             disparity = cv2.resize(disparity, (w, h), interpolation=cv2.INTER_LINEAR)
             disparity *= np.float32(w / nw)
-        if self._columns.shape[1] != w:
-            self._columns = np.arange(w, dtype=np.float32)[None, :]
-        disparity[(disparity < 0) | (disparity > self._columns)] = np.nan  # match left of the right image
-        return disparity
+        return invalidate(disparity)  # negative, or a match left of the right image
 
     def _network(self, pair: Any, width: int, height: int, scale: float) -> Any:
         """(1, 1, h, w) disparity of a (2, 3, h, w) pair at network size, for camera images of
@@ -491,7 +489,6 @@ class OnnxBackend(DisparityBackend):
         self.source = config.backend_key()
         self.last_scale = None
         self.last_oom_retries = 0
-        self._columns = np.zeros((1, 0), np.float32)
 
     def prepare(self, width: int, height: int) -> bool:
         # The first run builds the TensorRT engine (or loads it from the cache): do it now.
@@ -512,12 +509,9 @@ class OnnxBackend(DisparityBackend):
         return self.image_size[1], self.image_size[0]
 
     def compute(self, left: np.ndarray, right: np.ndarray, grey: bool = False) -> np.ndarray:
-        disparity = self.network_disparity(left, right)
-        w = disparity.shape[1]
-        if self._columns.shape[1] != w:
-            self._columns = np.arange(w, dtype=np.float32)[None, :]
-        disparity[(disparity < 0) | (disparity > self._columns)] = np.nan  # match left of the right image
-        return disparity
+        from ..runtime.backends import invalidate
+
+        return invalidate(self.network_disparity(left, right))  # negative, or left of the right image
 
     def network_disparity(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
         """The network's disparity at the camera resolution, camera px, before invalid pixels become NaN."""

@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .cli_args import positive_int, torch_device
+from .cli_args import comma_list, parse_size, positive_int, torch_device
 
 PRESETS: Dict[str, Dict[str, Any]] = {
     # Finishes in about a minute on a 2-core CPU.
@@ -67,17 +67,6 @@ def summarize(samples_ms: Sequence[float]) -> Dict[str, float]:
     return dict(median=quantile(0.5), p95=quantile(0.95), mean=sum(s) / len(s), min=s[0], max=s[-1])
 
 
-def parse_size(text: str) -> Tuple[int, int]:
-    """'480x640' -> (480, 640): height x width."""
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like HEIGHTxWIDTH (e.g. 480x640), got {text!r}") from None
-    if h < 32 or w < 32:
-        raise argparse.ArgumentTypeError(f"size must be at least 32x32, got {text!r}")
-    return h, w
-
-
 def parse_mode(text: str) -> Tuple[str, str]:
     """'cudagraph-bf16' -> ('cudagraph', 'bf16'); 'onnxruntime' -> ('onnxruntime', 'fp32')."""
     from ..runtime.fastpath import EXECUTIONS
@@ -91,15 +80,6 @@ def parse_mode(text: str) -> Tuple[str, str]:
             f"mode must be EXECUTION-PRECISION with EXECUTION in {list(EXECUTIONS)} and PRECISION in "
             f"{sorted(PRECISION_DTYPES)}, or 'onnxruntime'; got {text!r}")
     return execution, precision
-
-
-def _csv(kind: Callable[[str], Any]) -> Callable[[str], List[Any]]:
-    def parse(text: str) -> List[Any]:
-        items = [t.strip() for t in text.split(",") if t.strip()]
-        if not items:
-            raise argparse.ArgumentTypeError("empty list")
-        return [kind(t) for t in items]
-    return parse
 
 
 # ---------------------------------------------------------------------------------------- memory
@@ -485,10 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if available)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="default grid (default: cpu-smoke on the CPU, gpu-quick on CUDA)")
-    p.add_argument("--variants", type=_csv(str), default=None, help="comma list of vits, vitb, vitl")
-    p.add_argument("--sizes", type=_csv(parse_size), default=None, help="comma list of HEIGHTxWIDTH camera sizes")
-    p.add_argument("--iters", type=_csv(positive_int), default=None, help="comma list of GRU iteration counts")
-    p.add_argument("--modes", type=_csv(parse_mode), default=None, help="comma list of modes (see below)")
+    p.add_argument("--variants", type=comma_list(str), default=None, help="comma list of vits, vitb, vitl")
+    p.add_argument("--sizes", type=comma_list(parse_size), default=None, help="comma list of HEIGHTxWIDTH camera sizes")
+    p.add_argument("--iters", type=comma_list(positive_int), default=None, help="comma list of GRU iteration counts")
+    p.add_argument("--modes", type=comma_list(parse_mode), default=None, help="comma list of modes (see below)")
     p.add_argument("--repeats", type=positive_int, default=None, help="timed runs per configuration")
     p.add_argument("--warmup", type=int, default=None, help="untimed runs first (>= 1: the first call is timed "
                                                               "separately as first_call_ms)")

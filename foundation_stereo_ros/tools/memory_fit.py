@@ -26,8 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .benchmark import _csv, parse_size
-from .cli_args import positive_int, torch_device
+from .cli_args import comma_list, parse_size, positive_int, torch_device
 
 DEFAULT_SAMPLES = ((240, 320), (480, 640), (720, 960))
 ASPECTS = {"4:3": 4.0 / 3.0, "16:9": 16.0 / 9.0}
@@ -214,12 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="foundation-stereo-memory", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", default=None, help="cuda[:N] or cpu (default: cuda if available)")
-    p.add_argument("--variants", type=_csv(str), default=["vits", "vitl"], help="comma list of vits, vitb, vitl")
-    p.add_argument("--precisions", type=_csv(str), default=None,
+    p.add_argument("--variants", type=comma_list(str), default=["vits", "vitl"], help="comma list of vits, vitb, vitl")
+    p.add_argument("--precisions", type=comma_list(str), default=None,
                    help="comma list of fp32, fp16, bf16 (default: fp32,bf16 on a GPU, fp32 on the CPU)")
-    p.add_argument("--samples", type=_csv(parse_size), default=list(DEFAULT_SAMPLES),
+    p.add_argument("--samples", type=comma_list(parse_size), default=list(DEFAULT_SAMPLES),
                    help="comma list of HEIGHTxWIDTH sizes whose peaks are measured for the fit")
-    p.add_argument("--budgets-gib", type=_csv(float), default=[8.0, 16.0, 24.0], help="comma list of GiB")
+    p.add_argument("--budgets-gib", type=comma_list(float), default=[8.0, 16.0, 24.0], help="comma list of GiB")
     p.add_argument("--reserve-gib", type=float, default=1.0,
                    help="left free in each budget for the CUDA context, the node and fragmentation")
     p.add_argument("--iters", type=positive_int, default=4, help="GRU iterations per measured inference")
