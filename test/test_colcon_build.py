@@ -1,0 +1,127 @@
+"""The package builds with colcon as a ROS user builds it, and what colcon installs works.
+
+On a robot the package lives in a colcon workspace (``colcon build``, then ``source
+install/setup.bash`` and ``ros2 run`` / ``ros2 launch``). ``ros2 run`` finds executables in
+``lib/<package>``, ``ros2 launch`` finds launch files through the ament index in
+``share/<package>``, and the launch files find ``config/`` beside them. These tests build a copy
+of this source tree in a temporary workspace, plain and ``--symlink-install``, and check each of
+those places, then run the installed node and CLI from the install space.
+"""
+from __future__ import annotations
+
+import configparser
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = "foundation_stereo_ros"
+COLCON = Path(sys.executable).with_name("colcon")
+
+pytestmark = pytest.mark.skipif(not COLCON.is_file(), reason=f"colcon is not installed beside {sys.executable} "
+                                                              f"(scripts/setup_env.sh installs it)")
+
+# Top-level entries of a working copy that are not part of the source (build outputs, caches).
+_NOT_SOURCE = {".git", ".venv", "build", "install", "log", "output", "gpu_results", ".gpu_parity", ".pytest_cache"}
+
+
+def _console_scripts() -> list:
+    text = (REPO / "setup.py").read_text()
+    return re.findall(r'"([A-Za-z0-9_.-]+) = foundation_stereo_ros\.[A-Za-z0-9_.]+:main"', text)
+
+
+def _build(tmp: Path, *extra: str) -> Path:
+    src = tmp / "src" / PACKAGE
+    shutil.copytree(REPO, src, ignore=lambda d, names: [
+        n for n in names if n == "__pycache__" or n.endswith(".egg-info")
+        or (Path(d) == REPO and n in _NOT_SOURCE)])
+    env = dict(os.environ, PATH=f"{COLCON.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    proc = subprocess.run([str(COLCON), "--log-base", str(tmp / "log"), "build", "--base-paths", str(tmp / "src"),
+                           "--build-base", str(tmp / "build"), "--install-base", str(tmp / "install"), *extra],
+                          cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"colcon build failed:\n{proc.stdout}\n{proc.stderr}"
+    assert "1 package finished" in proc.stdout, proc.stdout
+    return tmp / "install"
+
+
+def _in_install_space(install: Path, command: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``command`` in bash after ``source install/local_setup.bash``, outside the source tree."""
+    script = f". {install / PACKAGE / 'share' / PACKAGE / 'local_setup.bash'} && {command}"
+    if not (install / PACKAGE / "share" / PACKAGE / "local_setup.bash").is_file():
+        script = f". {install / 'local_setup.bash'} && {command}"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    env["ROS_DOMAIN_ID"] = env.get("ROS_DOMAIN_ID", "42")
+    return subprocess.run(["bash", "-c", script], cwd=install.parent, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module", params=["copy", "symlink"])
+def install(request, tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp(f"colcon_{request.param}")
+    return _build(tmp, *(["--symlink-install"] if request.param == "symlink" else []))
+
+
+def test_setup_cfg_puts_executables_where_ros2_run_looks():
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    assert cfg["develop"]["script_dir"] == f"$base/lib/{PACKAGE}"
+    assert cfg["install"]["install_scripts"] == f"$base/lib/{PACKAGE}"
+
+
+def test_install_tree_has_index_marker_share_files_and_executables(install):
+    prefix = install / PACKAGE
+    assert (prefix / "share" / "ament_index" / "resource_index" / "packages" / PACKAGE).is_file()
+    share = prefix / "share" / PACKAGE
+    assert (share / "package.xml").read_text() == (REPO / "package.xml").read_text()
+    for folder, pattern in (("launch", "*.launch.py"), ("config", "*.yaml")):
+        source = sorted(p.name for p in (REPO / folder).glob(pattern))
+        assert source, folder
+        assert sorted(p.name for p in (share / folder).glob(pattern)) == source, folder
+        for name in source:
+            assert (share / folder / name).read_text() == (REPO / folder / name).read_text()
+    scripts = _console_scripts()
+    assert "stereo_depth_node" in scripts and len(scripts) >= 10
+    lib = prefix / "lib" / PACKAGE
+    for name in scripts:
+        assert (lib / name).is_file() and os.access(lib / name, os.X_OK), name
+
+
+def test_installed_package_is_imported_from_the_install_space(install):
+    proc = _in_install_space(install, f"{sys.executable} -c 'import {PACKAGE}; print({PACKAGE}.__file__)'")
+    assert proc.returncode == 0, proc.stderr
+    where = Path(proc.stdout.strip()).resolve()
+    # Plain install: a copy under install/. Symlink install: the build's link back to the source
+    # copy in the workspace (not this checkout).
+    assert str(install.parent) in str(where), where
+
+
+def test_installed_node_executable_runs_and_refuses_bad_parameters(install):
+    exe = install / PACKAGE / "lib" / PACKAGE / "stereo_depth_node"
+    proc = _in_install_space(install, f"{exe} --ros-args -p backend:=no_such_backend -p use_sim_time:=false")
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert "cannot start" in proc.stderr + proc.stdout
+    assert "backend" in proc.stderr + proc.stdout
+
+
+def test_installed_cli_runs(install):
+    exe = install / PACKAGE / "lib" / PACKAGE / "foundation-stereo-infer"
+    proc = _in_install_space(install, f"{exe} --help")
+    assert proc.returncode == 0, proc.stderr
+    assert "usage" in proc.stdout.lower()
+
+
+def test_installed_launch_files_find_their_config(install):
+    share = install / PACKAGE / "share" / PACKAGE
+    spec = importlib.util.spec_from_file_location("installed_launch", share / "launch" / "foundation_stereo.launch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for camera in ("default", "zed", "realsense", "oakd", "isaac_sim"):
+        path = Path(module.config_path(camera))
+        assert path.is_file()
+        assert path.resolve().parent == (share / "config").resolve() or path.parent == share / "config", path
