@@ -102,6 +102,26 @@ def test_device_rectification_matches_opencv_and_feeds_the_network(processors, p
     cam = calib.rectified_left
     _same(b.depth, depth, atol=1e-5)
     _same(b.points, depth_to_points(depth, cam.fx, cam.fy, cam.cx, cam.cy), atol=1e-5)
+    # The points' colours are the device-rectified left image's.
+    rgb = b.left_rect.astype(np.uint32)
+    assert np.array_equal(b.colors, (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2])
+
+
+def test_device_path_skips_the_rectified_pair_copy_when_not_asked(processors, pair):
+    from dataclasses import replace
+
+    _, device = processors
+    calib = calibration(distorted=True)
+    full = device.process(pair, calib, ALL_OUTPUTS)
+    lean = device.process(pair, calib, replace(ALL_OUTPUTS, rectified_images=False))
+    assert lean.left_rect is None and lean.right_rect is None and lean.rectified
+    # Everything else is unchanged, the points' colours included (taken on the device).
+    for name in ("disparity", "depth", "points", "disparity_color"):
+        _same(getattr(lean, name), getattr(full, name), atol=0)
+    assert np.array_equal(lean.colors, full.colors)
+    # Without rectification the pictures are the decoded ones, already on the host: always kept.
+    plain = device.process(pair, calibration(distorted=False), replace(ALL_OUTPUTS, rectified_images=False))
+    assert np.array_equal(plain.left_rect, pair.left) and np.array_equal(plain.right_rect, pair.right)
 
 
 def test_device_path_at_a_reduced_scale_matches_the_host_path(processors, pair, monkeypatch):

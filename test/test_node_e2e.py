@@ -200,7 +200,16 @@ def test_only_outputs_with_subscribers_are_computed():
         h.publish_arrays(left, right, "rgb8", rectified_infos(W, H, F, B, CX_L, CX_R, CY), stamp)
         h.wait_outputs(stamp, ["disparity"])
         assert len(seen) == 1
-        assert not (seen[0].depth or seen[0].points or seen[0].disparity_color)
+        assert not (seen[0].depth or seen[0].points or seen[0].disparity_color or seen[0].rectified_images)
+        # A subscriber to a rectified picture asks for the rectified pair (a GPU-to-host copy on the
+        # device path) and gets it.
+        h.subscribe("right_rect/image")
+        h.wait_connected(["right_rect/image"])
+        stamp = time.time_ns()
+        h.publish_arrays(left, right, "rgb8", rectified_infos(W, H, F, B, CX_L, CX_R, CY), stamp)
+        out = h.wait_outputs(stamp, ["disparity", "right_rect/image"])
+        assert len(seen) == 2 and seen[1].rectified_images and not seen[1].points
+        assert np.array_equal(image_to_array(out["right_rect/image"]), right)
     finally:
         h.close()
 

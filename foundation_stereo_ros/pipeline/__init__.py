@@ -44,7 +44,9 @@ API
 * ``left_rect`` / ``right_rect`` uint8 RGB: the images that were matched (rectified if
   ``rectified``); ``camera``: the :class:`CameraModel` of the rectified left image (K = P[:3,:3],
   D = 0, R = I) - the CameraInfo of depth, disparity and left_rect; ``right_camera`` likewise for
-  ``right_rect`` (its P keeps ``-fx * baseline``); ``grey``: input was grey.
+  ``right_rect`` (its P keeps ``-fx * baseline``); ``grey``: input was grey. With the geometry on
+  the network's device, ``Outputs(rectified_images=False)`` leaves both images ``None`` and saves
+  copying the rectified pair back from the GPU.
 * ``timings``: seconds per stage ('decode', 'rectify', 'match', 'depth', 'points', 'colorize',
   'total').
 

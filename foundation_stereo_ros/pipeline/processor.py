@@ -26,6 +26,9 @@ class Outputs:
     depth: bool = True
     points: bool = True
     disparity_color: bool = False
+    #: ``left_rect`` / ``right_rect`` on the host. Only the network-device path can leave them out
+    #: (``None``), saving the copy of the rectified pair back from the GPU; elsewhere they exist anyway.
+    rectified_images: bool = True
 
 
 ALL_OUTPUTS = Outputs(depth=True, points=True, disparity_color=True)
@@ -41,8 +44,10 @@ class StereoResult:
     """
 
     disparity: np.ndarray  # (H, W) float32, published convention, NaN invalid
-    left_rect: np.ndarray  # (H, W, 3) uint8 RGB: the left image that was matched (rectified if rectified)
-    right_rect: np.ndarray  # (H, W, 3) uint8 RGB
+    #: (H, W, 3) uint8 RGB: the left image that was matched (rectified if rectified); None only when
+    #: the geometry ran on the network's device and ``Outputs.rectified_images`` was False.
+    left_rect: Optional[np.ndarray]
+    right_rect: Optional[np.ndarray]  # (H, W, 3) uint8 RGB, None like left_rect
     grey: bool  # the camera gave grey images (left_rect's channels are equal)
     rectified: bool  # whether the images were remapped
     camera: CameraModel  # rectified left camera: CameraInfo of depth, disparity and left_rect
@@ -246,8 +251,11 @@ class StereoProcessor:
                 remap_left, remap_right = self._device_remaps(calibration, images.device)
                 # Rounded like the host's uint8 remap, so the network sees the same kind of picture.
                 images = torch.cat([remap_left(images[:1]), remap_right(images[1:])]).round_().clamp_(0, 255)
-                rect = images.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # (2, H, W, 3): one copy back
-                left, right = rect[0], rect[1]
+                if outputs.rectified_images:
+                    rect = images.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # (2, H, W, 3): one copy back
+                    left, right = rect[0], rect[1]
+                else:  # nobody needs them on the host: no copy
+                    left = right = None
             t = _lap(timings, "rectify", t)
             disparity = backend.compute_on_device(images)  # (H, W) raw, NaN invalid
             if calibration.delta_cx:

@@ -399,7 +399,8 @@ class StereoDepthNode(Node):
             with self._stats.lock:
                 self._stats.skipped_no_subscribers += 1
             return
-        outputs = Outputs(depth=want_depth, points=want_points, disparity_color=want_color)
+        outputs = Outputs(depth=want_depth, points=want_points, disparity_color=want_color,
+                          rectified_images=want_left or want_right)
         t0 = time.perf_counter()
         stamp = stamp_ns(left_img)
         self.get_logger().debug(f"frame {stamp / 1e9:.6f}: processing")
