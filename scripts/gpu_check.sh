@@ -49,6 +49,12 @@ fi
 if has pytest; then
     # shellcheck disable=SC2086
     run pytest "$PY" -m pytest -q -rs -p no:cacheprovider $tests
+    # ONNX Runtime's CUDA and TensorRT providers against its CPU provider (onnxruntime-gpu only).
+    if "$PY" -c "import onnxruntime as o, onnxscript, cv2, sys; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())" >/dev/null 2>&1; then
+        run pytest_onnx_gpu "$PY" -m pytest -q -rs -s -p no:cacheprovider test/test_onnx_export.py -k gpu_provider
+    else
+        echo "-- no onnxruntime-gpu (or onnxscript, cv2): ONNX Runtime GPU providers not checked" | tee -a "$OUT/summary.txt"
+    fi
 else
     echo "-- no pytest: CUDA tests skipped" | tee -a "$OUT/summary.txt"
 fi

@@ -35,3 +35,14 @@ def test_every_tool_command_line_parses():
         parser = importlib.import_module(module).build_parser()
         args = parser.parse_args(argv)  # exits (fails the test) on an option the tool does not have
         assert args.json and args.json.startswith("out/"), (module, argv)
+
+
+def test_every_test_selection_matches_tests():
+    """``pytest FILE -k NAME`` in the script must select tests: a renamed test would else be
+    skipped silently on the one GPU run."""
+    text = SCRIPT.read_text().replace("\\\n", " ")
+    selections = re.findall(r"(test/test_\w+\.py)[^\n]*?-k (\w+)", text)
+    assert selections
+    for path, name in selections:
+        source = (SCRIPT.parents[1] / path).read_text()
+        assert re.search(rf"def test_\w*{name}\w*\(", source), (path, name)

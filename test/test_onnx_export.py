@@ -174,6 +174,31 @@ def test_backend_default_providers_and_bad_files(exported, tmp_path):
         OnnxRuntimeDisparity(exported, providers=["NoSuchExecutionProvider"])
 
 
+_GPU_PROVIDERS = [
+    pytest.param("CUDAExecutionProvider", {}, 0.05, id="cuda"),
+    pytest.param("TensorrtExecutionProvider", dict(trt_fp16=False), 0.05, id="tensorrt-fp32"),
+    pytest.param("TensorrtExecutionProvider", dict(trt_fp16=True), 0.5, id="tensorrt-fp16"),
+]
+
+
+@pytest.mark.parametrize("provider, options, atol", _GPU_PROVIDERS)
+def test_gpu_provider_matches_the_cpu_provider(exported, backend, aloe, provider, options, atol, tmp_path):
+    """The same export on ONNX Runtime's GPU providers (onnxruntime-gpu) against its CPU provider.
+    Bounds: TF32 convolutions for CUDA and TensorRT fp32, half precision for TensorRT fp16."""
+    if provider not in ort.get_available_providers():
+        pytest.skip(f"this onnxruntime ({ort.__version__}) has no {provider} (onnxruntime-gpu brings it)")
+    if provider == "TensorrtExecutionProvider":
+        options = dict(options, trt_cache_dir=str(tmp_path / "trt"))
+    gpu = OnnxRuntimeDisparity(exported, providers=[provider, "CPUExecutionProvider"], **options)
+    assert gpu.providers[0] == provider  # loaded on the GPU, not silently on the CPU
+    left, right = aloe
+    expected = backend(left, right)
+    got = gpu(left, right)
+    diff = np.abs(got - expected)
+    print(f"{provider} {options}: max {diff.max():.4g} px, mean {diff.mean():.4g} px")
+    assert diff.max() < atol and diff.mean() < atol / 10
+
+
 def test_provider_preference_order():
     everything = ["CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider", "AzureExecutionProvider"]
     assert choose_providers(everything) == ["TensorrtExecutionProvider", "CUDAExecutionProvider",

@@ -43,7 +43,9 @@ class ChannelAttention(nn.Module):
                                 nn.Conv2d(channels // reduction, channels, 1, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.fc(F.adaptive_avg_pool2d(x, 1)) + self.fc(F.adaptive_max_pool2d(x, 1)))
+        # Global max as amax, not adaptive_max_pool2d: the same numbers, and torch.onnx's exporter in
+        # torch <= 2.11 has no translation of adaptive_max_pool2d.
+        return torch.sigmoid(self.fc(F.adaptive_avg_pool2d(x, 1)) + self.fc(x.amax(dim=(2, 3), keepdim=True)))
 
 
 class SpatialAttention(nn.Module):
