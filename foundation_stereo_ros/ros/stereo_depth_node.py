@@ -25,10 +25,15 @@ A frame the network could only match at a reduced resolution because the GPU ran
 is published (coarser, not wrong) and counted in ``oom_retries`` / ``reduced_resolution_frames``.
 
 Threading: the synchroniser callback only stores the newest pair (an older pair still waiting
-is dropped and counted); one worker thread processes and publishes, so the executor never
-blocks on inference. Everything a frame is processed with (the processor and the output
-options) is one immutable :class:`FrameSettings`; a parameter change builds a new one and the
-worker swaps it in between frames, so no frame sees half of a change.
+is dropped and counted), so the executor never blocks on inference. Two threads form a
+pipeline: the worker decodes, rectifies and matches a pair, and hands the result to the
+publisher thread, which builds and publishes the messages while the worker already matches the
+next pair. On a GPU the network's time then hides the message building (several ms for a
+640x480 point cloud), and the node's rate is the network's. Frames are published in order; the
+hand-over holds one result, so the worker waits rather than letting results pile up.
+Everything a frame is processed with (the processor and the output options) is one immutable
+:class:`FrameSettings`; a parameter change builds a new one and the worker swaps it in between
+frames, so no frame sees half of a change.
 
 Shutdown (Ctrl-C, SIGTERM from a launch shutdown): the executor stops, a frame in flight gets
 up to ``SHUTDOWN_WAIT_S`` to finish (its outputs are not published), and the process exits 0.
@@ -167,6 +172,30 @@ class FrameSettings:
     points_organized: bool
 
 
+@dataclass(frozen=True)
+class _Wanted:
+    """Which outputs have subscribers, decided when the worker takes a pair."""
+
+    disparity: bool
+    depth: bool
+    points: bool
+    left: bool
+    right: bool
+    color: bool
+
+
+@dataclass
+class _Matched:
+    """A processed frame on its way from the worker to the publisher thread."""
+
+    settings: FrameSettings
+    result: Any  # StereoResult
+    left_img: Image
+    right_img: Image
+    wanted: _Wanted
+    t0: float  # perf_counter when the worker took the pair
+
+
 def resident_memory_mb() -> Optional[float]:
     """Resident set size of this process in MiB (Linux /proc), None where unavailable."""
     try:
@@ -217,6 +246,8 @@ class StereoDepthNode(Node):
         self._cond = threading.Condition()
         self._pending: Optional[Tuple[Any, ...]] = None
         self._in_flight: Optional[int] = None  # stamp of the frame the worker is processing
+        self._handover: Optional[_Matched] = None  # a matched frame the publisher has not taken yet
+        self._publishing: Optional[int] = None  # stamp of the frame the publisher thread is publishing
         self._stop = threading.Event()
         self._time_jumps = TimeJumpGuard(bool(values["approximate_sync"]), float(values["sync_tolerance_s"]))
         self._sync = subscribe_synchronized(
@@ -229,7 +260,9 @@ class StereoDepthNode(Node):
         self._diag_last = time.monotonic()
         self._diag_timer = self.create_timer(self._diag_period, self._publish_diagnostics)
         self._worker = threading.Thread(target=self._worker_loop, name="stereo_depth_worker", daemon=True)
+        self._publisher = threading.Thread(target=self._publisher_loop, name="stereo_depth_publisher", daemon=True)
         self._worker.start()
+        self._publisher.start()
         self.get_logger().info(
             f"ready: backend {config.backend}, rectify {config.rectify}, "
             f"{'approximate' if values['approximate_sync'] else 'exact'} sync on "
@@ -369,8 +402,9 @@ class StereoDepthNode(Node):
                     self._settings, self._next_settings = self._next_settings, None
                 settings = self._settings
                 self._in_flight = stamp_ns(pair[0])
+            matched = None
             try:
-                self._process(settings, *pair)
+                matched = self._match(settings, *pair)
             except Exception as e:  # noqa: BLE001 - the worker must survive anything a frame does
                 if self._stop.is_set() or not rclpy.ok(context=self.context):
                     return
@@ -379,28 +413,32 @@ class StereoDepthNode(Node):
                                                  f"{traceback.format_exc(limit=4)}", error=True)
             finally:
                 with self._cond:
+                    if matched is not None:
+                        # One frame waits for the publisher at most: this frame is published after
+                        # the one being published, and the worker goes on with the next pair.
+                        while self._handover is not None and not self._stop.is_set():
+                            self._cond.wait(0.2)
+                        if not self._stop.is_set():
+                            self._handover = matched
                     self._in_flight = None
                     self._cond.notify_all()
 
-    def _process(self, settings: FrameSettings, left_img: Image, left_info: CameraInfo, right_img: Image,
-                 right_info: CameraInfo) -> None:
+    def _match(self, settings: FrameSettings, left_img: Image, left_info: CameraInfo, right_img: Image,
+               right_info: CameraInfo) -> Optional[_Matched]:
+        """Process one pair for the outputs that have subscribers; None when the frame is skipped."""
         def wanted(*pubs: Any) -> bool:
             return any(p.get_subscription_count() > 0 for p in pubs)
 
         processor = settings.processor
-
-        want_disp = wanted(self._pub_disparity)
-        want_depth = wanted(self._pub_depth, self._pub_depth_info)
-        want_points = wanted(self._pub_points)
-        want_left = wanted(self._pub_left, self._pub_left_info)
-        want_right = wanted(self._pub_right, self._pub_right_info)
-        want_color = wanted(self._pub_color)
-        if not (want_disp or want_depth or want_points or want_left or want_right or want_color):
+        want = _Wanted(disparity=wanted(self._pub_disparity), depth=wanted(self._pub_depth, self._pub_depth_info),
+                       points=wanted(self._pub_points), left=wanted(self._pub_left, self._pub_left_info),
+                       right=wanted(self._pub_right, self._pub_right_info), color=wanted(self._pub_color))
+        if not (want.disparity or want.depth or want.points or want.left or want.right or want.color):
             with self._stats.lock:
                 self._stats.skipped_no_subscribers += 1
-            return
-        outputs = Outputs(depth=want_depth, points=want_points, disparity_color=want_color,
-                          rectified_images=want_left or want_right)
+            return None
+        outputs = Outputs(depth=want.depth, points=want.points, disparity_color=want.color,
+                          rectified_images=want.left or want.right)
         t0 = time.perf_counter()
         stamp = stamp_ns(left_img)
         self.get_logger().debug(f"frame {stamp / 1e9:.6f}: processing")
@@ -409,9 +447,9 @@ class StereoDepthNode(Node):
         except FrameError as e:
             self._stats.problem(e.problem)
             self._log.warn(e.problem, f"frame {stamp / 1e9:.6f} skipped: {e}")
-            return
+            return None
         if self._stop.is_set():
-            return  # shutting down: the publishers are going away
+            return None  # shutting down: the publishers are going away
         with self._stats.lock:
             self._stats.network_scale = result.network_scale
             if result.oom_retries:
@@ -420,7 +458,7 @@ class StereoDepthNode(Node):
             if result.fast_execution is False:
                 self._stats.eager_fallback_frames += 1
         if result.fast_execution is False and not result.oom_retries:
-            # Not an out-of-memory fallback (logged above): the camera size is not the prepared one.
+            # Not an out-of-memory fallback (logged below): the camera size is not the prepared one.
             prepared = getattr(processor.backend, "prepared_size", None)
             why = (f"is prepared for network input {prepared[1]}x{prepared[0]} only" if prepared
                    else "could not be prepared")
@@ -434,30 +472,57 @@ class StereoDepthNode(Node):
                            f"matched at scale {result.network_scale:g} after {result.oom_retries} retr"
                            f"{'y' if result.oom_retries == 1 else 'ies'} (coarser depth; the configured scale is "
                            f"tried again every {processor.config.oom_probe_period_s:g} s)")
-        header = left_img.header
-        if want_disp:
+        return _Matched(settings, result, left_img, right_img, want, t0)
+
+    # ------------------------------------------------------------------ publisher thread
+    def _publisher_loop(self) -> None:
+        while True:
+            with self._cond:
+                while self._handover is None and not self._stop.is_set():
+                    self._cond.wait(0.2)
+                if self._stop.is_set():
+                    return
+                matched, self._handover = self._handover, None
+                self._publishing = stamp_ns(matched.left_img)
+                self._cond.notify_all()  # the worker may hand over the next frame
+            try:
+                self._publish(matched)
+            except Exception as e:  # noqa: BLE001 - the publisher must survive anything a frame does
+                if self._stop.is_set() or not rclpy.ok(context=self.context):
+                    return
+                self._stats.problem("internal_error")
+                self._log.warn("internal_error", f"publishing failed: {type(e).__name__}: {e}\n"
+                                                 f"{traceback.format_exc(limit=4)}", error=True)
+            finally:
+                with self._cond:
+                    self._publishing = None
+                    self._cond.notify_all()
+
+    def _publish(self, matched: _Matched) -> None:
+        result, want, header = matched.result, matched.wanted, matched.left_img.header
+        if want.disparity:
             self._pub_disparity.publish(disparity_image_msg(result, header))
-        cam_info = camera_info_msg(result.camera, header) if (want_depth or want_left) else None
-        if want_depth:
+        cam_info = camera_info_msg(result.camera, header) if (want.depth or want.left) else None
+        if want.depth:
             self._pub_depth.publish(numpy_to_image(result.depth, "32FC1", header))
             self._pub_depth_info.publish(cam_info)
-        if want_points:
+        if want.points:
             self._pub_points.publish(pointcloud2_msg(result.points, result.colors, header,
-                                                     settings.points_organized, cloud=result.cloud))
-        if want_left:
+                                                     matched.settings.points_organized, cloud=result.cloud))
+        if want.left:
             self._pub_left.publish(_picture(result.left_rect, result.grey, header))
             self._pub_left_info.publish(cam_info)
-        if want_right:
-            right_header = right_img.header
+        if want.right:
+            right_header = matched.right_img.header
             self._pub_right.publish(_picture(result.right_rect, result.grey, right_header))
             self._pub_right_info.publish(camera_info_msg(result.right_camera, right_header))
-        if want_color:
+        if want.color:
             self._pub_color.publish(numpy_to_image(result.disparity_color, "rgb8", header))
         now_ns = self.get_clock().now().nanoseconds
-        latency = (now_ns - stamp_ns(left_img)) / 1e9
+        latency = (now_ns - stamp_ns(matched.left_img)) / 1e9
         with self._stats.lock:
             self._stats.frames_published += 1
-            self._stats.window.append((time.monotonic(), latency, time.perf_counter() - t0))
+            self._stats.window.append((time.monotonic(), latency, time.perf_counter() - matched.t0))
 
     # ------------------------------------------------------------------ diagnostics
     def _publish_diagnostics(self) -> None:
@@ -532,13 +597,15 @@ class StereoDepthNode(Node):
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
-            in_flight = self._in_flight
+            in_flight = self._in_flight if self._in_flight is not None else self._publishing
         if in_flight is not None:
             log = self.get_logger() if rclpy.ok(context=self.context) else _shutdown_log()
             log.info(f"shutting down: waiting up to {timeout_s:g} s for the frame {in_flight / 1e9:.6f} in flight")
-        if self._worker.is_alive() and threading.current_thread() is not self._worker:
-            self._worker.join(timeout_s)
-        return not self._worker.is_alive()
+        deadline = time.monotonic() + timeout_s
+        for thread in (self._worker, self._publisher):
+            if thread.is_alive() and threading.current_thread() is not thread:
+                thread.join(max(deadline - time.monotonic(), 0.0))
+        return not (self._worker.is_alive() or self._publisher.is_alive())
 
     def destroy_node(self) -> None:
         if not self._stop.is_set():  # main() and tests stop first, with their own wait
