@@ -69,6 +69,15 @@ run bench_sizes "$PY" -m foundation_stereo_ros.tools.benchmark --variants vits,v
     --iters 16 --modes eager-fp32,eager-bf16,cudagraph-bf16 --repeats 5 --warmup 1 --no-stages $node_flag \
     --json "$OUT/bench_sizes.json"
 
+# What the live node adds to a 40 ms network at 480x640 (geometry on the host and on the GPU,
+# with and without the publisher pipeline). Needs rclpy and the ROS 2 message packages.
+if has rclpy && has sensor_msgs && has cv2; then
+    run node_rate "$PY" -m foundation_stereo_ros.tools.benchmark --sizes 480x640 --no-network --no-node \
+        --node-rate 40 --json "$OUT/node_rate.json"
+else
+    echo "-- no rclpy / ROS 2 messages: the live node's rate not measured" | tee -a "$OUT/summary.txt"
+fi
+
 # Largest size per 8/16/24 GiB, fp32 and bf16, single pass and hierarchical, re-measured.
 run memory "$PY" -m foundation_stereo_ros.tools.memory_fit --variants vits,vitl --precisions fp32,bf16 --iters 2 \
     --json "$OUT/memory.json"

@@ -151,3 +151,41 @@ def test_node_stage_timing_runs_the_node_code_on_both_geometry_paths(monkeypatch
         assert all(v >= 0 for v in node["stages_ms"].values())
         assert node["stages_ms"]["rectification"] > 0 and node["stages_ms"]["message_building"] > 0
         assert calls == ["process", "cloud"] * 3  # one dropped warm-up pass, then two timed ones
+
+
+def test_node_stage_timing_without_ros_times_all_but_the_messages(monkeypatch, capsys):
+    """A GPU machine without the ROS 2 packages still gets the pipeline's stages timed."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "foundation_stereo_ros.ros.conversions", None)  # import fails
+    node = benchmark.time_node_stages(48, 64, "cpu", repeats=2, geometry="host")
+    stages = node["stages_ms"]
+    assert stages["message_building"] is None and "message_building" in node["not_measured"]
+    assert stages["rectification"] > 0 and stages["image_conversion"] > 0
+    assert node["total_ms"] == pytest.approx(sum(v for v in stages.values() if v is not None))
+    table = benchmark.format_tables([], {"48x64": node})
+    assert "n/a" in table and "message_building not measured" in table
+
+
+def test_node_rate_runs_the_live_node_and_relates_its_period_to_the_network(tmp_path, capsys):
+    """--node-rate: a live node (rclpy, a second process publishing and subscribing) whose network is
+    a wait; it can never be faster than that wait, and its rows say what it adds."""
+    out = tmp_path / "rate.json"
+    code = benchmark.main(["--device", "cpu", "--variants", "vits", "--sizes", "48x64", "--no-network", "--no-node", "--node-rate", "60", "--node-rate-seconds", "1.5",
+                           "--json", str(out)])
+    assert code == 0
+    rows = json.loads(out.read_text())["node_rate"]
+    assert [(r["pipeline"], r["geometry_device"]) for r in rows] == [("pipelined", "host"), ("serial", "host")]
+    for r in rows:
+        assert r["status"] == "ok" and r["frames"] >= 3, r
+        assert r["period_ms"] >= 60.0 * 0.97  # the wait is part of every frame
+        assert r["overhead_pct"] == pytest.approx((r["period_ms"] / 60.0 - 1) * 100)
+        assert r["rate_hz"] == pytest.approx(1e3 / r["period_ms"])
+        assert r["processing_ms"]["median"] >= 60.0 * 0.97
+        assert r["pairs_dropped"] > 0  # pairs came faster than the node took them: the node was the limit
+        # A pair can lose one image in the DDS queues of an overloaded 2-core machine ('unpaired');
+        # nothing else may go wrong.
+        assert set(r["problems"]) <= {"unpaired"}, r["problems"]
+    result = json.loads(out.read_text())
+    assert result["rows"] == []  # --no-network
+    assert "the live node" in capsys.readouterr().out

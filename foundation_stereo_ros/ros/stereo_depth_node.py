@@ -248,6 +248,9 @@ class StereoDepthNode(Node):
         self._in_flight: Optional[int] = None  # stamp of the frame the worker is processing
         self._handover: Optional[_Matched] = None  # a matched frame the publisher has not taken yet
         self._publishing: Optional[int] = None  # stamp of the frame the publisher thread is publishing
+        #: True: the worker waits for each frame's publication before it takes the next pair (no
+        #: overlap), only to measure what the pipeline saves (foundation-stereo-benchmark).
+        self.serial_publishing = False
         self._stop = threading.Event()
         self._time_jumps = TimeJumpGuard(bool(values["approximate_sync"]), float(values["sync_tolerance_s"]))
         self._sync = subscribe_synchronized(
@@ -319,6 +322,13 @@ class StereoDepthNode(Node):
     def processor(self) -> StereoProcessor:
         """The processor the next frame will go through."""
         return self.frame_settings.processor
+
+    def use_processor(self, processor: StereoProcessor) -> None:
+        """Process the next frames with ``processor`` instead of the one built from the parameters
+        (benchmarks and tests; its configuration is not checked against the parameters)."""
+        settings = replace(self.frame_settings, processor=processor)
+        with self._cond:
+            self._next_settings = settings
 
     def _on_set_parameters(self, params: Sequence[Any]) -> SetParametersResult:
         changes = {p.name: p.value for p in params}
@@ -420,6 +430,10 @@ class StereoDepthNode(Node):
                             self._cond.wait(0.2)
                         if not self._stop.is_set():
                             self._handover = matched
+                            self._cond.notify_all()
+                            while self.serial_publishing and not self._stop.is_set() and (
+                                    self._handover is matched or self._publishing is not None):
+                                self._cond.wait(0.2)
                     self._in_flight = None
                     self._cond.notify_all()
 

@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -171,9 +172,10 @@ def _synthetic_calibration(height: int, width: int):
 
 class _FixedDisparityNetwork:
     """Stands in for the network so that only the node's own work is timed: ``infer`` returns a
-    disparity already on the device, of the input's size, at once."""
+    disparity already on the device, of the input's size, at once or after ``delay_s`` of waiting
+    with the GIL released (a GPU network's time, during which the host is free)."""
 
-    def __init__(self, height: int, width: int, device) -> None:
+    def __init__(self, height: int, width: int, device, delay_s: float = 0.0) -> None:
         import torch
 
         from ..model.config import FoundationStereoConfig
@@ -181,8 +183,11 @@ class _FixedDisparityNetwork:
         self.cfg = FoundationStereoConfig(vit_size="vits")
         gen = torch.Generator().manual_seed(0)
         self._disparity = (torch.rand(1, 1, height, width, generator=gen) * 40 + 1).to(device)
+        self.delay_s = delay_s
 
     def infer(self, left, right, **_options):
+        if self.delay_s > 0:
+            time.sleep(self.delay_s)
         return self._disparity
 
 
@@ -191,37 +196,83 @@ def time_node_stages(height: int, width: int, device, repeats: int, geometry: st
     its real code (the pipeline's StereoProcessor and the node's message conversions) with the
     network replaced by a stored disparity. ``geometry``: the ``geometry_device`` parameter."""
     from ..pipeline import ALL_OUTPUTS, FoundationStereoBackend, ProcessorConfig, StereoProcessor
-    from ..ros.conversions import camera_info_msg, disparity_image_msg, numpy_to_image, pointcloud2_msg
 
+    try:  # the ROS message types (rclpy); a GPU machine without ROS still times everything else
+        from ..ros.conversions import camera_info_msg, disparity_image_msg, numpy_to_image, pointcloud2_msg
+        missing = None
+    except ImportError as e:
+        missing = e.name or str(e)
     config = ProcessorConfig(backend="foundation_stereo", checkpoint="(stored disparity)", device=str(device),
                              iters=1, rectify="always", geometry_device=geometry)
     backend = FoundationStereoBackend(config, model=_FixedDisparityNetwork(height, width, device))
     processor = StereoProcessor(config, backend=backend)
     left_cam, right_cam = _synthetic_calibration(height, width)
     rng = np.random.default_rng(0)
-    images = [numpy_to_image(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "bgr8") for _ in range(2)]
-    infos = [camera_info_msg(left_cam), camera_info_msg(right_cam)]
+    pixels = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(2)]
+    if missing is None:
+        images = [numpy_to_image(p, "bgr8") for p in pixels]
+        infos = [camera_info_msg(left_cam), camera_info_msg(right_cam)]
+    else:  # plain objects with the message fields the pipeline reads
+        images = [SimpleNamespace(encoding="bgr8", height=height, width=width, step=width * 3, is_bigendian=0,
+                                  data=p.tobytes(), header=SimpleNamespace(frame_id="")) for p in pixels]
+        infos = [SimpleNamespace(width=c.width, height=c.height, k=c.K.reshape(-1), d=c.D, r=c.R.reshape(-1),
+                                 p=c.P.reshape(-1), distortion_model=c.distortion_model or "plumb_bob",
+                                 header=SimpleNamespace(frame_id="")) for c in (left_cam, right_cam)]
     times: Dict[str, List[float]] = {k: [] for k in NODE_STAGES}
     for rep in range(repeats + 1):  # the first pass builds the remap tables and is dropped
         result = processor.process_messages(images[0], images[1], infos[0], infos[1], ALL_OUTPUTS)
-        t = time.perf_counter()
-        header = images[0].header
-        disparity_image_msg(result, header)
-        numpy_to_image(result.depth, "32FC1", header)
-        pointcloud2_msg(result.points, result.colors, header, True, cloud=result.cloud)
-        numpy_to_image(result.left_rect, "rgb8", header)
-        messages_ms = (time.perf_counter() - t) * 1e3
+        if missing is None:
+            t = time.perf_counter()
+            header = images[0].header
+            disparity_image_msg(result, header)
+            numpy_to_image(result.depth, "32FC1", header)
+            pointcloud2_msg(result.points, result.colors, header, True, cloud=result.cloud)
+            numpy_to_image(result.left_rect, "rgb8", header)
+            times["message_building"].append((time.perf_counter() - t) * 1e3)
         if rep > 0:
             tm = result.timings
             for name, key in (("image_conversion", "decode"), ("rectification", "rectify"),
                               ("upload_download", "match"), ("depth", "depth"), ("points", "points")):
                 times[name].append(tm.get(key, 0.0) * 1e3)
-            times["message_building"].append(messages_ms)
-    stages = {k: summarize(v)["median"] for k, v in times.items()}
-    return dict(stages_ms=stages, total_ms=sum(stages.values()), geometry_device=geometry,
-                on_device=processor.geometry_on_device,
-                sources=dict(functions="foundation_stereo_ros.pipeline.StereoProcessor",
-                             messages="foundation_stereo_ros.ros.conversions"))
+    if missing is None:
+        times["message_building"] = times["message_building"][1:]
+    stages = {k: (summarize(v)["median"] if v else None) for k, v in times.items()}
+    out = dict(stages_ms=stages, total_ms=sum(v for v in stages.values() if v is not None), geometry_device=geometry,
+               on_device=processor.geometry_on_device,
+               sources=dict(functions="foundation_stereo_ros.pipeline.StereoProcessor",
+                            messages="foundation_stereo_ros.ros.conversions"))
+    if missing is not None:
+        out["not_measured"] = {"message_building": f"needs the ROS 2 message packages ({missing} is not installed)"}
+    return out
+
+
+def run_node_rates(args: argparse.Namespace, device) -> List[Dict[str, Any]]:
+    """:func:`~.node_rate.measure_node_rate` for each size and --node-rate wait, geometry on the host
+    (and on the GPU, on CUDA), pipelined and serial; rows with a status, never an exception."""
+    rows = []
+    geometries = ("host", "network") if device.type == "cuda" else ("host",)
+    for h, w in args.sizes:
+        for ms in args.node_rate:
+            for geometry in geometries:
+                for serial in (False, True):
+                    base = dict(height=h, width=w, network_ms=ms, geometry_device=geometry,
+                                pipeline="serial" if serial else "pipelined")
+                    try:
+                        from .node_rate import measure_node_rate
+
+                        row = dict(measure_node_rate(h, w, ms, device, geometry, seconds=args.node_rate_seconds,
+                                                     serial=serial), status="ok")
+                    except ImportError as e:
+                        row = dict(base, status="skipped", reason=f"needs rclpy and the ROS 2 messages ({e.name})")
+                    except Exception as e:  # noqa: BLE001 - report it, go on with the network
+                        row = dict(base, status="error", reason=f"{type(e).__name__}: {e}")
+                    rows.append(row)
+                    print(f"node rate {h}x{w}, network {ms:g} ms, geometry {geometry}, {base['pipeline']}: "
+                          + (f"{row['period_ms']:.1f} ms per frame" if row["status"] == "ok"
+                             else f"{row['status']} ({row['reason']})"), flush=True)
+                    if row["status"] == "skipped":
+                        return rows
+    return rows
 
 
 # ---------------------------------------------------------------------------------------- network
@@ -450,8 +501,11 @@ def format_tables(rows: Sequence[Dict[str, Any]], node: Dict[str, Dict[str, Any]
         lines += [hdr, "-" * len(hdr)]
         for size, nd in node.items():
             for name, path in (nd.get("by_geometry_device") or {nd.get("geometry_device", "-"): nd}).items():
-                lines.append(f"{size:>9} {name:>8} " + " ".join(f"{path['stages_ms'][s]:16.2f}" for s in NODE_STAGES)
-                             + f" {path['total_ms']:8.2f}")
+                cells = [path["stages_ms"][s] for s in NODE_STAGES]
+                lines.append(f"{size:>9} {name:>8} " + " ".join(f"{c:16.2f}" if c is not None else f"{'n/a':>16}"
+                                                                for c in cells) + f" {path['total_ms']:8.2f}")
+                for stage, why in (path.get("not_measured") or {}).items():
+                    lines.append(f"{'':>9} {'':>8} {stage} not measured: {why}")
     return "\n".join(lines)
 
 
@@ -475,6 +529,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage-repeats", type=positive_int, default=5, help="staged runs per eager configuration")
     p.add_argument("--no-stages", action="store_true", help="skip the per-stage breakdown")
     p.add_argument("--no-node", action="store_true", help="skip the node-stage timing")
+    p.add_argument("--no-network", action="store_true", help="skip the network timing (node timings only)")
+    p.add_argument("--node-rate", type=comma_list(float), default=None, metavar="MS[,MS]",
+                   help="also run the live node (rclpy) with the network replaced by a wait of MS milliseconds and "
+                        "report its frame rate and what it adds, with and without the publisher pipeline")
+    p.add_argument("--node-rate-seconds", type=float, default=4.0, help="measuring time per --node-rate run")
     p.add_argument("--checkpoint", default=None, help="real weights (then --variants is taken from its cfg.yaml)")
     p.add_argument("--onnx-dir", default=None, help="where the onnxruntime mode writes exports (default: a temp dir)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: PyTorch's default)")
@@ -547,7 +606,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 default = paths["network" if device.type == "cuda" else "host"]
                 result["node"][f"{h}x{w}"] = dict(default, by_geometry_device=paths)
             flush()
-        for variant in args.variants:
+        if args.node_rate:
+            result["node_rate"] = run_node_rates(args, device)
+            flush()
+        for variant in ([] if args.no_network else args.variants):
             model, weights = build_model(variant, args.checkpoint, device)
             result["settings"]["weights"] = weights
             for size in args.sizes:
@@ -577,10 +639,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 torch.cuda.empty_cache()
     print()
     print(format_tables(result["rows"], result["node"]))
+    if result.get("node_rate"):
+        from .node_rate import format_rows
+
+        done = [r for r in result["node_rate"] if r.get("status") == "ok"]
+        print("\nthe live node with the network replaced by a wait (period: time per published frame)")
+        print(format_rows(done) if done else "")
+        for r in result["node_rate"]:
+            if r.get("status") != "ok":
+                print(f"node rate {r['height']}x{r['width']} {r['network_ms']:g} ms: {r['status']} ({r['reason']})")
     flush()
     if onnx_tmp is not None:
         onnx_tmp.cleanup()
-    return 1 if any(r.get("status") == "error" for r in result["rows"]) else 0
+    failed = [r for r in result["rows"] + result.get("node_rate", []) if r.get("status") == "error"]
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
