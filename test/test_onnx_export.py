@@ -223,6 +223,19 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys):
     assert not Path(out).exists()
 
 
+def test_export_on_a_pytorch_without_the_dynamo_exporter_says_what_to_do(monkeypatch, tmp_path, capsys):
+    """PyTorch < 2.5 (older JetPack wheels) has no torch.onnx.export(dynamo=True)."""
+    def old_export(model, args, f=None, export_params=True, verbose=False, opset_version=None):
+        raise AssertionError("must not be called")
+
+    monkeypatch.setattr(torch.onnx, "export", old_export)
+    out = tmp_path / "x.onnx"
+    assert export_cli.main(["--random-weights", "vits", "--height", "64", "--width", "64", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "PyTorch 2.5 or newer" in err and torch.__version__ in err and "copy the .onnx" in err
+    assert not out.exists()
+
+
 def test_benchmark_onnxruntime_mode_reuses_the_export(exported, vits_checkpoint, tmp_path):
     """foundation-stereo-benchmark's onnxruntime mode, with the export above placed where it looks."""
     import json

@@ -15,6 +15,7 @@ shared weights. Metadata entries (``foundation_stereo.*``) record what the graph
 """
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 from typing import Dict, Union
@@ -143,6 +144,10 @@ def export_onnx(model: FoundationStereo, path: Union[str, os.PathLike], image_he
     the weights in the .onnx file while it stays under protobuf's 2 GB limit (ViT-S and ViT-L
     both do) and moves them to a ``.data`` file beside it otherwise. Returns the written path.
     """
+    if "dynamo" not in inspect.signature(torch.onnx.export).parameters:
+        raise ValueError(f"ONNX export needs PyTorch 2.5 or newer (torch.onnx.export(dynamo=True)); this is "
+                         f"{torch.__version__}. Export on a machine with a newer PyTorch and copy the .onnx file: it "
+                         f"does not depend on the PyTorch that runs it")
     try:
         import onnxscript  # noqa: F401  - torch.onnx's dynamo exporter needs it
     except ImportError:
