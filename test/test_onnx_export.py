@@ -75,6 +75,7 @@ def test_export_is_a_valid_fixed_size_graph(exported):
 def test_onnx_runtime_matches_pytorch_on_random_input(export_run):
     """The CLI's check (ONNX Runtime CPU vs PyTorch forward, same random pair) passed at 2e-3 px."""
     _, code, printed = export_run
+    assert "TensorRT 10 ONNX parser rules (ops, opset, Resize, Einsum): nothing found that it refuses" in printed
     m = re.search(r"max \|diff\| (\S+) px, mean (\S+) px \(disparities up to (\S+) px\)", printed)
     assert m, printed
     max_diff, mean_diff, largest = (float(v) for v in m.groups())
@@ -86,7 +87,10 @@ def test_export_cli_fails_when_onnx_and_pytorch_differ(monkeypatch, tmp_path, ca
     """The CLI's exit status follows its comparison (export and comparison stubbed: they are tested above)."""
     import foundation_stereo_ros.runtime.onnx_export as onnx_export
 
+    import foundation_stereo_ros.runtime.tensorrt_check as tensorrt_check
+
     monkeypatch.setattr(onnx_export, "export_onnx", lambda model, path, *a, **k: path)
+    monkeypatch.setattr(tensorrt_check, "tensorrt_problems", lambda *a, **k: [])
     monkeypatch.setattr(export_cli, "check_against_pytorch",
                         lambda *a, **k: dict(max_abs_px=0.5, mean_abs_px=0.1, max_disparity_px=80.0))
     args = ["--random-weights", "vits", "--height", "64", "--width", "64", "--output", str(tmp_path / "x.onnx")]
@@ -96,7 +100,7 @@ def test_export_cli_fails_when_onnx_and_pytorch_differ(monkeypatch, tmp_path, ca
 
 
 def test_opset17_rewrite_is_valid_and_gives_the_same_numbers(exported, backend, tmp_path):
-    """TensorRT 8.5/8.6 read opset <= 17: the rewritten graph must pass the opset-17 checker and compute the same."""
+    """TensorRT 8.6 reads opset <= 17: the rewritten graph must pass the opset-17 checker and compute the same."""
     proto = onnx.load(str(exported))
     assert proto.opset_import[0].version == 18
     ops18 = [n.op_type for n in proto.graph.node]
@@ -115,6 +119,70 @@ def test_opset17_rewrite_is_valid_and_gives_the_same_numbers(exported, backend, 
     got17 = ort.InferenceSession(str(path17), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     got18 = backend.session.run(None, feeds)[0]
     np.testing.assert_allclose(got17, got18, atol=1e-5, rtol=1e-6)
+
+
+def test_export_passes_the_tensorrt_parser_rules(exported, tmp_path):
+    """The graph uses only what TensorRT's ONNX parser imports (8.6 at opset 17, 10 at 18): op
+    types, Resize modes on the dimensions it resizes, Einsum without ellipsis or broadcasting."""
+    from foundation_stereo_ros.runtime.tensorrt_check import tensorrt_problems
+
+    proto = onnx.load(str(exported), load_external_data=False)
+    assert tensorrt_problems(proto, "10") == []
+    assert tensorrt_problems(exported, "8.6") == ["opset 18: TensorRT 8.6 reads opsets up to 17 "
+                                                  "(foundation-stereo-export --opset 17)"]
+    downgrade_to_opset17(proto)
+    assert tensorrt_problems(proto, "8.6") == []
+    # The checked graph does contain the ops whose rules are checked.
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"Resize", "Einsum", "LayerNormalization", "GatherElements"} <= ops
+    modes = {a.s.decode() for n in proto.graph.node if n.op_type == "Resize" for a in n.attribute if a.name == "mode"}
+    assert {"linear", "cubic"} <= modes
+
+
+def _graph(nodes, inputs, initializers=(), opset=17):
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, s)
+                                           for n, s in inputs],
+                              [helper.make_tensor_value_info(nodes[-1].output[0], onnx.TensorProto.FLOAT, None)],
+                              list(initializers))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_tensorrt_rules_find_what_the_parser_refuses():
+    from onnx import helper
+
+    from foundation_stereo_ros.runtime.tensorrt_check import tensorrt_problems
+
+    f = onnx.TensorProto.FLOAT
+    x = [("x", [1, 8, 4, 4])]
+    ok_cubic = _graph([helper.make_node("Resize", ["x", "", "s"], ["y"], mode="cubic")], x,
+                      [helper.make_tensor("s", f, [4], [1, 1, 2, 2])])
+    assert tensorrt_problems(ok_cubic) == []
+    channel_cubic = _graph([helper.make_node("Resize", ["x", "", "s"], ["y"], mode="cubic")], x,
+                           [helper.make_tensor("s", f, [4], [1, 2, 2, 2])])
+    assert "only the last 2 dimensions" in " ".join(tensorrt_problems(channel_cubic))
+    sizes_linear = _graph([helper.make_node("Resize", ["x", "", "", "n"], ["y"], mode="linear")], x,
+                          [helper.make_tensor("n", onnx.TensorProto.INT64, [4], [2, 16, 8, 8])])
+    assert "leading dimension" in " ".join(tensorrt_problems(sizes_linear))
+    odd_transform = _graph([helper.make_node("Resize", ["x", "", "s"], ["y"], mode="linear",
+                                             coordinate_transformation_mode="tf_crop_and_resize")], x,
+                           [helper.make_tensor("s", f, [4], [1, 1, 2, 2])])
+    assert "coordinate_transformation_mode" in " ".join(tensorrt_problems(odd_transform))
+    ellipsis = _graph([helper.make_node("Einsum", ["x", "x"], ["y"], equation="...ij,...jk->...ik")], x)
+    assert "ellipsis" in " ".join(tensorrt_problems(ellipsis))
+    diagonal = _graph([helper.make_node("Einsum", ["x"], ["y"], equation="bcii->bci")], x)
+    assert "diagonal" in " ".join(tensorrt_problems(diagonal))
+    broadcast = _graph([helper.make_node("Einsum", ["x", "z"], ["y"], equation="bchw,bchv->bhwv")],
+                       x + [("z", [1, 1, 4, 4])])
+    assert "broadcasting on ['c']" in " ".join(tensorrt_problems(broadcast))
+    unknown = _graph([helper.make_node("Unique", ["x"], ["y"])], x)
+    assert "Unique" in " ".join(tensorrt_problems(unknown))
+    custom = _graph([helper.make_node("Fancy", ["x"], ["y"], domain="com.example")], x)
+    assert "plugin" in " ".join(tensorrt_problems(custom))
+    assert "opset 18" in " ".join(tensorrt_problems(_graph([helper.make_node("Relu", ["x"], ["y"])], x, opset=18)))
+    with pytest.raises(ValueError, match="tensorrt must be"):
+        tensorrt_problems(ok_cubic, "8.5")
 
 
 def test_opset17_rewrite_refuses_what_it_cannot_express():

@@ -61,7 +61,7 @@ def export_metadata(model: FoundationStereo, image_height: int, image_width: int
 
 
 def downgrade_to_opset17(model):
-    """Rewrite an opset-18 ``onnx.ModelProto`` (in place) as opset 17, for TensorRT 8.5/8.6 (JetPack 5, 6.0).
+    """Rewrite an opset-18 ``onnx.ModelProto`` (in place) as opset 17, for TensorRT 8.6 (JetPack 6.0).
 
     torch's exporter writes opset 18 and onnx's version converter has no Split 18->17 adapter, so
     the few changes of opset 18 that this network's graph uses are undone here: reduction axes

@@ -3,7 +3,8 @@
 The graph takes float32 (1, 3, H, W) RGB 0..255 ``left``/``right`` images padded to multiples
 of 32 and returns ``disparity`` (1, 1, H, W). After writing, it runs the graph once with ONNX
 Runtime on the CPU and compares it with PyTorch on the same random pair (``--no-check`` skips
-this). Build a TensorRT engine from the file with ``trtexec`` (docs/deployment.md) or run it
+this), and checks the graph against the rules of TensorRT's ONNX parser (8.6 for opset 17, 10
+otherwise; :mod:`foundation_stereo_ros.runtime.tensorrt_check`). Build a TensorRT engine from the file with ``trtexec`` (docs/deployment.md) or run it
 with the ``OnnxRuntimeDisparity`` backend.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=positive_int, required=True, help="camera image width (px)")
     p.add_argument("--iters", type=positive_int, default=16, help="GRU iterations baked into the graph")
     p.add_argument("--opset", type=int, default=18,
-                   help="ONNX opset (>= 17); 17 for TensorRT 8.5/8.6 (JetPack 5.x, 6.0), 18 for TensorRT 10")
+                   help="ONNX opset (>= 17); 17 for TensorRT 8.6 (JetPack 6.0), 18 for TensorRT 10 (JetPack 6.1+)")
     p.add_argument("--output", "-o", required=True, help="the .onnx file to write")
     p.add_argument("--external-data", action="store_true",
                    help="always store the weights in a .data file beside the .onnx")
@@ -90,6 +91,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"written in {time.perf_counter() - t:.1f} s", flush=True)
+    from ..runtime.tensorrt_check import tensorrt_problems
+
+    trt = "8.6" if args.opset == 17 else "10"
+    try:
+        problems = tensorrt_problems(out, trt)
+    except Exception as e:  # noqa: BLE001 - the export itself is fine; say the check could not run
+        problems = [f"the check could not run: {type(e).__name__}: {e}"]
+    if problems:
+        print(f"warning: TensorRT {trt}'s ONNX parser would refuse this graph:", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+    else:
+        print(f"TensorRT {trt} ONNX parser rules (ops, opset, Resize, Einsum): nothing found that it refuses")
     if args.no_check:
         return 0
     try:
