@@ -36,15 +36,23 @@ run() {  # run NAME CMD...: log to $OUT/NAME.txt, remember a failure, go on
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || true
 "$PY" -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0))" | tee "$OUT/torch.txt"
 
+node_flag=""
+if ! has cv2; then
+    echo "-- no cv2 (opencv-python-headless): pipeline tests and node-stage timings skipped" | tee -a "$OUT/summary.txt"
+    node_flag="--no-node"
+fi
+
+# First, so that a run cut short still has it: ViT-L 480x640, 16 iterations, eager fp32/fp16/bf16
+# against CUDA graphs (the figure).
+run bench_vitl_480x640 "$PY" -m foundation_stereo_ros.tools.benchmark --variants vitl --sizes 480x640 --iters 16 \
+    --modes eager-fp32,eager-fp16,eager-bf16,cudagraph-fp16,cudagraph-bf16 --repeats 20 --warmup 3 $node_flag \
+    --json "$OUT/bench_vitl_480x640.json"
+
 # fp16/bf16 and CUDA-graph parity against eager fp32, no host-device sync, device-side geometry,
 # the GPU pipeline path, the CUDA memory measurement.
 tests="test/test_fastpath.py test/test_model_paths.py test/test_memory_fit.py"
-node_flag=""
 if has cv2; then
     tests="$tests test/test_fastpath_geometry.py test/test_device_pipeline.py"
-else
-    echo "-- no cv2 (opencv-python-headless): pipeline tests and node-stage timings skipped" | tee -a "$OUT/summary.txt"
-    node_flag="--no-node"
 fi
 if has pytest; then
     # shellcheck disable=SC2086
@@ -58,11 +66,6 @@ if has pytest; then
 else
     echo "-- no pytest: CUDA tests skipped" | tee -a "$OUT/summary.txt"
 fi
-
-# ViT-L 480x640, 16 iterations, eager fp32/fp16/bf16 against CUDA graphs: the figure.
-run bench_vitl_480x640 "$PY" -m foundation_stereo_ros.tools.benchmark --variants vitl --sizes 480x640 --iters 16 \
-    --modes eager-fp32,eager-fp16,eager-bf16,cudagraph-fp16,cudagraph-bf16 --repeats 20 --warmup 3 $node_flag \
-    --json "$OUT/bench_vitl_480x640.json"
 
 # Speed-up per resolution (both variants), CUDA graphs against eager.
 run bench_sizes "$PY" -m foundation_stereo_ros.tools.benchmark --variants vits,vitl --sizes 320x480,480x640,720x1280 \
