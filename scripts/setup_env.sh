@@ -13,6 +13,12 @@ case "$(uname -m)" in
   *) TORCH_PINS="torch torchvision" ;;
 esac
 
+if [ -f /etc/nv_tegra_release ]; then
+  # PyPI's aarch64 torch wheels have no CUDA: this environment runs the network on the CPU only.
+  echo "setup: this is a Jetson; .venv/ gets PyPI's CPU-only PyTorch (fine for the tests and the main job)." >&2
+  echo "setup: for the GPU on the robot, install NVIDIA's PyTorch for your JetPack (README: Install on a robot)." >&2
+fi
+
 # Real data used by the main job and the tests: the Middlebury Aloe pair and 13 chessboard pairs.
 if ! dpkg -s opencv-doc >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
