@@ -348,3 +348,41 @@ def test_a_slow_publisher_holds_back_one_frame_at_most_and_stop_waits_for_it():
     finally:
         release.set()
         h.close()
+
+
+def test_an_exception_in_the_worker_or_the_publisher_is_counted_and_the_node_goes_on():
+    h = harness(dict(backend="sgbm", sgbm_num_disparities=32, log_throttle_s=0.0), subscribe=("disparity",))
+    try:
+        node = h.node
+        proc = node.processor
+        real_process, real_publish = proc.process_messages, node._publish
+        fail = {"process": 1, "publish": 1}
+
+        def process(*args, **kw):
+            if fail["process"]:
+                fail["process"] -= 1
+                raise RuntimeError("a bug in matching")
+            return real_process(*args, **kw)
+
+        def publish(matched):
+            if fail["publish"]:
+                fail["publish"] -= 1
+                raise RuntimeError("a bug in publishing")
+            return real_publish(matched)
+
+        proc.process_messages = process
+        node._publish = publish
+        left, right, _ = textured_scene(H, W)
+        infos = rectified_infos(W, H, F, B, CX_L, CX_R, CY)
+        stamps = [time.time_ns() + i * 1000 for i in range(3)]
+        for i, stamp in enumerate(stamps):
+            h.publish_arrays(left, right, "rgb8", infos, stamp)
+            assert wait_for(lambda: h.problem_count("internal_error") + node._stats.frames_published == i + 1, 20.0)
+        h.wait_outputs(stamps[2], ["disparity"])  # the third frame goes through
+        assert h.problem_count("internal_error") == 2
+        assert node._worker.is_alive() and node._publisher.is_alive()
+        lines = " ".join(h.rosout_lines())
+        assert "frame failed: RuntimeError: a bug in matching" in lines
+        assert "publishing failed: RuntimeError: a bug in publishing" in lines
+    finally:
+        h.close()

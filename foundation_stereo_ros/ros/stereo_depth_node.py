@@ -399,6 +399,16 @@ class StereoDepthNode(Node):
             self._pending = (left_img, left_info, right_img, right_info)
             self._cond.notify()
 
+    def _internal_error(self, what: str, e: Exception) -> bool:
+        """Count and log an exception a frame raised in the worker or the publisher thread; False
+        when it came from shutting down (the thread should end quietly)."""
+        if self._stop.is_set() or not rclpy.ok(context=self.context):
+            return False
+        self._stats.problem("internal_error")
+        self._log.warn("internal_error", f"{what}: {type(e).__name__}: {e}\n{traceback.format_exc(limit=4)}",
+                       error=True)
+        return True
+
     # ------------------------------------------------------------------ worker thread
     def _worker_loop(self) -> None:
         while not self._stop.is_set():
@@ -416,11 +426,8 @@ class StereoDepthNode(Node):
             try:
                 matched = self._match(settings, *pair)
             except Exception as e:  # noqa: BLE001 - the worker must survive anything a frame does
-                if self._stop.is_set() or not rclpy.ok(context=self.context):
+                if not self._internal_error("frame failed", e):
                     return
-                self._stats.problem("internal_error")
-                self._log.warn("internal_error", f"frame failed: {type(e).__name__}: {e}\n"
-                                                 f"{traceback.format_exc(limit=4)}", error=True)
             finally:
                 with self._cond:
                     if matched is not None:
@@ -502,11 +509,8 @@ class StereoDepthNode(Node):
             try:
                 self._publish(matched)
             except Exception as e:  # noqa: BLE001 - the publisher must survive anything a frame does
-                if self._stop.is_set() or not rclpy.ok(context=self.context):
+                if not self._internal_error("publishing failed", e):
                     return
-                self._stats.problem("internal_error")
-                self._log.warn("internal_error", f"publishing failed: {type(e).__name__}: {e}\n"
-                                                 f"{traceback.format_exc(limit=4)}", error=True)
             finally:
                 with self._cond:
                     self._publishing = None
