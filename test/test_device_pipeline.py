@@ -78,7 +78,7 @@ def test_device_path_equals_the_host_path_without_rectification(processors, pair
     assert np.isfinite(a.disparity).any() and np.isnan(a.disparity).any()  # both kinds of pixel compared
     assert np.array_equal(b.colors, a.colors) and np.array_equal(b.left_rect, pair.left)
     assert (b.min_disparity, b.max_disparity, b.f, b.t) == (a.min_disparity, a.max_disparity, a.f, a.t)
-    assert {"rectify", "match", "depth", "points"} <= set(b.timings)
+    assert {"rectify", "match", "depth", "points", "download"} <= set(b.timings)
 
 
 def test_device_rectification_matches_opencv_and_feeds_the_network(processors, pair):
@@ -153,3 +153,24 @@ def test_device_path_is_cached_per_calibration(processors, pair):
     remaps = len(device._remaps)
     device.process(pair, calib, ALL_OUTPUTS)
     assert device.rectifier.maps_computed == built and len(device._remaps) == remaps >= 1
+
+
+def test_device_outputs_come_back_as_arrays_of_their_own():
+    """to_host: one array per tensor, equal values, no memory shared with the device tensors or
+    with each other (a result must survive the next frame). On CUDA through pinned memory."""
+    from foundation_stereo_ros.pipeline.processor import to_host
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    a = torch.arange(12, dtype=torch.float32, device=device).reshape(3, 4)
+    b = torch.arange(24, dtype=torch.uint8, device=device).reshape(2, 3, 4).permute(0, 2, 1)  # not contiguous
+    host = to_host({"a": a, "b": b})
+    assert set(host) == {"a", "b"} and to_host({}) == {}
+    np.testing.assert_array_equal(host["a"], a.cpu().numpy())
+    np.testing.assert_array_equal(host["b"], b.cpu().numpy())
+    assert host["b"].shape == (2, 4, 3) and host["b"].dtype == np.uint8
+    assert not np.shares_memory(host["a"], host["b"])
+    a.add_(1)  # the device tensors change (the next frame): the host arrays do not
+    np.testing.assert_array_equal(host["a"], np.arange(12, dtype=np.float32).reshape(3, 4))
+    if device == "cuda":
+        second = to_host({"a": a})
+        assert not np.shares_memory(second["a"], host["a"])  # a cached pinned block is not handed out twice

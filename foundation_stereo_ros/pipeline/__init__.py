@@ -48,7 +48,8 @@ API
   the network's device, ``Outputs(rectified_images=False)`` leaves both images ``None`` and saves
   copying the rectified pair back from the GPU.
 * ``timings``: seconds per stage ('decode', 'rectify', 'match', 'depth', 'points', 'colorize',
-  'total').
+  'total'; with the geometry on the network's device also 'download', the one transfer back, which
+  on a GPU includes waiting for the device).
 
 Rectification (``rectify``): 'auto' remaps both images when either CameraInfo has non-zero
 distortion or a non-identity R, 'always' remaps, 'never' passes images through (they must

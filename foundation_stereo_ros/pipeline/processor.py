@@ -237,14 +237,17 @@ class StereoProcessor:
     def _match_on_device(self, pair: DecodedPair, calibration: StereoCalibration, rectified: bool, outputs: Outputs,
                          timings: Dict[str, float], t: float):
         """Upload once, rectify, match, depth and points on the network's device; one copy back per
-        output. Returns (left_rect, right_rect, disparity, depth, cloud, time) on the host, the cloud
-        (H, W, 4) in the PointCloud2 layout of :meth:`StereoResult.set_cloud`."""
+        output, all in one transfer at the end. Returns (left_rect, right_rect, disparity, depth, cloud,
+        time) on the host, the cloud (H, W, 4) in the PointCloud2 layout of :meth:`StereoResult.set_cloud`.
+        On a GPU the stage times before ``download`` are mostly launch times; ``download`` waits for the
+        device and holds the rest."""
         import torch
 
         from ..runtime.device_geometry import depth_to_points, disparity_to_depth as depth_on_device
 
         backend = self.backend
         left, right = pair.left, pair.right
+        wanted: Dict[str, Any] = {}
         with torch.no_grad():
             images = backend.upload(left, right).permute(0, 3, 1, 2).float()  # (2, 3, H, W)
             if rectified:
@@ -252,30 +255,52 @@ class StereoProcessor:
                 # Rounded like the host's uint8 remap, so the network sees the same kind of picture.
                 images = torch.cat([remap_left(images[:1]), remap_right(images[1:])]).round_().clamp_(0, 255)
                 if outputs.rectified_images:
-                    rect = images.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # (2, H, W, 3): one copy back
-                    left, right = rect[0], rect[1]
+                    wanted["rect"] = images.to(torch.uint8).permute(0, 2, 3, 1)  # (2, H, W, 3)
                 else:  # nobody needs them on the host: no copy
                     left = right = None
             t = _lap(timings, "rectify", t)
             disparity = backend.compute_on_device(images)  # (H, W) raw, NaN invalid
             if calibration.delta_cx:
                 disparity = disparity - calibration.delta_cx
-            disparity_host = disparity.cpu().numpy()
+            wanted["disparity"] = disparity
             t = _lap(timings, "match", t)
-            depth = points = None
             if outputs.depth or outputs.points:
                 depth_t = depth_on_device(disparity, calibration.f, calibration.baseline, self.config.min_depth,
                                           self.config.max_depth)
-                depth = depth_t.cpu().numpy()
+                wanted["depth"] = depth_t
                 t = _lap(timings, "depth", t)
                 if outputs.points:
                     cam = calibration.rectified_left
                     rgb = images[0].to(torch.int32)  # (3, H, W) of the matched left image
                     packed = ((rgb[0] << 16) | (rgb[1] << 8) | rgb[2]).view(torch.float32)  # colour bits
                     points_t = depth_to_points(depth_t, cam.fx, cam.fy, cam.cx, cam.cy)  # (H, W, 3)
-                    points = torch.cat([points_t, packed[..., None]], dim=-1).cpu().numpy()  # (H, W, 4): one copy
+                    wanted["points"] = torch.cat([points_t, packed[..., None]], dim=-1)  # (H, W, 4)
                     t = _lap(timings, "points", t)
-        return left, right, disparity_host, depth, points, t
+            host = to_host(wanted)
+            t = _lap(timings, "download", t)
+        if "rect" in host:
+            left, right = host["rect"][0], host["rect"][1]
+        return left, right, host["disparity"], host.get("depth"), host.get("points"), t
+
+
+def to_host(tensors: Dict[str, Any]) -> Dict[str, np.ndarray]:
+    """Each tensor as a numpy array of its own. On CUDA: non-blocking copies into pinned memory
+    (PyTorch caches those blocks, and each array keeps its block until it is dropped), then one
+    wait for the stream; elsewhere a copy."""
+    import torch
+
+    if not tensors:
+        return {}
+    device = next(iter(tensors.values())).device
+    if device.type != "cuda":  # copies: a tensor on the host may be a buffer its producer reuses
+        return {k: np.array(v.cpu().numpy(), copy=True) for k, v in tensors.items()}
+    out = {}
+    for k, v in tensors.items():
+        buf = torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
+        buf.copy_(v, non_blocking=True)
+        out[k] = buf
+    torch.cuda.current_stream(device).synchronize()
+    return {k: v.numpy() for k, v in out.items()}
 
 
 def _frame_id(msg: Any) -> str:

@@ -232,8 +232,11 @@ def time_node_stages(height: int, width: int, device, repeats: int, geometry: st
         if rep > 0:
             tm = result.timings
             for name, key in (("image_conversion", "decode"), ("rectification", "rectify"),
-                              ("upload_download", "match"), ("depth", "depth"), ("points", "points")):
+                              ("depth", "depth"), ("points", "points")):
                 times[name].append(tm.get(key, 0.0) * 1e3)
+            # The network is a stored disparity: 'match' is the upload's share, 'download' (device
+            # path) the copies back.
+            times["upload_download"].append((tm.get("match", 0.0) + tm.get("download", 0.0)) * 1e3)
     if missing is None:
         times["message_building"] = times["message_building"][1:]
     stages = {k: (summarize(v)["median"] if v else None) for k, v in times.items()}
