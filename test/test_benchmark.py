@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -129,6 +130,9 @@ def test_cli_runs_on_the_cpu_and_writes_json(tmp_path, capsys):
     node = result["node"]["60x90"]
     assert set(node["stages_ms"]) == set(benchmark.NODE_STAGES)
     assert node["total_ms"] == pytest.approx(sum(node["stages_ms"].values()))
+    assert node["worker_ms"] == pytest.approx(node["total_ms"] - node["stages_ms"]["message_building"])
+    worker_pct = 100.0 * node["worker_ms"] / ok["latency_ms"]["median"]
+    assert re.search(rf"eager-fp32 .* {worker_pct:.1f}\n", printed + "\n"), printed
     assert set(node["by_geometry_device"]) == {"host", "network"} and node["geometry_device"] == "host"
     assert "eager-fp32" in printed and "network stages" in printed and "node stages" in printed
 
