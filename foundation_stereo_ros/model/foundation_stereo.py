@@ -116,7 +116,9 @@ class FoundationStereo(nn.Module):
             return contextlib.nullcontext()
         if device.type != "cuda":
             raise ValueError(f"precision {precision!r} needs a CUDA device; use fp32 on {device.type}")
-        return torch.autocast("cuda", dtype=dtype)
+        # No weight-cast cache: each autocast region here ends within one forward pass anyway, and
+        # CUDA-graph capture must not keep casts from a region that ends outside the graph.
+        return torch.autocast("cuda", dtype=dtype, cache_enabled=False)
 
     def upsample_disparity(self, disp: torch.Tensor, mask_features: torch.Tensor, stem: torch.Tensor) -> torch.Tensor:
         x = self.spx_2_gru(mask_features, stem)  # (B, 64, H/2, W/2)
