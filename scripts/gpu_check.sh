@@ -56,7 +56,7 @@ if has cv2; then
 fi
 if has pytest; then
     # shellcheck disable=SC2086
-    run pytest "$PY" -m pytest -q -rs -p no:cacheprovider $tests
+    run pytest "$PY" -m pytest -q -rs -s -p no:cacheprovider $tests  # -s: the tests print measured differences
     # ONNX Runtime's CUDA and TensorRT providers against its CPU provider (onnxruntime-gpu only).
     if "$PY" -c "import onnxruntime as o, onnxscript, cv2, sys; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())" >/dev/null 2>&1; then
         run pytest_onnx_gpu "$PY" -m pytest -q -rs -s -p no:cacheprovider test/test_onnx_export.py -k gpu_provider

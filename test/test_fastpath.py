@@ -67,6 +67,7 @@ def test_mode_matches_eager_fp32(model, pair, reference, execution, precision):
     for out in (first, second):
         assert out.shape == reference.shape and out.dtype == torch.float32
         diff = (out - reference).abs()
+        print(f"{execution}-{precision} vs eager fp32: mean {diff.mean().item():.4g} px, max {diff.max().item():.4g} px")
         assert torch.isfinite(out).all()
         assert diff.mean().item() <= mean_tol, f"mean |d - d_fp32| = {diff.mean().item():.4g} px"
         assert diff.max().item() <= max_tol, f"max |d - d_fp32| = {diff.max().item():.4g} px"
