@@ -206,6 +206,7 @@ def time_node_stages(height: int, width: int, device, repeats: int, geometry: st
                              iters=1, rectify="always", geometry_device=geometry)
     backend = FoundationStereoBackend(config, model=_FixedDisparityNetwork(height, width, device))
     processor = StereoProcessor(config, backend=backend)
+    processor.sync_stages = True  # per-stage device times on a GPU
     left_cam, right_cam = _synthetic_calibration(height, width)
     rng = np.random.default_rng(0)
     pixels = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(2)]
