@@ -176,6 +176,11 @@ def test_tensorrt_rules_find_what_the_parser_refuses():
     broadcast = _graph([helper.make_node("Einsum", ["x", "z"], ["y"], equation="bchw,bchv->bhwv")],
                        x + [("z", [1, 1, 4, 4])])
     assert "broadcasting on ['c']" in " ".join(tensorrt_problems(broadcast))
+    cumsum_axis = _graph([helper.make_node("CumSum", ["x", "a"], ["y"])], x + [("a", [])])
+    assert "axis must be a constant" in " ".join(tensorrt_problems(cumsum_axis))
+    fixed_axis = _graph([helper.make_node("CumSum", ["x", "a"], ["y"])], x,
+                        [helper.make_tensor("a", onnx.TensorProto.INT64, [], [3])])
+    assert tensorrt_problems(fixed_axis) == []
     unknown = _graph([helper.make_node("Unique", ["x"], ["y"])], x)
     assert "Unique" in " ".join(tensorrt_problems(unknown))
     custom = _graph([helper.make_node("Fancy", ["x"], ["y"], domain="com.example")], x)

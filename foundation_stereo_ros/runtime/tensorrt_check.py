@@ -20,11 +20,12 @@ MAX_OPSET = {"8.6": 17, "10": 20}
 #: Op types this network's export uses, each imported by TensorRT 8.6 and 10 (onnx-tensorrt
 #: docs/operators.md, all marked supported). Anything else in a graph is reported.
 SUPPORTED_OPS = frozenset({
-    "Add", "And", "AveragePool", "Cast", "Clip", "Concat", "Constant", "Conv", "ConvTranspose", "Div", "Einsum",
-    "Equal", "Erf", "Expand", "Floor", "Gather", "GatherElements", "Greater", "GreaterOrEqual", "Identity",
-    "InstanceNormalization", "LayerNormalization", "LeakyRelu", "Less", "LessOrEqual", "MatMul", "Max", "Min", "Mul",
-    "Neg", "Not", "Or", "Pad", "Pow", "ReduceL2", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceSum", "Relu",
-    "Reshape", "Resize", "Shape", "Sigmoid", "Slice", "Softmax", "Split", "Sqrt", "Squeeze", "Sub", "Tanh", "Tile",
+    "Abs", "Add", "And", "AveragePool", "Cast", "Ceil", "Clip", "Concat", "Constant", "ConstantOfShape", "Conv",
+    "ConvTranspose", "Cos", "CumSum", "Div", "Einsum", "Equal", "Erf", "Exp", "Expand", "Floor", "Gather",
+    "GatherElements", "Greater", "GreaterOrEqual", "Identity", "InstanceNormalization", "LayerNormalization",
+    "LeakyRelu", "Less", "LessOrEqual", "Log", "MatMul", "Max", "Min", "Mul", "Neg", "Not", "Or", "Pad", "Pow",
+    "Range", "ReduceL2", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceSum", "Relu", "Reshape", "Resize", "Round",
+    "Shape", "Sigmoid", "Sign", "Sin", "Slice", "Softmax", "Split", "Sqrt", "Squeeze", "Sub", "Tanh", "Tile",
     "Transpose", "Unsqueeze", "Where",
 })
 
@@ -70,6 +71,8 @@ def tensorrt_problems(model: Union[Any, str, os.PathLike], tensorrt: str = "8.6"
             problems += _resize_problems(node, where, shapes, consts)
         elif node.op_type == "Einsum":
             problems += _einsum_problems(node, where, shapes)
+        elif node.op_type == "CumSum" and (len(node.input) < 2 or node.input[1] not in consts):
+            problems.append(f"{where}: the axis must be a constant")
     return problems
 
 
