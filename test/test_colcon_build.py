@@ -52,9 +52,7 @@ def _build(tmp: Path, *extra: str) -> Path:
 
 def _in_install_space(install: Path, command: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """``command`` in bash after ``source install/local_setup.bash``, outside the source tree."""
-    script = f". {install / PACKAGE / 'share' / PACKAGE / 'local_setup.bash'} && {command}"
-    if not (install / PACKAGE / "share" / PACKAGE / "local_setup.bash").is_file():
-        script = f". {install / 'local_setup.bash'} && {command}"
+    script = f". {install / 'local_setup.bash'} && {command}"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     env["ROS_DOMAIN_ID"] = env.get("ROS_DOMAIN_ID", "42")
     return subprocess.run(["bash", "-c", script], cwd=install.parent, env=env, capture_output=True, text=True,

@@ -191,21 +191,29 @@ class _FixedDisparityNetwork:
         return self._disparity
 
 
+def stored_disparity_processor(height: int, width: int, device, geometry: str = "host", delay_s: float = 0.0):
+    """The node's StereoProcessor (every pair rectified) with the network replaced by
+    :class:`_FixedDisparityNetwork`: the node's own work, timed without the network's."""
+    from ..pipeline import FoundationStereoBackend, ProcessorConfig, StereoProcessor
+
+    config = ProcessorConfig(backend="foundation_stereo", checkpoint="(stored disparity)", device=str(device),
+                             iters=1, rectify="always", geometry_device=geometry)
+    network = _FixedDisparityNetwork(height, width, device, delay_s=delay_s)
+    return StereoProcessor(config, backend=FoundationStereoBackend(config, model=network))
+
+
 def time_node_stages(height: int, width: int, device, repeats: int, geometry: str = "host") -> Dict[str, Any]:
     """Median ms of each stage of the node's own per-frame work for one camera pair of this size:
     its real code (the pipeline's StereoProcessor and the node's message conversions) with the
     network replaced by a stored disparity. ``geometry``: the ``geometry_device`` parameter."""
-    from ..pipeline import ALL_OUTPUTS, FoundationStereoBackend, ProcessorConfig, StereoProcessor
+    from ..pipeline import ALL_OUTPUTS
 
     try:  # the ROS message types (rclpy); a GPU machine without ROS still times everything else
         from ..ros.conversions import camera_info_msg, disparity_image_msg, numpy_to_image, pointcloud2_msg
         missing = None
     except ImportError as e:
         missing = e.name or str(e)
-    config = ProcessorConfig(backend="foundation_stereo", checkpoint="(stored disparity)", device=str(device),
-                             iters=1, rectify="always", geometry_device=geometry)
-    backend = FoundationStereoBackend(config, model=_FixedDisparityNetwork(height, width, device))
-    processor = StereoProcessor(config, backend=backend)
+    processor = stored_disparity_processor(height, width, device, geometry)
     processor.sync_stages = True  # per-stage device times on a GPU
     left_cam, right_cam = _synthetic_calibration(height, width)
     rng = np.random.default_rng(0)
@@ -222,6 +230,7 @@ def time_node_stages(height: int, width: int, device, repeats: int, geometry: st
     times: Dict[str, List[float]] = {k: [] for k in NODE_STAGES}
     for rep in range(repeats + 1):  # the first pass builds the remap tables and is dropped
         result = processor.process_messages(images[0], images[1], infos[0], infos[1], ALL_OUTPUTS)
+        messages_ms = None
         if missing is None:
             t = time.perf_counter()
             header = images[0].header
@@ -229,8 +238,10 @@ def time_node_stages(height: int, width: int, device, repeats: int, geometry: st
             numpy_to_image(result.depth, "32FC1", header)
             pointcloud2_msg(result.points, result.colors, header, True, cloud=result.cloud)
             numpy_to_image(result.left_rect, "rgb8", header)
-            times["message_building"].append((time.perf_counter() - t) * 1e3)
+            messages_ms = (time.perf_counter() - t) * 1e3
         if rep > 0:
+            if messages_ms is not None:
+                times["message_building"].append(messages_ms)
             tm = result.timings
             for name, key in (("image_conversion", "decode"), ("rectification", "rectify"),
                               ("depth", "depth"), ("points", "points")):
@@ -238,8 +249,6 @@ def time_node_stages(height: int, width: int, device, repeats: int, geometry: st
             # The network is a stored disparity: 'match' is the upload's share, 'download' (device
             # path) the copies back.
             times["upload_download"].append((tm.get("match", 0.0) + tm.get("download", 0.0)) * 1e3)
-    if missing is None:
-        times["message_building"] = times["message_building"][1:]
     stages = {k: (summarize(v)["median"] if v else None) for k, v in times.items()}
     total = sum(v for v in stages.values() if v is not None)
     out = dict(stages_ms=stages, total_ms=total, worker_ms=total - (stages.get("message_building") or 0.0),
@@ -255,6 +264,8 @@ def time_node_stages(height: int, width: int, device, repeats: int, geometry: st
 def run_node_rates(args: argparse.Namespace, device) -> List[Dict[str, Any]]:
     """:func:`~.node_rate.measure_node_rate` for each size and --node-rate wait, geometry on the host
     (and on the GPU, on CUDA), pipelined and serial; rows with a status, never an exception."""
+    from .node_rate import measure_node_rate
+
     rows = []
     geometries = ("host", "network") if device.type == "cuda" else ("host",)
     for h, w in args.sizes:
@@ -264,8 +275,6 @@ def run_node_rates(args: argparse.Namespace, device) -> List[Dict[str, Any]]:
                     base = dict(height=h, width=w, network_ms=ms, geometry_device=geometry,
                                 pipeline="serial" if serial else "pipelined")
                     try:
-                        from .node_rate import measure_node_rate
-
                         row = dict(measure_node_rate(h, w, ms, device, geometry, seconds=args.node_rate_seconds,
                                                      serial=serial), status="ok")
                     except ImportError as e:

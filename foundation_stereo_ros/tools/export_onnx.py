@@ -97,12 +97,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         problems = tensorrt_problems(out, trt)
     except Exception as e:  # noqa: BLE001 - the export itself is fine; say the check could not run
-        problems = [f"the check could not run: {type(e).__name__}: {e}"]
+        print(f"warning: the TensorRT {trt} parser check could not run: {type(e).__name__}: {e}", file=sys.stderr)
+        problems = None
     if problems:
         print(f"warning: TensorRT {trt}'s ONNX parser would refuse this graph:", file=sys.stderr)
         for problem in problems:
             print(f"  {problem}", file=sys.stderr)
-    else:
+    elif problems is not None:
         print(f"TensorRT {trt} ONNX parser rules (ops, opset, Resize, Einsum): nothing found that it refuses")
     if args.no_check:
         return 0

@@ -11,7 +11,7 @@ built and sent over DDS. The node's frame period against ``network_ms`` is what 
 ``serial`` runs the same with the pipeline off (the worker waits for each frame's publication
 before it takes the next pair), to show what the publisher thread saves.
 
-Used by ``foundation-stereo-benchmark --node-rate MS``; the robot side is
+Used by ``foundation-stereo-benchmark --node-rate MS``, which starts the robot side as
 ``python -m foundation_stereo_ros.tools.node_rate --robot-side ...``.
 """
 from __future__ import annotations
@@ -39,9 +39,8 @@ def measure_node_rate(height: int, width: int, network_ms: float, device: Any = 
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
 
-    from ..pipeline import FoundationStereoBackend, ProcessorConfig, StereoProcessor
     from ..ros.stereo_depth_node import StereoDepthNode
-    from .benchmark import _FixedDisparityNetwork, summarize
+    from .benchmark import stored_disparity_processor, summarize
 
     domain = domain_id if domain_id is not None else 1 + (os.getpid() * 13) % 100
     # Both sides on this machine only: the measurement must not depend on (or disturb) the network.
@@ -55,10 +54,7 @@ def measure_node_rate(height: int, width: int, network_ms: float, device: Any = 
         node = StereoDepthNode(context=context, namespace=namespace, parameter_overrides=[
             Parameter("backend", value="sgbm"), Parameter("qos_reliability", value="reliable"),
             Parameter("rectify", value="always"), Parameter("diagnostics_period_s", value=60.0)])
-        config = ProcessorConfig(backend="foundation_stereo", checkpoint="(stored disparity)", device=str(device),
-                                 iters=1, rectify="always", geometry_device=geometry)
-        network = _FixedDisparityNetwork(height, width, device, delay_s=network_ms / 1e3)
-        processor = StereoProcessor(config, backend=FoundationStereoBackend(config, model=network))
+        processor = stored_disparity_processor(height, width, device, geometry, delay_s=network_ms / 1e3)
         node.use_processor(processor)
         node.serial_publishing = serial
         executor = SingleThreadedExecutor(context=context)
@@ -70,9 +66,8 @@ def measure_node_rate(height: int, width: int, network_ms: float, device: Any = 
                                   "--namespace", namespace, "--height", str(height), "--width", str(width),
                                   "--period-s", str(period_s)], env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
-        pubs = [node._pub_disparity, node._pub_depth, node._pub_points, node._pub_left]
         deadline = time.monotonic() + 60.0
-        while not all(p.get_subscription_count() > 0 for p in pubs):
+        while not all(node.count_subscribers(f"{namespace}/{topic}") > 0 for topic in OUTPUT_TOPICS):
             if time.monotonic() > deadline or robot.poll() is not None:
                 raise RuntimeError(f"the robot side did not connect: {robot.stderr.read() if robot.poll() else ''}")
             time.sleep(0.05)
@@ -153,10 +148,9 @@ def _robot_side(namespace: str, height: int, width: int, period_s: float) -> int
              for tx in (0.0, -f * 0.12)]
     pubs = [node.create_publisher(Image, "left/image_rect", qos), node.create_publisher(CameraInfo, "left/camera_info", qos),
             node.create_publisher(Image, "right/image_rect", qos), node.create_publisher(CameraInfo, "right/camera_info", qos)]
-    received = {t: 0 for t in OUTPUT_TOPICS}
     types = {"disparity": DisparityImage, "depth": Image, "points2": PointCloud2, "left_rect/image": Image}
-    for topic in OUTPUT_TOPICS:
-        node.create_subscription(types[topic], topic, lambda _m, t=topic: received.__setitem__(t, received[t] + 1), qos)
+    for topic in OUTPUT_TOPICS:  # taking every output is the subscriber's share of the work
+        node.create_subscription(types[topic], topic, lambda _msg: None, qos)
 
     def send() -> None:
         now = node.get_clock().now().to_msg()
@@ -176,28 +170,19 @@ def _robot_side(namespace: str, height: int, width: int, period_s: float) -> int
         executor.spin()
     except Exception:  # noqa: BLE001 - ExternalShutdownException / KeyboardInterrupt end the run
         pass
-    print(" ".join(f"{t}={n}" for t, n in received.items()), flush=True)
     return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--robot-side", action="store_true", help="run the publishing and subscribing side")
-    p.add_argument("--namespace", default="/node_rate")
-    p.add_argument("--height", type=int, default=480)
-    p.add_argument("--width", type=int, default=640)
-    p.add_argument("--period-s", type=float, default=0.02)
-    p.add_argument("--network-ms", type=float, default=40.0)
-    p.add_argument("--geometry", default="host", choices=("host", "network", "auto"))
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seconds", type=float, default=4.0)
+    """The robot side, started by :func:`measure_node_rate` (measure with foundation-stereo-benchmark)."""
+    p = argparse.ArgumentParser(description="the publishing and subscribing side of a --node-rate measurement")
+    p.add_argument("--robot-side", action="store_true", required=True)
+    p.add_argument("--namespace", required=True)
+    p.add_argument("--height", type=int, required=True)
+    p.add_argument("--width", type=int, required=True)
+    p.add_argument("--period-s", type=float, required=True)
     args = p.parse_args(argv)
-    if args.robot_side:
-        return _robot_side(args.namespace, args.height, args.width, args.period_s)
-    rows = [measure_node_rate(args.height, args.width, args.network_ms, args.device, args.geometry, args.seconds,
-                              serial=serial) for serial in (False, True)]
-    print(format_rows(rows))
-    return 0
+    return _robot_side(args.namespace, args.height, args.width, args.period_s)
 
 
 if __name__ == "__main__":
