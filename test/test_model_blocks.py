@@ -47,9 +47,19 @@ def naive_concat(left, right, max_disp):
 
 def test_group_correlation_volume_matches_loops():
     left, right = randn(2, 16, 3, 11), randn(2, 16, 3, 11)
-    for chunk in (3, 32):
-        got = group_correlation_volume(left, right, 7, 8, chunk=chunk)
-        torch.testing.assert_close(got, naive_group_correlation(left, right, 7, 8), atol=1e-5, rtol=1e-5)
+    # More disparities than columns, fewer, and exactly as many.
+    for max_disp in (7, 11, 15):
+        got = group_correlation_volume(left, right, max_disp, 8)
+        assert got.shape == (2, 8, max_disp, 3, 11)
+        torch.testing.assert_close(got, naive_group_correlation(left, right, max_disp, 8), atol=1e-5, rtol=1e-5)
+
+
+def test_group_correlation_stays_float32_under_autocast():
+    left, right = randn(1, 16, 2, 9), randn(1, 16, 2, 9)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = group_correlation_volume(left, right, 5, 8)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, naive_group_correlation(left, right, 5, 8), atol=1e-5, rtol=1e-5)
 
 
 def test_group_correlation_rejects_bad_groups():

@@ -165,5 +165,7 @@ class CostVolumeHourglass(nn.Module):
         conv1 = self.feature_att_up_8(conv1, features[1])
         out = self.conv1_up(conv1)  # (B, C, D/4, H/4, W/4)
         tokens = self.atts["4"](self.conv_patch(volume))  # (B, C, D/16, H/16, W/16)
-        out = out + F.interpolate(tokens, scale_factor=4, mode="trilinear", align_corners=False)
+        # Under CUDA autocast the trilinear upsampling runs in float32; the sum feeds a conv that
+        # casts it back, so keep it in the volume's dtype (a full-size float32 copy less at the peak).
+        out = out + F.interpolate(tokens, scale_factor=4, mode="trilinear", align_corners=False).to(out.dtype)
         return self.conv_out(out)

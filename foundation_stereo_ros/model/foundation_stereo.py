@@ -120,6 +120,14 @@ class FoundationStereo(nn.Module):
         # CUDA-graph capture must not keep casts from a region that ends outside the graph.
         return torch.autocast("cuda", dtype=dtype, cache_enabled=False)
 
+    def hybrid_cost_volume(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        """Group-wise correlation and projected-feature concatenation of the 1/4 features. Its
+        parts are freed on return: they are not kept alive through the cost filtering."""
+        max_disp = self.cfg.max_disp // 4
+        gwc = group_correlation_volume(left, right, max_disp, self.cfg.correlation_groups)
+        cat = concat_volume(self.proj_cmb(left), self.proj_cmb(right), max_disp)
+        return torch.cat([gwc.to(cat.dtype), cat], dim=1)
+
     def upsample_disparity(self, disp: torch.Tensor, mask_features: torch.Tensor, stem: torch.Tensor) -> torch.Tensor:
         x = self.spx_2_gru(mask_features, stem)  # (B, 64, H/2, W/2)
         weights = F.softmax(self.spx_gru(x), dim=1)  # (B, 9, H, W)
@@ -140,7 +148,6 @@ class FoundationStereo(nn.Module):
             raise ValueError(f"iters must be >= 1, got {iters}")
         b = left.shape[0]
         cfg = self.cfg
-        max_disp = cfg.max_disp // 4
         stage = on_stage if on_stage is not None else _no_stage
         left_n, right_n = self.normalize(left), self.normalize(right)
         stage("normalize")
@@ -151,9 +158,7 @@ class FoundationStereo(nn.Module):
             feat_r = [f[b:] for f in features]
             stem = self.stem_2(left_n)  # (B, 32, H/2, W/2)
             stage("cnn_features")
-            gwc = group_correlation_volume(feat_l[0], feat_r[0], max_disp, cfg.correlation_groups)
-            cat = concat_volume(self.proj_cmb(feat_l[0]), self.proj_cmb(feat_r[0]), max_disp)
-            volume = torch.cat([gwc.to(cat.dtype), cat], dim=1)  # (B, 32, D/4, H/4, W/4)
+            volume = self.hybrid_cost_volume(feat_l[0], feat_r[0])  # (B, 32, D/4, H/4, W/4)
             stage("cost_volume")
             volume = self.corr_stem(volume)
             volume = self.corr_feature_att(volume, feat_l[0])

@@ -2,13 +2,15 @@
 
 For each variant, precision and inference kind (single pass, hierarchical) the peak memory of
 one inference is measured at a few sample sizes: ``torch.cuda.max_memory_allocated`` on a GPU
-(weights included), or on the CPU the peak of live tensor storage traced op by op (weights
-included; a CPU run says nothing about a GPU's cuDNN workspaces or allocator rounding, so its
-table is labelled as such). A curve ``peak = a + b P + c P^2`` in the padded pixel count ``P``
+(weights included); without a GPU, ``--device simulated-cuda`` (the default there) runs the
+real forward pass on shape-only ("fake") CUDA tensors, with CUDA's autocast rules and the
+attention kernels a GPU would pick, and traces the peak of live tensor storage op by op;
+``--device cpu`` traces a real CPU pass the same way (fp32 only). A trace says nothing about
+cuDNN workspaces, allocator rounding or the CUDA context, so its table is labelled as such. A curve ``peak = a + b P + c P^2`` in the padded pixel count ``P``
 is fitted to those peaks, and for each budget (default 8, 16 and 24 GiB: Jetson Orin NX/AGX and
 desktop cards) and aspect ratio the largest size whose fitted peak stays ``--reserve-gib`` below
-the budget is reported. On a GPU each answer that fits the card is then measured again
-(``verified_peak_mib``), so the table rests on measured peaks, not only on the fit.
+the budget is reported. Each answer is then measured again (``verified_peak_mib``; on a GPU only the
+answers that fit the card), so the table rests on measured peaks, not only on the fit.
 
 The peak does not depend on the GRU iteration count (each iteration's tensors are released
 before the next one), so a few iterations suffice.
@@ -16,13 +18,14 @@ before the next one), so a few iterations suffice.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import math
 import sys
 import weakref
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -86,6 +89,76 @@ class StoragePeak:
         self._mode.__exit__(*exc)
 
 
+SIMULATED = "simulated-cuda"
+METHOD_CUDA = "cuda max_memory_allocated"
+METHOD_CPU = "cpu tensor storage (traced)"
+METHOD_SIMULATED = "simulated cuda tensor storage (traced; no workspaces or context)"
+
+
+def _gpu_attention(query: Any, key: Any, value: Any, attn_mask: Any = None, dropout_p: float = 0.0,
+                   is_causal: bool = False, scale: Optional[float] = None, **_: Any) -> Any:
+    """``F.scaled_dot_product_attention`` as a GPU runs it, for shape-only tensors: the fused
+    kernels (flash attention for fp16/bf16, memory-efficient attention otherwise), never the
+    math fallback that a device-less dispatch would pick and that materialises L x L weights."""
+    import torch
+
+    if torch.is_autocast_enabled("cuda"):  # SDPA is on CUDA autocast's lower-precision list
+        dtype = torch.get_autocast_dtype("cuda")
+        query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
+    if attn_mask is None and query.dtype in (torch.float16, torch.bfloat16) and query.shape[-1] <= 256:
+        return torch.ops.aten._scaled_dot_product_flash_attention(query, key, value, 0.0, is_causal, False,
+                                                                  scale=scale)[0]
+    return torch.ops.aten._scaled_dot_product_efficient_attention(query, key, value, attn_mask, False, 0.0,
+                                                                  is_causal, scale=scale)[0]
+
+
+@contextlib.contextmanager
+def simulated_cuda(mode: Any = None) -> Iterator[Any]:
+    """A ``FakeTensorMode`` (``mode``, or a new one) in which CUDA tensors need no GPU: CUDA
+    autocast is allowed (PyTorch turns it off when no device is present) and attention takes the
+    GPU's fused kernels."""
+    import torch
+    import torch.nn.functional as F
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    amp_common = torch.cuda.amp.common
+    saved = (amp_common.amp_definitely_not_available, torch.cuda.is_bf16_supported, F.scaled_dot_product_attention)
+    amp_common.amp_definitely_not_available = lambda: False
+    torch.cuda.is_bf16_supported = lambda *a, **k: True
+    F.scaled_dot_product_attention = _gpu_attention
+    try:
+        with (mode if mode is not None else FakeTensorMode()) as active:
+            yield active
+    finally:
+        amp_common.amp_definitely_not_available, torch.cuda.is_bf16_supported, F.scaled_dot_product_attention = saved
+
+
+def simulated_cuda_model(variant: str) -> Any:
+    """The network with shape-only CUDA weights (built on the meta device: no memory, no init)."""
+    import torch
+
+    from ..model import FoundationStereo, FoundationStereoConfig
+
+    with torch.device("meta"):
+        model = FoundationStereo(FoundationStereoConfig(vit_size=variant)).eval()
+    with simulated_cuda():
+        for module in model.modules():
+            for name, p in list(module._parameters.items()):
+                if p is not None:
+                    module._parameters[name] = torch.nn.Parameter(
+                        torch.empty(p.shape, dtype=p.dtype, device="cuda"), requires_grad=False)
+            for name, b in list(module._buffers.items()):
+                if b is not None:
+                    module._buffers[name] = torch.empty(b.shape, dtype=b.dtype, device="cuda")
+    return model
+
+
+def _is_simulated(tensor: Any) -> bool:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(tensor, FakeTensor)
+
+
 def padded_pixels(height: int, width: int) -> int:
     return (math.ceil(height / 32) * 32) * (math.ceil(width / 32) * 32)
 
@@ -95,11 +168,18 @@ def measure_peak_mib(model: Any, height: int, width: int, precision: str, hierar
     """(peak MiB of one inference including the weights, method); None when it ran out of memory."""
     import torch
 
-    device = next(model.parameters()).device
+    param = next(model.parameters())
+    weights = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    if _is_simulated(param):
+        with simulated_cuda(param.fake_mode):
+            left = torch.empty(1, 3, height, width, device="cuda")
+            right = torch.empty(1, 3, height, width, device="cuda")
+            peak = _traced_peak(model, left, right, precision, hierarchical, iters)
+        return (weights + peak) / 2 ** 20, METHOD_SIMULATED
+    device = param.device
     gen = torch.Generator().manual_seed(0)
     left = (torch.rand(1, 3, height, width, generator=gen) * 255).to(device)
     right = (torch.rand(1, 3, height, width, generator=gen) * 255).to(device)
-    weights = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         gc.collect()
@@ -112,13 +192,20 @@ def measure_peak_mib(model: Any, height: int, width: int, precision: str, hierar
         except torch.cuda.OutOfMemoryError:
             gc.collect()
             torch.cuda.empty_cache()
-            return None, "cuda max_memory_allocated"
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20, "cuda max_memory_allocated"
+            return None, METHOD_CUDA
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20, METHOD_CUDA
+    return (weights + _traced_peak(model, left, right, precision, hierarchical, iters)) / 2 ** 20, METHOD_CPU
+
+
+def _traced_peak(model: Any, left: Any, right: Any, precision: str, hierarchical: bool, iters: int) -> int:
+    """Bytes of the inputs plus the peak of storage made during one inference."""
+    import torch
+
     tracker = StoragePeak()
     tracker.ignore(list(model.parameters()) + list(model.buffers()) + [left, right])
     with torch.no_grad(), tracker:
         model.infer(left, right, iters=iters, hierarchical=hierarchical, precision=precision)
-    return (weights + tracker.peak + left.nbytes + right.nbytes) / 2 ** 20, "cpu tensor storage (traced)"
+    return tracker.peak + left.nbytes + right.nbytes
 
 
 def fit_peak(pixels: Sequence[float], peaks_mib: Sequence[float]) -> Tuple[float, float, float]:
@@ -212,10 +299,12 @@ def format_table(rows: Sequence[Dict[str, Any]], budgets_gib: Sequence[float]) -
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="foundation-stereo-memory", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--device", default=None, help="cuda[:N] or cpu (default: cuda if available)")
+    p.add_argument("--device", default=None,
+                   help=f"cuda[:N], cpu (a traced CPU pass, fp32 only) or {SIMULATED} (a traced pass on shape-only "
+                        f"CUDA tensors, no GPU needed; default: cuda if available, else {SIMULATED})")
     p.add_argument("--variants", type=comma_list(str), default=["vits", "vitl"], help="comma list of vits, vitb, vitl")
     p.add_argument("--precisions", type=comma_list(str), default=None,
-                   help="comma list of fp32, fp16, bf16 (default: fp32,bf16 on a GPU, fp32 on the CPU)")
+                   help=f"comma list of fp32, fp16, bf16 (default: fp32,bf16 on a GPU or {SIMULATED}, fp32 on the CPU)")
     p.add_argument("--samples", type=comma_list(parse_size), default=list(DEFAULT_SAMPLES),
                    help="comma list of HEIGHTxWIDTH sizes whose peaks are measured for the fit")
     p.add_argument("--budgets-gib", type=comma_list(float), default=[8.0, 16.0, 24.0], help="comma list of GiB")
@@ -223,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="left free in each budget for the CUDA context, the node and fragmentation")
     p.add_argument("--iters", type=positive_int, default=4, help="GRU iterations per measured inference")
     p.add_argument("--no-hierarchical", action="store_true", help="skip hierarchical inference")
-    p.add_argument("--no-verify", action="store_true", help="do not re-measure the sizes found (GPU only)")
+    p.add_argument("--no-verify", action="store_true", help="do not re-measure the sizes found (always skipped with --device cpu)")
     p.add_argument("--json", default=None, help="write the results here")
     return p
 
@@ -235,33 +324,38 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..model import FoundationStereo, FoundationStereoConfig
     from ..model.config import VIT_SPECS
 
-    device, problem = torch_device(args.device)
+    simulated = args.device == SIMULATED or (args.device is None and not torch.cuda.is_available())
+    device, problem = (torch.device("cuda"), None) if simulated else torch_device(args.device)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    on_gpu = device.type == "cuda" and not simulated
     precisions = args.precisions or (["fp32", "bf16"] if device.type == "cuda" else ["fp32"])
     bad = [v for v in args.variants if v not in VIT_SPECS] + [p for p in precisions if p not in ("fp32", "fp16", "bf16")]
     if bad:
         print(f"error: unknown variant(s) or precision(s): {bad}", file=sys.stderr)
         return 2
     if device.type != "cuda" and precisions != ["fp32"]:
-        print("error: fp16/bf16 need a CUDA device", file=sys.stderr)
+        print(f"error: fp16/bf16 need a CUDA device (or --device {SIMULATED})", file=sys.stderr)
         return 2
     if any(b <= args.reserve_gib for b in args.budgets_gib):
         print(f"error: every budget must exceed --reserve-gib ({args.reserve_gib:g})", file=sys.stderr)
         return 2
-    total = torch.cuda.get_device_properties(device).total_memory / 2 ** 20 if device.type == "cuda" else None
-    result: Dict[str, Any] = dict(device=str(device), device_name=(torch.cuda.get_device_name(device)
-                                                                   if device.type == "cuda" else "cpu"),
+    total = torch.cuda.get_device_properties(device).total_memory / 2 ** 20 if on_gpu else None
+    name = torch.cuda.get_device_name(device) if on_gpu else (f"{SIMULATED} (traced on the CPU)" if simulated else "cpu")
+    result: Dict[str, Any] = dict(device=SIMULATED if simulated else str(device), device_name=name,
                                   device_total_mib=total, torch=torch.__version__, iters=args.iters, rows=[])
     kinds = [False] if args.no_hierarchical else [False, True]
     for variant in args.variants:
         torch.manual_seed(0)
-        model = FoundationStereo(FoundationStereoConfig(vit_size=variant)).eval().to(device)
+        if simulated:
+            model = simulated_cuda_model(variant)
+        else:
+            model = FoundationStereo(FoundationStereoConfig(vit_size=variant)).eval().to(device)
         for precision in precisions:
             for hierarchical in kinds:
                 row = analyse(model, variant, precision, hierarchical, args.samples, args.budgets_gib,
-                              args.reserve_gib, args.iters, verify=device.type == "cuda" and not args.no_verify,
+                              args.reserve_gib, args.iters, verify=(on_gpu or simulated) and not args.no_verify,
                               device_total_mib=total)
                 result["rows"].append(row)
                 print(f"{variant} {precision} hierarchical={hierarchical}: "
@@ -272,7 +366,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     Path(args.json).write_text(json.dumps(result, indent=1))
         del model
         gc.collect()
-        if device.type == "cuda":
+        if on_gpu:
             torch.cuda.empty_cache()
     print()
     print(f"# largest camera size per memory budget ({args.reserve_gib:g} GiB kept free), {result['device_name']}")
