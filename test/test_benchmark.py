@@ -108,7 +108,7 @@ def test_cli_runs_on_the_cpu_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     code = benchmark.main(["--device", "cpu", "--variants", "vits", "--sizes", "60x90", "--iters", "2",
                            "--modes", "eager-fp32,eager-bf16,cudagraph-fp32", "--repeats", "2", "--warmup", "1",
-                           "--stage-repeats", "1", "--json", str(out)])
+                           "--stage-repeats", "1", "--peak-tflops", "2", "--json", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
     result = json.loads(out.read_text())
@@ -132,7 +132,15 @@ def test_cli_runs_on_the_cpu_and_writes_json(tmp_path, capsys):
     assert node["total_ms"] == pytest.approx(sum(node["stages_ms"].values()))
     assert node["worker_ms"] == pytest.approx(node["total_ms"] - node["stages_ms"]["message_building"])
     worker_pct = 100.0 * node["worker_ms"] / ok["latency_ms"]["median"]
-    assert re.search(rf"eager-fp32 .* {worker_pct:.1f}\n", printed + "\n"), printed
+    # The FLOP count of the padded size, per stage as the stage hook names them, and the floor.
+    flops = ok["flops"]
+    assert (flops["height"], flops["width"], flops["iters"]) == (64, 96, 2)
+    assert set(flops["stages"]) == set(NETWORK_STAGES) and sum(flops["stages"].values()) == flops["total"] > 0
+    assert ok["floor_ms"] == pytest.approx(flops["total"] / 2e12 * 1e3)
+    assert ok["x_floor"] == pytest.approx(lat["median"] / ok["floor_ms"])
+    assert re.search(rf"eager-fp32 .* {worker_pct:.1f} +{flops['total'] / 1e12:.2f} +{ok['x_floor']:.1f}\n",
+                     printed + "\n"), printed
+    assert "network work per stage" in printed and "peak 2 TFLOP/s" in printed
     assert set(node["by_geometry_device"]) == {"host", "network"} and node["geometry_device"] == "host"
     assert "eager-fp32" in printed and "network stages" in printed and "node stages" in printed
 

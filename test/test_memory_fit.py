@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from foundation_stereo_ros.runtime.simulated import simulated_cuda, simulated_cuda_model
 from foundation_stereo_ros.tools import memory_fit
 
 
@@ -35,7 +36,7 @@ def test_simulated_cuda_applies_autocast_and_fused_attention_then_restores_torch
     import torch.nn.functional as F
 
     sdpa = F.scaled_dot_product_attention
-    with memory_fit.simulated_cuda():
+    with simulated_cuda():
         x = torch.empty(1, 3, 16, 16, device="cuda")
         w = torch.empty(4, 3, 3, 3, device="cuda")
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -49,7 +50,7 @@ def test_simulated_cuda_applies_autocast_and_fused_attention_then_restores_torch
         # Fused attention keeps O(L) storage; the math fallback would hold 2x4096x4096 floats (128 MiB).
         assert tracker.peak < 8 * 2 ** 20
     assert F.scaled_dot_product_attention is sdpa
-    with pytest.raises(RuntimeError), memory_fit.simulated_cuda():
+    with pytest.raises(RuntimeError), simulated_cuda():
         raise RuntimeError("boom")
     assert F.scaled_dot_product_attention is sdpa
     if torch.cuda.is_available():
@@ -67,7 +68,7 @@ def test_simulated_trace_agrees_with_a_real_cpu_trace():
     torch.manual_seed(0)
     real = FoundationStereo(FoundationStereoConfig(vit_size="vits")).eval()
     cpu, cpu_method = memory_fit.measure_peak_mib(real, 64, 96, "fp32", False, 1)
-    sim_model = memory_fit.simulated_cuda_model("vits")
+    sim_model = simulated_cuda_model("vits")
     sim, sim_method = memory_fit.measure_peak_mib(sim_model, 64, 96, "fp32", False, 1)
     sim_bf16, _ = memory_fit.measure_peak_mib(sim_model, 64, 96, "bf16", False, 1)
     assert (cpu_method, sim_method) == (memory_fit.METHOD_CPU, memory_fit.METHOD_SIMULATED)
@@ -79,7 +80,7 @@ def test_simulated_trace_agrees_with_a_real_cpu_trace():
 def test_the_cost_volume_is_not_the_peak_at_camera_size():
     """Regression: the correlation volume once made a C x D x H x W copy (1.7 GB at 480x640 for
     ViT-L); now the ViT-S peak at 480x640 stays under 2 GiB in fp32, weights included."""
-    model = memory_fit.simulated_cuda_model("vits")
+    model = simulated_cuda_model("vits")
     peak, _ = memory_fit.measure_peak_mib(model, 480, 640, "fp32", False, 1)
     assert peak < 2048
 
@@ -106,6 +107,36 @@ def test_largest_size_is_the_largest_that_fits(aspect_name):
     h2 = max(32, int(round(w2 / aspect / 32)) * 32)
     assert peak(h2, w2) > 7168.0
     assert memory_fit.largest_size(fit, 100.0, aspect) is None  # the weights alone do not fit
+
+
+@pytest.mark.parametrize("guess_width", [256, 1024, 2048, 4096])
+def test_search_finds_the_largest_measured_fit_from_any_guess(guess_width):
+    aspect = 4.0 / 3.0
+    calls = []
+
+    def measure(size):  # a peak that the fit would not know: an extra term in the width
+        calls.append(size)
+        h, w = size
+        return None if w > 3000 else 300.0 + 2e-3 * h * w + 0.5 * w  # None: out of memory
+
+    usable = 4000.0
+    brute = max(w for w in range(32, 4097, 32) if measure(memory_fit._size_at(w, aspect)) is not None
+                and measure(memory_fit._size_at(w, aspect)) <= usable)
+    calls.clear()
+    found = memory_fit.search_measured(measure, memory_fit._size_at(guess_width, aspect), usable, aspect,
+                                       max_measurements=40)
+    assert found["size"] == list(memory_fit._size_at(brute, aspect))
+    assert found["verified_within_budget"] and found["verified_peak_mib"] <= usable and found["maximal"]
+    assert found["measurements"] == len(set(calls)) <= 40
+
+
+def test_search_reports_what_it_could_not_fix():
+    def too_big(size):
+        return 1e9
+
+    assert memory_fit.search_measured(too_big, (32, 32), 100.0, 1.0)["size"] is None
+    stuck = memory_fit.search_measured(too_big, (1536, 2048), 100.0, 4.0 / 3.0, max_measurements=1)
+    assert stuck["verified_within_budget"] is False and stuck["measurements"] == 1
 
 
 def test_cli_on_the_cpu_measures_fits_and_writes_json(tmp_path, capsys):
@@ -171,7 +202,7 @@ def test_simulation_against_the_gpu(precision):
 
     model = FoundationStereo(FoundationStereoConfig(vit_size="vits")).eval().cuda()
     measured, _ = memory_fit.measure_peak_mib(model, 480, 640, precision, False, 2)
-    simulated, _ = memory_fit.measure_peak_mib(memory_fit.simulated_cuda_model("vits"), 480, 640, precision,
+    simulated, _ = memory_fit.measure_peak_mib(simulated_cuda_model("vits"), 480, 640, precision,
                                                False, 2)
     print(f"480x640 ViT-S {precision}: measured {measured:.0f} MiB, simulated {simulated:.0f} MiB")
     assert 0.75 * measured <= simulated <= 1.1 * measured

@@ -3,7 +3,10 @@
 For every combination of variant, resolution, GRU iterations and execution mode it reports
 the median and p95 latency of the network, its throughput, its peak memory (CUDA:
 ``torch.cuda.max_memory_allocated``; CPU: peak resident set size sampled during the runs), the
-largest difference of its disparity from the eager fp32 path on the same input, and for eager
+largest difference of its disparity from the eager fp32 path on the same input, its work in
+floating-point operations (PyTorch's FLOP counter on a simulated CUDA device,
+``runtime.simulated.count_flops``) and, where the GPU's peak dense bf16 rate is known or given
+(``--peak-tflops``), how far the median is from that FLOP floor; and for eager
 modes the time of each stage (monocular branch, CNN features, cost volume, aggregation, context,
 geometry volume, each GRU iteration, upsampling; CUDA events on a GPU). The node's own work per
 camera pair (image conversion, rectification, upload and download, depth, points, message
@@ -48,6 +51,18 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                             "compile-cudagraph-bf16"],
                      repeats=20, warmup=3),
 }
+
+# Peak dense bf16 tensor-core rate (TFLOP/s) from NVIDIA's data sheets, by the name CUDA reports.
+# The first entry whose key is in the name wins; other GPUs need --peak-tflops for the floor.
+PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0))
+
+
+def peak_tflops_for(gpu_name: Optional[str]) -> Optional[float]:
+    for key, tflops in PEAK_BF16_TFLOPS:
+        if gpu_name and key in gpu_name:
+            return tflops
+    return None
+
 
 NODE_STAGES = ("image_conversion", "rectification", "upload_download", "depth", "points", "message_building")
 
@@ -467,11 +482,30 @@ def run_config(model, variant: str, size: Tuple[int, int], iters: int, execution
     return row
 
 
+def add_flops(row: Dict[str, Any], cfg: Any, cache: Dict[Tuple[int, int, int], Dict[str, Any]],
+              peak_tflops: Optional[float]) -> None:
+    """The row's FLOP count (counted once per padded size and iteration count) and, with a known
+    peak rate, its FLOP floor and how many times that floor the median is."""
+    from ..runtime.simulated import count_flops
+
+    key = (row["padded"][0], row["padded"][1], row["iters"])
+    if key not in cache:
+        try:
+            cache[key] = count_flops(cfg, *key)
+        except Exception as e:  # noqa: BLE001 - a counting failure must not lose the timing
+            cache[key] = dict(error=f"{type(e).__name__}: {e}")
+    row["flops"] = cache[key]
+    if peak_tflops and "total" in cache[key]:
+        row["floor_ms"] = cache[key]["total"] / (peak_tflops * 1e12) * 1e3
+        row["x_floor"] = row["latency_ms"]["median"] / row["floor_ms"]
+
+
 # ---------------------------------------------------------------------------------------- output
-def format_tables(rows: Sequence[Dict[str, Any]], node: Dict[str, Dict[str, Any]]) -> str:
+def format_tables(rows: Sequence[Dict[str, Any]], node: Dict[str, Dict[str, Any]],
+                  peak_tflops: Optional[float] = None) -> str:
     lines = []
     head = (f"{'variant':7} {'size':>9} {'it':>3} {'mode':24} {'median ms':>10} {'p95 ms':>9} {'pairs/s':>8} "
-            f"{'peak MiB':>9} {'x eager32':>9} {'max|d-d32| px':>13} {'node %':>7}")
+            f"{'peak MiB':>9} {'x eager32':>9} {'max|d-d32| px':>13} {'node %':>7} {'TFLOP':>6} {'x floor':>7}")
     lines += [head, "-" * len(head)]
     legend = ("node %: the node's own work on the worker thread (all node stages but message building, which "
               "the publisher thread does beside the next frame) relative to the median latency")
@@ -492,10 +526,35 @@ def format_tables(rows: Sequence[Dict[str, Any]], node: Dict[str, Dict[str, Any]
         ntxt = f"{100.0 * nd['worker_ms'] / lat['median']:.1f}" if nd and "worker_ms" in nd else "-"
         fps = f"{r['throughput_fps']:.2f}" if r.get("throughput_fps") else "-"
         mem = f"{r['peak_memory_mib']:.0f}" if r.get("peak_memory_mib") is not None else "-"
+        flops = r.get("flops") or {}
+        ftxt = f"{flops['total'] / 1e12:.2f}" if "total" in flops else "-"
+        xtxt = f"{r['x_floor']:.1f}" if r.get("x_floor") is not None else "-"
         lines.append(f"{r['variant']:7} {size:>9} {r['iters']:>3} {r['mode']:24} {lat['median']:10.1f} "
-                     f"{lat['p95']:9.1f} {fps:>8} {mem:>9} {speed:>9} {dtxt:>13} {ntxt:>7}")
+                     f"{lat['p95']:9.1f} {fps:>8} {mem:>9} {speed:>9} {dtxt:>13} {ntxt:>7} {ftxt:>6} {xtxt:>7}")
     if node and rows:
         lines.append(legend)
+    if any((r.get("flops") or {}).get("total") for r in rows):
+        lines.append("TFLOP: PyTorch's FLOP counter (2 per multiply-add) on the simulated CUDA device; x floor: the "
+                     "median over TFLOP / peak, "
+                     + (f"peak {peak_tflops:g} TFLOP/s dense bf16" if peak_tflops else
+                        "no peak known for this device (--peak-tflops)"))
+    counted = {}
+    for r in rows:
+        flops = r.get("flops") or {}
+        if flops.get("stages"):
+            counted.setdefault((r["variant"], r["height"], r["width"], r["iters"]), flops)
+    if counted:
+        from ..runtime.stages import NETWORK_STAGES as _STAGES
+
+        lines.append("")
+        lines.append("network work per stage, TFLOP (gru: all iterations)")
+        hdr = f"{'variant':7} {'size':>9} {'it':>3} " + " ".join(f"{s:>15}" for s in _STAGES) + f" {'total':>7}"
+        lines += [hdr, "-" * len(hdr)]
+        for (variant, h, w, iters), flops in counted.items():
+            cells = [flops["stages"].get(s) for s in _STAGES]
+            lines.append(f"{variant:7} {f'{h}x{w}':>9} {iters:>3} "
+                         + " ".join(f"{c / 1e12:15.3f}" if c is not None else f"{'-':>15}" for c in cells)
+                         + f" {flops['total'] / 1e12:7.2f}")
     staged = [r for r in rows if r.get("stages_ms")]
     if staged:
         from ..runtime.stages import NETWORK_STAGES
@@ -556,6 +615,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="real weights (then --variants is taken from its cfg.yaml)")
     p.add_argument("--onnx-dir", default=None, help="where the onnxruntime mode writes exports (default: a temp dir)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: PyTorch's default)")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="the GPU's peak dense bf16 TFLOP/s, for the 'x floor' column (default: known for H100, "
+                        "H200, A100)")
+    p.add_argument("--no-flops", action="store_true", help="skip counting the network's FLOPs")
     p.add_argument("--json", default=None, help="write the results here (rewritten after every configuration)")
     return p
 
@@ -613,6 +676,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             with open(args.json, "w") as f:
                 json.dump(result, f, indent=1)
 
+    peak_tflops = args.peak_tflops or peak_tflops_for(result["machine"].get("gpu"))
+    result["settings"]["peak_tflops"] = peak_tflops
     print(f"# {result['machine'].get('gpu') or result['machine']['cpu']} ({device}), torch "
           f"{torch.__version__}", flush=True)
     reference: Dict[Tuple, Any] = {}
@@ -631,6 +696,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for variant in ([] if args.no_network else args.variants):
             model, weights = build_model(variant, args.checkpoint, device)
             result["settings"]["weights"] = weights
+            flop_counts: Dict[Tuple[int, int, int], Dict[str, Any]] = {}
             for size in args.sizes:
                 for iters in args.iters:
                     for execution, precision in modes:
@@ -646,6 +712,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             row = dict(variant=variant, height=size[0], width=size[1], iters=iters,
                                        mode=f"{execution}-{precision}", status="error",
                                        reason=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                        if row.get("status") == "ok" and not args.no_flops:
+                            add_flops(row, model.cfg, flop_counts, peak_tflops)
                         result["rows"].append(row)
                         flush()
                         lat = row.get("latency_ms")
@@ -657,7 +725,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     print()
-    print(format_tables(result["rows"], result["node"]))
+    print(format_tables(result["rows"], result["node"], peak_tflops))
     if result.get("node_rate"):
         from .node_rate import format_rows
 

@@ -9,8 +9,9 @@ attention kernels a GPU would pick, and traces the peak of live tensor storage o
 cuDNN workspaces, allocator rounding or the CUDA context, so its table is labelled as such. A curve ``peak = a + b P + c P^2`` in the padded pixel count ``P``
 is fitted to those peaks, and for each budget (default 8, 16 and 24 GiB: Jetson Orin NX/AGX and
 desktop cards) and aspect ratio the largest size whose fitted peak stays ``--reserve-gib`` below
-the budget is reported. Each answer is then measured again (``verified_peak_mib``; on a GPU only the
-answers that fit the card), so the table rests on measured peaks, not only on the fit.
+the budget is reported. Each answer is then measured at its own size and moved, 32 columns at a time,
+to the largest size whose measured peak fits (``verified_peak_mib``; on a GPU only the answers
+that fit the card), so the table rests on measured peaks, not only on the fit.
 
 The peak does not depend on the GRU iteration count (each iteration's tensors are released
 before the next one), so a few iterations suffice.
@@ -18,14 +19,13 @@ before the next one), so a few iterations suffice.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import math
 import sys
 import weakref
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -95,70 +95,6 @@ METHOD_CPU = "cpu tensor storage (traced)"
 METHOD_SIMULATED = "simulated cuda tensor storage (traced; no workspaces or context)"
 
 
-def _gpu_attention(query: Any, key: Any, value: Any, attn_mask: Any = None, dropout_p: float = 0.0,
-                   is_causal: bool = False, scale: Optional[float] = None, **_: Any) -> Any:
-    """``F.scaled_dot_product_attention`` as a GPU runs it, for shape-only tensors: the fused
-    kernels (flash attention for fp16/bf16, memory-efficient attention otherwise), never the
-    math fallback that a device-less dispatch would pick and that materialises L x L weights."""
-    import torch
-
-    if torch.is_autocast_enabled("cuda"):  # SDPA is on CUDA autocast's lower-precision list
-        dtype = torch.get_autocast_dtype("cuda")
-        query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
-    if attn_mask is None and query.dtype in (torch.float16, torch.bfloat16) and query.shape[-1] <= 256:
-        return torch.ops.aten._scaled_dot_product_flash_attention(query, key, value, 0.0, is_causal, False,
-                                                                  scale=scale)[0]
-    return torch.ops.aten._scaled_dot_product_efficient_attention(query, key, value, attn_mask, False, 0.0,
-                                                                  is_causal, scale=scale)[0]
-
-
-@contextlib.contextmanager
-def simulated_cuda(mode: Any = None) -> Iterator[Any]:
-    """A ``FakeTensorMode`` (``mode``, or a new one) in which CUDA tensors need no GPU: CUDA
-    autocast is allowed (PyTorch turns it off when no device is present) and attention takes the
-    GPU's fused kernels."""
-    import torch
-    import torch.nn.functional as F
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    amp_common = torch.cuda.amp.common
-    saved = (amp_common.amp_definitely_not_available, torch.cuda.is_bf16_supported, F.scaled_dot_product_attention)
-    amp_common.amp_definitely_not_available = lambda: False
-    torch.cuda.is_bf16_supported = lambda *a, **k: True
-    F.scaled_dot_product_attention = _gpu_attention
-    try:
-        with (mode if mode is not None else FakeTensorMode()) as active:
-            yield active
-    finally:
-        amp_common.amp_definitely_not_available, torch.cuda.is_bf16_supported, F.scaled_dot_product_attention = saved
-
-
-def simulated_cuda_model(variant: str) -> Any:
-    """The network with shape-only CUDA weights (built on the meta device: no memory, no init)."""
-    import torch
-
-    from ..model import FoundationStereo, FoundationStereoConfig
-
-    with torch.device("meta"):
-        model = FoundationStereo(FoundationStereoConfig(vit_size=variant)).eval()
-    with simulated_cuda():
-        for module in model.modules():
-            for name, p in list(module._parameters.items()):
-                if p is not None:
-                    module._parameters[name] = torch.nn.Parameter(
-                        torch.empty(p.shape, dtype=p.dtype, device="cuda"), requires_grad=False)
-            for name, b in list(module._buffers.items()):
-                if b is not None:
-                    module._buffers[name] = torch.empty(b.shape, dtype=b.dtype, device="cuda")
-    return model
-
-
-def _is_simulated(tensor: Any) -> bool:
-    from torch._subclasses.fake_tensor import FakeTensor
-
-    return isinstance(tensor, FakeTensor)
-
-
 def padded_pixels(height: int, width: int) -> int:
     return (math.ceil(height / 32) * 32) * (math.ceil(width / 32) * 32)
 
@@ -168,12 +104,13 @@ def measure_peak_mib(model: Any, height: int, width: int, precision: str, hierar
     """(peak MiB of one inference including the weights, method); None when it ran out of memory."""
     import torch
 
+    from ..runtime.simulated import is_simulated, simulated_cuda, simulated_inputs
+
     param = next(model.parameters())
     weights = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
-    if _is_simulated(param):
+    if is_simulated(param):
         with simulated_cuda(param.fake_mode):
-            left = torch.empty(1, 3, height, width, device="cuda")
-            right = torch.empty(1, 3, height, width, device="cuda")
+            left, right = simulated_inputs(height, width)
             peak = _traced_peak(model, left, right, precision, hierarchical, iters)
         return (weights + peak) / 2 ** 20, METHOD_SIMULATED
     device = param.device
@@ -238,10 +175,43 @@ def largest_size(fit: Tuple[float, float, float], budget_mib: float, aspect: flo
     return best
 
 
+def _size_at(width: int, aspect: float) -> Tuple[int, int]:
+    return max(32, int(round(width / aspect / 32)) * 32), width
+
+
+def search_measured(measure: Any, guess: Tuple[int, int], usable_mib: float, aspect: float,
+                    max_measurements: int = 12) -> Dict[str, Any]:
+    """From the fit's answer, find the largest width (multiple of 32, height by ``aspect``) whose
+    measured peak fits ``usable_mib``: shrink towards the budget while it does not fit, then step
+    up by 32 while it does. ``measure((h, w))`` returns MiB, or None for out of memory."""
+    width = guess[1]
+    tried: Dict[int, Optional[float]] = {}
+
+    def fits(w: int) -> bool:
+        if w not in tried:
+            tried[w] = measure(_size_at(w, aspect))
+        return tried[w] is not None and tried[w] <= usable_mib
+
+    while not fits(width) and len(tried) < max_measurements:
+        if width <= 32:
+            return dict(size=None, measurements=len(tried))
+        peak = tried[width]
+        factor = math.sqrt(usable_mib / peak) if peak else 0.8
+        width = max(32, min(width - 32, int(width * factor) // 32 * 32))
+    if not fits(width):
+        return dict(size=list(_size_at(width, aspect)), measurements=len(tried), verified_peak_mib=tried[width],
+                    verified_within_budget=False)
+    while len(tried) < max_measurements and fits(width + 32):
+        width += 32
+    return dict(size=list(_size_at(width, aspect)), verified_peak_mib=tried[width], verified_within_budget=True,
+                maximal=(width + 32) in tried, measurements=len(tried))
+
+
 def analyse(model: Any, variant: str, precision: str, hierarchical: bool, samples: Sequence[Tuple[int, int]],
             budgets_gib: Sequence[float], reserve_gib: float, iters: int, verify: bool,
             device_total_mib: Optional[float]) -> Dict[str, Any]:
-    """Measured sample peaks, the fit and the largest size per budget and aspect (one table row)."""
+    """Measured sample peaks, the fit and the largest size per budget and aspect (one table row).
+    With ``verify`` each answer of the fit is measured and corrected by :func:`search_measured`."""
     measured = []
     method = ""
     for h, w in samples:
@@ -256,16 +226,18 @@ def analyse(model: Any, variant: str, precision: str, hierarchical: bool, sample
         row.update(status="no_fit", reason=str(e))
         return row
     row["fit_mib"] = dict(a=fit[0], b_per_pixel=fit[1], c_per_pixel2=fit[2])
+
+    def measure(size: Tuple[int, int]) -> Optional[float]:
+        return measure_peak_mib(model, size[0], size[1], precision, hierarchical, iters)[0]
+
     fits: Dict[str, Dict[str, Any]] = {}
     for budget in budgets_gib:
         usable = (budget - reserve_gib) * 1024.0
         for name, aspect in ASPECTS.items():
             size = largest_size(fit, usable, aspect)
-            entry: Dict[str, Any] = dict(size=list(size) if size else None)
+            entry: Dict[str, Any] = dict(size=list(size) if size else None, fit_size=list(size) if size else None)
             if size and verify and (device_total_mib is None or usable <= device_total_mib):
-                peak, _ = measure_peak_mib(model, size[0], size[1], precision, hierarchical, iters)
-                entry["verified_peak_mib"] = peak
-                entry["verified_within_budget"] = peak is not None and peak <= usable
+                entry.update(search_measured(measure, size, usable, aspect))
             fits[f"{budget:g}GiB {name}"] = entry
     row["largest"] = fits
     row["status"] = "ok"
@@ -289,8 +261,8 @@ def format_table(rows: Sequence[Dict[str, Any]], budgets_gib: Sequence[float]) -
             cells.append(f"{txt:>15}")
         lines.append(f"{r['variant']:7} {r['precision']:9} {str(r['hierarchical']):5} " + " ".join(cells))
     lines.append("")
-    lines.append("sizes are height x width (multiples of 32); '!' marks a size whose re-measured peak exceeded "
-                 "the budget")
+    lines.append("sizes are height x width (multiples of 32); each measured again at its own size and corrected "
+                 "(unless --no-verify); '!' marks one whose peak still exceeded the budget")
     methods = sorted({r.get("method", "") for r in rows})
     lines.append(f"peaks: {', '.join(methods)}")
     return "\n".join(lines)
@@ -349,6 +321,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for variant in args.variants:
         torch.manual_seed(0)
         if simulated:
+            from ..runtime.simulated import simulated_cuda_model
+
             model = simulated_cuda_model(variant)
         else:
             model = FoundationStereo(FoundationStereoConfig(vit_size=variant)).eval().to(device)

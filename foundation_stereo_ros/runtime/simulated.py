@@ -1,0 +1,114 @@
+"""The network on a simulated CUDA device: shape-only ("fake") tensors, no GPU needed.
+
+The real forward pass runs on ``FakeTensorMode`` tensors placed on ``cuda``: every op computes
+the shape and dtype of its result and nothing else, so a ViT-L pass at 720x1280 takes seconds
+on a laptop CPU. What a GPU would decide is kept: CUDA's autocast rules (PyTorch turns CUDA
+autocast off when no device is present; here it stays on) and the fused attention kernels a GPU
+picks (a device-less dispatch would fall back to the math kernel, which materialises the L x L
+weights). Two tools use it:
+
+- ``foundation-stereo-memory`` traces the peak of live tensor storage (``--device simulated-cuda``);
+- :func:`count_flops` counts the network's floating-point work per stage with PyTorch's FLOP
+  counter, which the benchmark relates to measured latency (its "x floor" column).
+
+What it cannot tell: cuDNN workspaces, allocator rounding, the CUDA context, and time.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Dict, Iterator, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+from ..model import FoundationStereo, FoundationStereoConfig
+
+__all__ = ["count_flops", "is_simulated", "simulated_cuda", "simulated_cuda_model"]
+
+
+def _gpu_attention(query: Any, key: Any, value: Any, attn_mask: Any = None, dropout_p: float = 0.0,
+                   is_causal: bool = False, scale: Optional[float] = None, **_: Any) -> Any:
+    """``F.scaled_dot_product_attention`` as a GPU runs it, for shape-only tensors: the fused
+    kernels (flash attention for fp16/bf16, memory-efficient attention otherwise)."""
+    if torch.is_autocast_enabled("cuda"):  # SDPA is on CUDA autocast's lower-precision list
+        dtype = torch.get_autocast_dtype("cuda")
+        query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
+    if attn_mask is None and query.dtype in (torch.float16, torch.bfloat16) and query.shape[-1] <= 256:
+        return torch.ops.aten._scaled_dot_product_flash_attention(query, key, value, 0.0, is_causal, False,
+                                                                  scale=scale)[0]
+    return torch.ops.aten._scaled_dot_product_efficient_attention(query, key, value, attn_mask, False, 0.0,
+                                                                  is_causal, scale=scale)[0]
+
+
+@contextlib.contextmanager
+def simulated_cuda(mode: Any = None) -> Iterator[Any]:
+    """Enter ``mode`` (a ``FakeTensorMode``; a new one if None) with CUDA autocast allowed and
+    attention on the GPU's fused kernels; everything patched is restored on exit."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    amp_common = torch.cuda.amp.common
+    saved = (amp_common.amp_definitely_not_available, torch.cuda.is_bf16_supported, F.scaled_dot_product_attention)
+    amp_common.amp_definitely_not_available = lambda: False
+    torch.cuda.is_bf16_supported = lambda *a, **k: True
+    F.scaled_dot_product_attention = _gpu_attention
+    try:
+        with (mode if mode is not None else FakeTensorMode()) as active:
+            yield active
+    finally:
+        amp_common.amp_definitely_not_available, torch.cuda.is_bf16_supported, F.scaled_dot_product_attention = saved
+
+
+def simulated_cuda_model(config: Union[str, FoundationStereoConfig]) -> FoundationStereo:
+    """The network (a variant name or a full config) with shape-only CUDA weights; built on the
+    meta device, so it takes no memory and no initialisation time."""
+    cfg = FoundationStereoConfig(vit_size=config) if isinstance(config, str) else config
+    with torch.device("meta"):
+        model = FoundationStereo(cfg).eval()
+    with simulated_cuda():
+        for module in model.modules():
+            for name, p in list(module._parameters.items()):
+                if p is not None:
+                    module._parameters[name] = torch.nn.Parameter(
+                        torch.empty(p.shape, dtype=p.dtype, device="cuda"), requires_grad=False)
+            for name, b in list(module._buffers.items()):
+                if b is not None:
+                    module._buffers[name] = torch.empty(b.shape, dtype=b.dtype, device="cuda")
+    return model
+
+
+def is_simulated(tensor: Any) -> bool:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(tensor, FakeTensor)
+
+
+def simulated_inputs(height: int, width: int, batch: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A shape-only left/right pair; call inside :func:`simulated_cuda` with the model's mode."""
+    return (torch.empty(batch, 3, height, width, device="cuda"), torch.empty(batch, 3, height, width, device="cuda"))
+
+
+def count_flops(config: Union[str, FoundationStereoConfig, FoundationStereo], height: int, width: int,
+                iters: int) -> Dict[str, Any]:
+    """Floating-point operations of one forward pass at a padded size (multiples of 32), counted
+    by PyTorch's FLOP counter (matmuls, convolutions, attention; 2 per multiply-add) on the
+    simulated device: ``total``, ``stages`` (as the model's ``on_stage`` hook names them;
+    ``gru`` summed over the iterations) and ``gru_iteration``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if height % 32 or width % 32:
+        raise ValueError(f"count_flops takes a padded size (multiples of 32), got {height}x{width}")
+    model = config if isinstance(config, FoundationStereo) else simulated_cuda_model(config)
+    marks = []
+    with simulated_cuda(next(model.parameters()).fake_mode):
+        left, right = simulated_inputs(height, width)
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            model(left, right, iters=iters, on_stage=lambda name: marks.append((name, counter.get_total_flops())))
+    stages: Dict[str, int] = {}
+    previous = 0
+    for name, total in marks:
+        stages[name] = stages.get(name, 0) + total - previous
+        previous = total
+    total = counter.get_total_flops()
+    return dict(total=int(total), stages=stages, gru_iteration=stages.get("gru", 0) // iters,
+                height=height, width=width, iters=iters)
