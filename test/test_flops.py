@@ -55,3 +55,22 @@ def test_counting_leaves_no_trace_on_torch():
     count_flops("vits", 64, 96, 1)
     assert F.scaled_dot_product_attention is sdpa
     assert torch.zeros(2).sum().item() == 0.0  # real tensors again, outside the fake mode
+
+
+def test_benchmark_counts_only_when_asked(tmp_path, capsys):
+    import json
+
+    from foundation_stereo_ros.tools import benchmark
+
+    out = tmp_path / "flops.json"
+    assert benchmark.main(["--device", "cpu", "--flops-only", "--variants", "vits", "--sizes", "60x90",
+                           "--iters", "1,3", "--peak-tflops", "0.001", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["status"], r["padded"], r["iters"]) for r in rows] == [("counted", [64, 96], 1), ("counted", [64, 96], 3)]
+    one, three = (r["flops"] for r in rows)
+    assert three["stages"]["gru"] == 3 * one["stages"]["gru"]
+    assert three["stages"]["monocular"] == one["stages"]["monocular"] > 0
+    assert three["total"] - one["total"] == 2 * one["gru_iteration"]
+    printed = capsys.readouterr().out
+    assert "floor ms" in printed and f"{three['total'] / 1e6:9.1f}" in printed  # ms at 1 GFLOP/s
+    assert "median" not in printed  # nothing was timed

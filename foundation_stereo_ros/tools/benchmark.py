@@ -501,6 +501,24 @@ def add_flops(row: Dict[str, Any], cfg: Any, cache: Dict[Tuple[int, int, int], D
 
 
 # ---------------------------------------------------------------------------------------- output
+def format_flops(counted: Dict[Tuple[str, int, int, int], Dict[str, Any]], peak_tflops: Optional[float]) -> str:
+    """Per-stage TFLOP of each (variant, height, width, iters), and the floor at ``peak_tflops``."""
+    from ..runtime.stages import NETWORK_STAGES
+
+    lines = ["network work per stage, TFLOP (gru: all iterations)"
+             + (f"; floor: the total at {peak_tflops:g} TFLOP/s" if peak_tflops else "")]
+    hdr = (f"{'variant':7} {'size':>9} {'it':>3} " + " ".join(f"{s:>15}" for s in NETWORK_STAGES) + f" {'total':>7}"
+           + (f" {'floor ms':>9}" if peak_tflops else ""))
+    lines += [hdr, "-" * len(hdr)]
+    for (variant, h, w, iters), flops in counted.items():
+        cells = [flops["stages"].get(s) for s in NETWORK_STAGES]
+        lines.append(f"{variant:7} {f'{h}x{w}':>9} {iters:>3} "
+                     + " ".join(f"{c / 1e12:15.3f}" if c is not None else f"{'-':>15}" for c in cells)
+                     + f" {flops['total'] / 1e12:7.2f}"
+                     + (f" {flops['total'] / (peak_tflops * 1e12) * 1e3:9.1f}" if peak_tflops else ""))
+    return "\n".join(lines)
+
+
 def format_tables(rows: Sequence[Dict[str, Any]], node: Dict[str, Dict[str, Any]],
                   peak_tflops: Optional[float] = None) -> str:
     lines = []
@@ -544,17 +562,8 @@ def format_tables(rows: Sequence[Dict[str, Any]], node: Dict[str, Dict[str, Any]
         if flops.get("stages"):
             counted.setdefault((r["variant"], r["height"], r["width"], r["iters"]), flops)
     if counted:
-        from ..runtime.stages import NETWORK_STAGES as _STAGES
-
         lines.append("")
-        lines.append("network work per stage, TFLOP (gru: all iterations)")
-        hdr = f"{'variant':7} {'size':>9} {'it':>3} " + " ".join(f"{s:>15}" for s in _STAGES) + f" {'total':>7}"
-        lines += [hdr, "-" * len(hdr)]
-        for (variant, h, w, iters), flops in counted.items():
-            cells = [flops["stages"].get(s) for s in _STAGES]
-            lines.append(f"{variant:7} {f'{h}x{w}':>9} {iters:>3} "
-                         + " ".join(f"{c / 1e12:15.3f}" if c is not None else f"{'-':>15}" for c in cells)
-                         + f" {flops['total'] / 1e12:7.2f}")
+        lines.append(format_flops(counted, peak_tflops))
     staged = [r for r in rows if r.get("stages_ms")]
     if staged:
         from ..runtime.stages import NETWORK_STAGES
@@ -585,6 +594,27 @@ def format_tables(rows: Sequence[Dict[str, Any]], node: Dict[str, Dict[str, Any]
                 for stage, why in (path.get("not_measured") or {}).items():
                     lines.append(f"{'':>9} {'':>8} {stage} not measured: {why}")
     return "\n".join(lines)
+
+
+def _count_only(args: argparse.Namespace, result: Dict[str, Any], peak_tflops: Optional[float],
+                flush: Callable[[], None]) -> int:
+    from ..model.padding import InputPadder
+    from ..runtime.simulated import count_flops, simulated_cuda_model
+
+    counted: Dict[Tuple[str, int, int, int], Dict[str, Any]] = {}
+    for variant in args.variants:
+        model = simulated_cuda_model(variant)
+        for h, w in args.sizes:
+            ph, pw = InputPadder(h, w).padded_size
+            for iters in args.iters:
+                flops = count_flops(model, ph, pw, iters)
+                counted[(variant, h, w, iters)] = flops
+                result["rows"].append(dict(variant=variant, height=h, width=w, padded=[ph, pw], iters=iters,
+                                           status="counted", flops=flops))
+                flush()
+    print(format_flops(counted, peak_tflops))
+    flush()
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -619,6 +649,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the GPU's peak dense bf16 TFLOP/s, for the 'x floor' column (default: known for H100, "
                         "H200, A100)")
     p.add_argument("--no-flops", action="store_true", help="skip counting the network's FLOPs")
+    p.add_argument("--flops-only", action="store_true",
+                   help="only count the FLOPs of each variant, size and iteration count (no GPU, no timing: seconds)")
     p.add_argument("--json", default=None, help="write the results here (rewritten after every configuration)")
     return p
 
@@ -680,6 +712,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result["settings"]["peak_tflops"] = peak_tflops
     print(f"# {result['machine'].get('gpu') or result['machine']['cpu']} ({device}), torch "
           f"{torch.__version__}", flush=True)
+    if args.flops_only:
+        return _count_only(args, result, peak_tflops, flush)
     reference: Dict[Tuple, Any] = {}
     with torch.no_grad():
         if not args.no_node:
