@@ -26,12 +26,24 @@ from ..model import FoundationStereo, FoundationStereoConfig
 __all__ = ["count_flops", "is_simulated", "simulated_cuda", "simulated_cuda_model"]
 
 
+def _cuda_autocast_enabled() -> bool:
+    try:
+        return torch.is_autocast_enabled("cuda")
+    except TypeError:  # PyTorch < 2.4: no device argument, and the answer is CUDA's
+        return torch.is_autocast_enabled()
+
+
+def _cuda_autocast_dtype() -> torch.dtype:
+    getter = getattr(torch, "get_autocast_dtype", None)
+    return getter("cuda") if getter is not None else torch.get_autocast_gpu_dtype()  # PyTorch < 2.4
+
+
 def _gpu_attention(query: Any, key: Any, value: Any, attn_mask: Any = None, dropout_p: float = 0.0,
                    is_causal: bool = False, scale: Optional[float] = None, **_: Any) -> Any:
     """``F.scaled_dot_product_attention`` as a GPU runs it, for shape-only tensors: the fused
     kernels (flash attention for fp16/bf16, memory-efficient attention otherwise)."""
-    if torch.is_autocast_enabled("cuda"):  # SDPA is on CUDA autocast's lower-precision list
-        dtype = torch.get_autocast_dtype("cuda")
+    if _cuda_autocast_enabled():  # SDPA is on CUDA autocast's lower-precision list
+        dtype = _cuda_autocast_dtype()
         query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
     if attn_mask is None and query.dtype in (torch.float16, torch.bfloat16) and query.shape[-1] <= 256:
         return torch.ops.aten._scaled_dot_product_flash_attention(query, key, value, 0.0, is_causal, False,
