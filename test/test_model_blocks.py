@@ -191,3 +191,23 @@ def test_config_validation_and_yaml_keys(tmp_path):
     cfg_file.write_text("max_disp: 192\nhidden_dims: [128, 128, 128]\nlr: 0.0001\nbatch_size: 4\n")
     cfg = FoundationStereoConfig.from_yaml(cfg_file)
     assert cfg.vit_size == "vitl" and cfg.max_disp == 192  # the ViT-L release has no vit_size key
+
+
+@pytest.mark.parametrize("size_in,mid,out", [
+    ((7, 9), (13, 20), (5, 6)),  # up, then down: the monocular prior's case
+    ((56, 96), (98, 168), (24, 40)),
+    ((10, 8), (6, 5), (4, 3)),  # down twice
+    ((5, 6), (11, 13), (11, 13)),  # the second step changes nothing
+    ((4, 4), (9, 9), (1, 2)),  # a single output row
+])
+def test_resize_bilinear_twice_matches_two_interpolations(size_in, mid, out):
+    from foundation_stereo_ros.model.monocular import resize_bilinear_twice
+
+    x = randn(2, 3, *size_in)
+    expected = F.interpolate(F.interpolate(x, size=mid, mode="bilinear", align_corners=True), size=out,
+                             mode="bilinear", align_corners=True)
+    got = resize_bilinear_twice(x, mid, out)
+    assert got.shape == expected.shape and got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    # From reduced precision it still returns float32, as F.interpolate does under autocast.
+    assert resize_bilinear_twice(x.bfloat16(), mid, out).dtype == torch.float32

@@ -4,6 +4,12 @@ A DINOv2 ViT (patch 14, layer scale, no register tokens) built from timm's trans
 blocks, and the DPT head of DepthAnything V2. FoundationStereo uses the head's
 ``output_conv1`` features (``dpt_features/2`` channels at the ViT input resolution); the
 depth output (``output_conv2``) is kept for checkpoint compatibility but never computed.
+
+The published network upsamples those features to the ViT input resolution and then resamples
+them to 1/4 of the camera image, both bilinearly with aligned corners. Each output pixel of
+the two steps is a fixed blend of at most 4 x 4 input pixels, so :func:`resize_bilinear_twice`
+computes it in one pass of gathers without the full-resolution map (1 GiB of float32 for
+ViT-L at 720x1280).
 """
 from __future__ import annotations
 
@@ -122,6 +128,12 @@ class DPTHead(nn.Module):
         self.scratch = scratch
 
     def forward(self, tokens: Sequence[torch.Tensor], grid_h: int, grid_w: int, patch_size: int) -> torch.Tensor:
+        """``output_conv1`` features at the ViT input resolution (grid x patch size)."""
+        return F.interpolate(self.fused_features(tokens, grid_h, grid_w), size=(grid_h * patch_size, grid_w * patch_size),
+                             mode="bilinear", align_corners=True)
+
+    def fused_features(self, tokens: Sequence[torch.Tensor], grid_h: int, grid_w: int) -> torch.Tensor:
+        """``output_conv1`` features before the last upsampling: (B, features/2, 8 grid_h, 8 grid_w)."""
         layers = []
         for i, t in enumerate(tokens):
             x = t.permute(0, 2, 1).reshape(t.shape[0], t.shape[-1], grid_h, grid_w)
@@ -132,9 +144,7 @@ class DPTHead(nn.Module):
         path = s.refinenet3(path, l3, size=l2.shape[2:])
         path = s.refinenet2(path, l2, size=l1.shape[2:])
         path = s.refinenet1(path, l1)
-        out = s.output_conv1(path)
-        return F.interpolate(out, size=(grid_h * patch_size, grid_w * patch_size), mode="bilinear",
-                             align_corners=True)
+        return s.output_conv1(path)
 
 
 class DepthAnythingV2(nn.Module):
@@ -152,6 +162,49 @@ class DepthAnythingV2(nn.Module):
         p = self.pretrained.patch_size
         tokens = self.pretrained.intermediate_layers(x, self.intermediate)
         return self.depth_head(tokens, h // p, w // p, p)
+
+    def features_resized(self, x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+        """``forward(x)`` resampled to ``size`` (bilinear, aligned corners) without making it:
+        (B, features/2, size[0], size[1]) in float32."""
+        h, w = x.shape[-2:]
+        p = self.pretrained.patch_size
+        tokens = self.pretrained.intermediate_layers(x, self.intermediate)
+        fused = self.depth_head.fused_features(tokens, h // p, w // p)
+        return resize_bilinear_twice(fused, ((h // p) * p, (w // p) * p), size)
+
+
+def _two_step_taps(n_in: int, n_mid: int, n_out: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Indices (long) and float32 weights, both (n_out, 4), of bilinear resizing
+    n_in -> n_mid -> n_out along one axis, both steps with aligned corners as ``F.interpolate``
+    computes them. Made with device ops from the sizes alone: no host-to-device copy."""
+
+    def source(n_src: int, n_dst: int, dst: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        pos = dst * ((n_src - 1) / (n_dst - 1) if n_dst > 1 else 0.0)
+        lo = pos.floor().clamp(max=n_src - 1)
+        return lo, (lo + 1).clamp(max=n_src - 1), pos - lo
+
+    j0, j1, a = source(n_mid, n_out, torch.arange(n_out, device=device, dtype=torch.float32))
+    k00, k01, b0 = source(n_in, n_mid, j0)
+    k10, k11, b1 = source(n_in, n_mid, j1)
+    index = torch.stack([k00, k01, k10, k11], dim=1).long()
+    weight = torch.stack([(1 - a) * (1 - b0), (1 - a) * b0, a * (1 - b1), a * b1], dim=1)
+    return index, weight
+
+
+def resize_bilinear_twice(x: torch.Tensor, mid: Tuple[int, int], out: Tuple[int, int]) -> torch.Tensor:
+    """``F.interpolate(F.interpolate(x, mid), out)`` (bilinear, aligned corners), in float32, as
+    four gathers and weighted sums per axis: no tensor of size ``mid`` is made."""
+    result = x
+    for dim, n_mid, n_out in ((2, mid[0], out[0]), (3, mid[1], out[1])):
+        index, weight = _two_step_taps(result.shape[dim], n_mid, n_out, x.device)
+        shape = [1, 1, 1, 1]
+        shape[dim] = n_out
+        acc = None
+        for tap in range(4):
+            term = result.index_select(dim, index[:, tap]).float() * weight[:, tap].reshape(shape)
+            acc = term if acc is None else acc + term
+        result = acc
+    return result
 
 
 def monocular_input_size(height: int, width: int, multiple: int, max_side: int) -> Tuple[int, int]:
@@ -199,5 +252,8 @@ class FrozenMonocularPrior(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         h, w = images.shape[-2:]
-        out = self.vit_resolution_features(images)
-        return F.interpolate(out, size=(h // 4, w // 4), mode="bilinear", align_corners=True)
+        vit_h, vit_w = monocular_input_size(h, w, self.multiple, self.max_side)
+        x = F.interpolate(images, size=(vit_h, vit_w), mode="bicubic", align_corners=False)
+        with torch.no_grad():
+            # = vit_resolution_features, then bilinear (aligned corners) to 1/4, in one step.
+            return self.depth_anything.features_resized(x, (h // 4, w // 4))

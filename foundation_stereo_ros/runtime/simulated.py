@@ -16,6 +16,7 @@ What it cannot tell: cuDNN workspaces, allocator rounding, the CUDA context, and
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
 import torch
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 
 from ..model import FoundationStereo, FoundationStereoConfig
 
-__all__ = ["count_flops", "is_simulated", "simulated_cuda", "simulated_cuda_model"]
+__all__ = ["count_flops", "is_simulated", "simulated_cuda", "simulated_cuda_model", "simulation_problem"]
 
 
 def _cuda_autocast_enabled() -> bool:
@@ -70,9 +71,25 @@ def simulated_cuda(mode: Any = None) -> Iterator[Any]:
         amp_common.amp_definitely_not_available, torch.cuda.is_bf16_supported, F.scaled_dot_product_attention = saved
 
 
+@functools.lru_cache(maxsize=1)
+def simulation_problem() -> Optional[str]:
+    """None where this PyTorch can simulate a CUDA device, else why not (PyTorch 2.3, for one,
+    initialises CUDA for a fake CUDA tensor and so needs a driver)."""
+    try:
+        with simulated_cuda():
+            torch.empty(1, device="cuda")
+    except Exception as e:  # noqa: BLE001 - whatever stops it, the answer is "cannot"
+        first = str(e).splitlines()[0] if str(e) else ""
+        return f"PyTorch {torch.__version__} cannot simulate a CUDA device here ({type(e).__name__}: {first})"
+    return None
+
+
 def simulated_cuda_model(config: Union[str, FoundationStereoConfig]) -> FoundationStereo:
     """The network (a variant name or a full config) with shape-only CUDA weights; built on the
     meta device, so it takes no memory and no initialisation time."""
+    problem = simulation_problem()
+    if problem is not None:
+        raise RuntimeError(problem)
     cfg = FoundationStereoConfig(vit_size=config) if isinstance(config, str) else config
     with torch.device("meta"):
         model = FoundationStereo(cfg).eval()

@@ -296,7 +296,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..model import FoundationStereo, FoundationStereoConfig
     from ..model.config import VIT_SPECS
 
+    from ..runtime.simulated import simulation_problem
+
     simulated = args.device == SIMULATED or (args.device is None and not torch.cuda.is_available())
+    if simulated and simulation_problem() is not None:
+        if args.device == SIMULATED:
+            print(f"error: {simulation_problem()}", file=sys.stderr)
+            return 2
+        print(f"note: {simulation_problem()}; tracing a real CPU pass instead", file=sys.stderr)
+        simulated, args.device = False, "cpu"
     device, problem = (torch.device("cuda"), None) if simulated else torch_device(args.device)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
