@@ -211,3 +211,18 @@ def test_resize_bilinear_twice_matches_two_interpolations(size_in, mid, out):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     # From reduced precision it still returns float32, as F.interpolate does under autocast.
     assert resize_bilinear_twice(x.bfloat16(), mid, out).dtype == torch.float32
+
+
+def test_monocular_prior_resamples_in_one_step_as_in_two():
+    """The prior's 1/4 features equal the published two steps: features at the ViT input size,
+    then bilinear (aligned corners) to 1/4, for sizes whose ViT input is rounded up and capped."""
+    from foundation_stereo_ros.model import FoundationStereo, FoundationStereoConfig
+
+    torch.manual_seed(0)
+    prior = FoundationStereo(FoundationStereoConfig(vit_size="vits")).eval().feature.dino
+    for h, w in ((64, 96), (96, 160)):
+        images = randn(1, 3, h, w)
+        with torch.no_grad():
+            two_steps = F.interpolate(prior.vit_resolution_features(images), size=(h // 4, w // 4),
+                                      mode="bilinear", align_corners=True)
+            torch.testing.assert_close(prior(images), two_steps, atol=1e-5, rtol=1e-4)

@@ -242,18 +242,19 @@ class FrozenMonocularPrior(nn.Module):
     def train(self, mode: bool = True) -> "FrozenMonocularPrior":
         return super().train(False)  # frozen: batch statistics and dropout never change it
 
+    def _vit_input(self, images: torch.Tensor) -> torch.Tensor:
+        h, w = images.shape[-2:]
+        vit_h, vit_w = monocular_input_size(h, w, self.multiple, self.max_side)
+        return F.interpolate(images, size=(vit_h, vit_w), mode="bicubic", align_corners=False)
+
     def vit_resolution_features(self, images: torch.Tensor) -> torch.Tensor:
         """DPT features at the ViT's input resolution: (B, C, vit_h, vit_w)."""
-        h, w = images.shape[-2:]
-        vit_h, vit_w = monocular_input_size(h, w, self.multiple, self.max_side)
-        x = F.interpolate(images, size=(vit_h, vit_w), mode="bicubic", align_corners=False)
         with torch.no_grad():
-            return self.depth_anything(x)
+            return self.depth_anything(self._vit_input(images))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``vit_resolution_features`` resampled bilinearly (aligned corners) to 1/4 of the
+        input, in one step: (B, C, H/4, W/4) in float32."""
         h, w = images.shape[-2:]
-        vit_h, vit_w = monocular_input_size(h, w, self.multiple, self.max_side)
-        x = F.interpolate(images, size=(vit_h, vit_w), mode="bicubic", align_corners=False)
         with torch.no_grad():
-            # = vit_resolution_features, then bilinear (aligned corners) to 1/4, in one step.
-            return self.depth_anything.features_resized(x, (h // 4, w // 4))
+            return self.depth_anything.features_resized(self._vit_input(images), (h // 4, w // 4))
