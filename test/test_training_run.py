@@ -153,7 +153,8 @@ def test_default_side_tuning_freezes_only_the_monocular_branch(tiny_state, data,
     assert not any(p.requires_grad for p in model.get_submodule(DINO).parameters())
 
     seen = []
-    hook = model.get_submodule(DINO).depth_anything.register_forward_hook(
+    # The DPT head's last convolution: the prior's features leave through it on every path.
+    hook = model.get_submodule(DINO).depth_anything.depth_head.scratch.output_conv1.register_forward_hook(
         lambda m, i, o: seen.append((m.training, o.requires_grad)))
     set_train_mode(model, freeze_batchnorm=True)
     assert model.training and model.update_block.training
