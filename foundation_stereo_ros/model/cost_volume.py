@@ -3,7 +3,7 @@
 For disparity d, pixel x of the left view is compared with pixel x - d of the right view;
 where x - d falls outside the image the right-view entries are zero. Both volumes are built
 without a Python loop over disparities: the correlation as one batched matmul read out along
-its band, the concatenation through a sliding-window view of the zero-padded right view.
+its band, the concatenation through sliding windows over the zero-padded right view.
 """
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ import torch.nn.functional as F
 
 
 def _shifted_right(right: torch.Tensor, max_disp: int) -> torch.Tensor:
-    """View (B, C, D, H, W) whose [:, :, d, :, x] is right[..., x - d], zero where x < d."""
+    """(B, C, D, H, W) whose [:, :, d, :, x] is right[..., x - d], zero where x < d.
+
+    ``flip`` copies (PyTorch has no negative strides), so this is one C x D x H x W copy: used
+    only for the concatenation's few projected channels, never for the 1/4 features."""
     b, c, h, w = right.shape
     padded = F.pad(right, (max_disp - 1, 0))  # (B, C, H, W + D - 1)
     windows = padded.unfold(3, w, 1)  # (B, C, H, D, W): window k starts at column k
