@@ -77,3 +77,12 @@ def test_benchmark_counts_only_when_asked(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "floor ms" in printed and f"{three['total'] / 1e6:9.1f}" in printed  # ms at 1 GFLOP/s
     assert "median" not in printed  # nothing was timed
+
+
+def test_device_ops_grow_by_a_fixed_count_per_iteration_and_autocast_adds_casts():
+    model = simulated_cuda_model("vits")
+    one, three = count_flops(model, 64, 96, 1), count_flops(model, 64, 96, 3)
+    assert three["device_ops"] - one["device_ops"] == 2 * one["device_ops_per_gru_iteration"] > 50
+    bf16 = count_flops(model, 64, 96, 1, "bf16")
+    assert bf16["total"] == one["total"]  # the same work, in other dtypes
+    assert bf16["device_ops"] > one["device_ops"]  # autocast's casts are ops of their own

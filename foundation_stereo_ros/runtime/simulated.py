@@ -116,28 +116,56 @@ def simulated_inputs(height: int, width: int, batch: int = 1) -> Tuple[torch.Ten
     return (torch.empty(batch, 3, height, width, device="cuda"), torch.empty(batch, 3, height, width, device="cuda"))
 
 
+class _OpCounter:
+    """Counts the ops that do work on the device (not views): about one kernel launch each in
+    eager mode (a few ops launch more than one kernel, e.g. cuDNN convolutions)."""
+
+    def __init__(self) -> None:
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        counter = self
+        self.count = 0
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                # prim ops (e.g. prim.device) answer metadata questions: no device work.
+                if not getattr(func, "is_view", False) and func.namespace != "prim":
+                    counter.count += 1
+                return func(*args, **(kwargs or {}))
+
+        self.mode = _Mode()
+
+
 def count_flops(config: Union[str, FoundationStereoConfig, FoundationStereo], height: int, width: int,
-                iters: int) -> Dict[str, Any]:
+                iters: int, precision: str = "fp32") -> Dict[str, Any]:
     """Floating-point operations of one forward pass at a padded size (multiples of 32), counted
     by PyTorch's FLOP counter (matmuls, convolutions, attention; 2 per multiply-add) on the
     simulated device: ``total``, ``stages`` (as the model's ``on_stage`` hook names them;
-    ``gru`` summed over the iterations) and ``gru_iteration``."""
+    ``gru`` summed over the iterations) and ``gru_iteration``; also ``device_ops``, the number
+    of non-view ops the pass dispatches at ``precision`` (about one kernel launch each in eager
+    mode; fp16/bf16 add autocast's casts), in total and per GRU iteration."""
     from torch.utils.flop_counter import FlopCounterMode
 
     if height % 32 or width % 32:
         raise ValueError(f"count_flops takes a padded size (multiples of 32), got {height}x{width}")
     model = config if isinstance(config, FoundationStereo) else simulated_cuda_model(config)
     marks = []
+    ops = _OpCounter()
     with simulated_cuda(next(model.parameters()).fake_mode):
         left, right = simulated_inputs(height, width)
         counter = FlopCounterMode(display=False)
-        with torch.no_grad(), counter:
-            model(left, right, iters=iters, on_stage=lambda name: marks.append((name, counter.get_total_flops())))
+        with torch.no_grad(), counter, ops.mode:
+            model(left, right, iters=iters, precision=precision,
+                  on_stage=lambda name: marks.append((name, counter.get_total_flops(), ops.count)))
     stages: Dict[str, int] = {}
-    previous = 0
-    for name, total in marks:
+    gru_ops = 0
+    previous, previous_ops = 0, 0
+    for name, total, op_count in marks:
         stages[name] = stages.get(name, 0) + total - previous
-        previous = total
+        if name == "gru":
+            gru_ops += op_count - previous_ops
+        previous, previous_ops = total, op_count
     total = counter.get_total_flops()
     return dict(total=int(total), stages=stages, gru_iteration=stages.get("gru", 0) // iters,
-                height=height, width=width, iters=iters)
+                device_ops=ops.count, device_ops_per_gru_iteration=gru_ops // iters,
+                height=height, width=width, iters=iters, precision=precision)

@@ -482,13 +482,14 @@ def run_config(model, variant: str, size: Tuple[int, int], iters: int, execution
     return row
 
 
-def add_flops(row: Dict[str, Any], cfg: Any, cache: Dict[Tuple[int, int, int], Dict[str, Any]],
+def add_flops(row: Dict[str, Any], cfg: Any, cache: Dict[Tuple[int, int, int, str], Dict[str, Any]],
               peak_tflops: Optional[float]) -> None:
-    """The row's FLOP count (counted once per padded size and iteration count) and, with a known
+    """The row's FLOP and device-op count (counted once per padded size, iteration count and
+    precision) and, with a known
     peak rate, its FLOP floor and how many times that floor the median is."""
     from ..runtime.simulated import count_flops
 
-    key = (row["padded"][0], row["padded"][1], row["iters"])
+    key = (row["padded"][0], row["padded"][1], row["iters"], row["precision"])
     if key not in cache:
         try:
             cache[key] = count_flops(cfg, *key)
@@ -501,20 +502,23 @@ def add_flops(row: Dict[str, Any], cfg: Any, cache: Dict[Tuple[int, int, int], D
 
 
 # ---------------------------------------------------------------------------------------- output
-def format_flops(counted: Dict[Tuple[str, int, int, int], Dict[str, Any]], peak_tflops: Optional[float]) -> str:
-    """Per-stage TFLOP of each (variant, height, width, iters), and the floor at ``peak_tflops``."""
+def format_flops(counted: Dict[Tuple[str, int, int, int, str], Dict[str, Any]], peak_tflops: Optional[float]) -> str:
+    """Per-stage TFLOP of each (variant, height, width, iters, precision), the device ops it
+    dispatches, and the floor at ``peak_tflops``."""
     from ..runtime.stages import NETWORK_STAGES
 
-    lines = ["network work per stage, TFLOP (gru: all iterations)"
+    lines = ["network work per stage, TFLOP (gru: all iterations); ops: non-view ops dispatched (about one "
+             "kernel each in eager mode), in all and per GRU iteration"
              + (f"; floor: the total at {peak_tflops:g} TFLOP/s" if peak_tflops else "")]
-    hdr = (f"{'variant':7} {'size':>9} {'it':>3} " + " ".join(f"{s:>15}" for s in NETWORK_STAGES) + f" {'total':>7}"
-           + (f" {'floor ms':>9}" if peak_tflops else ""))
+    hdr = (f"{'variant':7} {'size':>9} {'it':>3} {'prec':>4} " + " ".join(f"{s:>15}" for s in NETWORK_STAGES)
+           + f" {'total':>7} {'ops':>6} {'ops/it':>6}" + (f" {'floor ms':>9}" if peak_tflops else ""))
     lines += [hdr, "-" * len(hdr)]
-    for (variant, h, w, iters), flops in counted.items():
+    for (variant, h, w, iters, precision), flops in counted.items():
         cells = [flops["stages"].get(s) for s in NETWORK_STAGES]
-        lines.append(f"{variant:7} {f'{h}x{w}':>9} {iters:>3} "
+        lines.append(f"{variant:7} {f'{h}x{w}':>9} {iters:>3} {precision:>4} "
                      + " ".join(f"{c / 1e12:15.3f}" if c is not None else f"{'-':>15}" for c in cells)
-                     + f" {flops['total'] / 1e12:7.2f}"
+                     + f" {flops['total'] / 1e12:7.2f} {flops.get('device_ops', '-'):>6} "
+                     + f"{flops.get('device_ops_per_gru_iteration', '-'):>6}"
                      + (f" {flops['total'] / (peak_tflops * 1e12) * 1e3:9.1f}" if peak_tflops else ""))
     return "\n".join(lines)
 
@@ -560,7 +564,7 @@ def format_tables(rows: Sequence[Dict[str, Any]], node: Dict[str, Dict[str, Any]
     for r in rows:
         flops = r.get("flops") or {}
         if flops.get("stages"):
-            counted.setdefault((r["variant"], r["height"], r["width"], r["iters"]), flops)
+            counted.setdefault((r["variant"], r["height"], r["width"], r["iters"], r["precision"]), flops)
     if counted:
         lines.append("")
         lines.append(format_flops(counted, peak_tflops))
@@ -601,17 +605,19 @@ def _count_only(args: argparse.Namespace, result: Dict[str, Any], peak_tflops: O
     from ..model.padding import InputPadder
     from ..runtime.simulated import count_flops, simulated_cuda_model
 
-    counted: Dict[Tuple[str, int, int, int], Dict[str, Any]] = {}
+    counted: Dict[Tuple[str, int, int, int, str], Dict[str, Any]] = {}
+    precisions = sorted({p for _, p in args.modes if p}, key=["fp32", "fp16", "bf16"].index)
     for variant in args.variants:
         model = simulated_cuda_model(variant)
         for h, w in args.sizes:
             ph, pw = InputPadder(h, w).padded_size
             for iters in args.iters:
-                flops = count_flops(model, ph, pw, iters)
-                counted[(variant, h, w, iters)] = flops
-                result["rows"].append(dict(variant=variant, height=h, width=w, padded=[ph, pw], iters=iters,
-                                           status="counted", flops=flops))
-                flush()
+                for precision in precisions:
+                    flops = count_flops(model, ph, pw, iters, precision)
+                    counted[(variant, h, w, iters, precision)] = flops
+                    result["rows"].append(dict(variant=variant, height=h, width=w, padded=[ph, pw], iters=iters,
+                                               precision=precision, status="counted", flops=flops))
+                    flush()
     print(format_flops(counted, peak_tflops))
     flush()
     return 0
@@ -650,7 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "H200, A100)")
     p.add_argument("--no-flops", action="store_true", help="skip counting the network's FLOPs")
     p.add_argument("--flops-only", action="store_true",
-                   help="only count the FLOPs of each variant, size and iteration count (no GPU, no timing: seconds)")
+                   help="only count the FLOPs and device ops of each variant, size, iteration count and precision of --modes (no GPU, no timing: seconds)")
     p.add_argument("--json", default=None, help="write the results here (rewritten after every configuration)")
     return p
 
@@ -730,7 +736,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for variant in ([] if args.no_network else args.variants):
             model, weights = build_model(variant, args.checkpoint, device)
             result["settings"]["weights"] = weights
-            flop_counts: Dict[Tuple[int, int, int], Dict[str, Any]] = {}
+            flop_counts: Dict[Tuple[int, int, int, str], Dict[str, Any]] = {}
             for size in args.sizes:
                 for iters in args.iters:
                     for execution, precision in modes:
