@@ -6,12 +6,14 @@ one inference is measured at a few sample sizes: ``torch.cuda.max_memory_allocat
 real forward pass on shape-only ("fake") CUDA tensors, with CUDA's autocast rules and the
 attention kernels a GPU would pick, and traces the peak of live tensor storage op by op;
 ``--device cpu`` traces a real CPU pass the same way (fp32 only). A trace says nothing about
-cuDNN workspaces, allocator rounding or the CUDA context, so its table is labelled as such. A curve ``peak = a + b P + c P^2`` in the padded pixel count ``P``
-is fitted to those peaks, and for each budget (default 8, 16 and 24 GiB: Jetson Orin NX/AGX and
-desktop cards) and aspect ratio the largest size whose fitted peak stays ``--reserve-gib`` below
-the budget is reported. Each answer is then measured at its own size and moved, 32 columns at a time,
-to the largest size whose measured peak fits (``verified_peak_mib``; on a GPU only the answers
-that fit the card), so the table rests on measured peaks, not only on the fit.
+cuDNN workspaces, allocator rounding or the CUDA context, so its table is labelled as such.
+
+A curve ``peak = a + b P + c P^2`` in the padded pixel count ``P`` is fitted to those peaks, and
+for each budget (default 8, 16 and 24 GiB: Jetson Orin NX/AGX and desktop cards) and aspect ratio
+the largest size whose fitted peak stays ``--reserve-gib`` below the budget is found. Each answer
+is then measured at its own size and moved, 32 columns at a time, to the largest size whose
+measured peak fits (``verified_peak_mib``; on a GPU only the answers that fit the card; not with
+``--device cpu``), so the table rests on measured peaks, not only on the fit.
 
 The peak does not depend on the GRU iteration count (each iteration's tensors are released
 before the next one), so a few iterations suffice.
