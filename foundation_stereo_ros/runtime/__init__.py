@@ -1,4 +1,5 @@
-"""Fast inference paths for the network: staged timing, execution modes, ONNX export and runners.
+"""Fast inference paths for the network: staged timing, execution modes, ONNX export and runners,
+and a simulated CUDA device (``runtime.simulated``) for memory traces and FLOP counts without a GPU.
 
 Nothing here changes the network; every path is checked against ``FoundationStereo.forward``
 (``test/test_fastpath.py``, ``test/test_onnx_export.py``, ``test/test_benchmark.py``).
