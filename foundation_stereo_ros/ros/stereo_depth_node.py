@@ -48,7 +48,7 @@ import time
 import traceback
 from collections import deque
 from dataclasses import dataclass, replace
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import rclpy
@@ -409,13 +409,17 @@ class StereoDepthNode(Node):
                        error=True)
         return True
 
+    def _wait_until(self, ready: Callable[[], bool]) -> bool:
+        """With ``self._cond`` held: wait until ``ready()`` or stop; False when stopping."""
+        while not ready() and not self._stop.is_set():
+            self._cond.wait(0.2)
+        return not self._stop.is_set()
+
     # ------------------------------------------------------------------ worker thread
     def _worker_loop(self) -> None:
         while not self._stop.is_set():
             with self._cond:
-                while self._pending is None and not self._stop.is_set():
-                    self._cond.wait(0.2)
-                if self._stop.is_set():
+                if not self._wait_until(lambda: self._pending is not None):
                     return
                 pair, self._pending = self._pending, None
                 if self._next_settings is not None:
@@ -433,14 +437,11 @@ class StereoDepthNode(Node):
                     if matched is not None:
                         # One frame waits for the publisher at most: this frame is published after
                         # the one being published, and the worker goes on with the next pair.
-                        while self._handover is not None and not self._stop.is_set():
-                            self._cond.wait(0.2)
-                        if not self._stop.is_set():
+                        if self._wait_until(lambda: self._handover is None):
                             self._handover = matched
                             self._cond.notify_all()
-                            while self.serial_publishing and not self._stop.is_set() and (
-                                    self._handover is matched or self._publishing is not None):
-                                self._cond.wait(0.2)
+                            if self.serial_publishing:
+                                self._wait_until(lambda: self._handover is not matched and self._publishing is None)
                     self._in_flight = None
                     self._cond.notify_all()
 
@@ -499,9 +500,7 @@ class StereoDepthNode(Node):
     def _publisher_loop(self) -> None:
         while True:
             with self._cond:
-                while self._handover is None and not self._stop.is_set():
-                    self._cond.wait(0.2)
-                if self._stop.is_set():
+                if not self._wait_until(lambda: self._handover is not None):
                     return
                 matched, self._handover = self._handover, None
                 self._publishing = stamp_ns(matched.left_img)

@@ -161,6 +161,11 @@ def fit_peak(pixels: Sequence[float], peaks_mib: Sequence[float]) -> Tuple[float
     return float(a), float(b), 0.0
 
 
+def _size_at(width: int, aspect: float) -> Tuple[int, int]:
+    """(height, width): the height a multiple of 32 (at least 32) closest to ``width / aspect``."""
+    return max(32, int(round(width / aspect / 32)) * 32), width
+
+
 def largest_size(fit: Tuple[float, float, float], budget_mib: float, aspect: float,
                  max_width: int = 8192) -> Optional[Tuple[int, int]]:
     """Largest (height, width), both multiples of 32 and ``width / height`` close to ``aspect``,
@@ -168,17 +173,13 @@ def largest_size(fit: Tuple[float, float, float], budget_mib: float, aspect: flo
     a, b, c = fit
     best = None
     for width in range(32, max_width + 1, 32):
-        height = max(32, int(round(width / aspect / 32)) * 32)
+        height, _ = _size_at(width, aspect)
         p = float(height * width)
         if a + b * p + c * p * p <= budget_mib:
             best = (height, width)
         elif best is not None and b > 0:
             break  # the fit grows with size: nothing wider fits either
     return best
-
-
-def _size_at(width: int, aspect: float) -> Tuple[int, int]:
-    return max(32, int(round(width / aspect / 32)) * 32), width
 
 
 def search_measured(measure: Any, guess: Tuple[int, int], usable_mib: float, aspect: float,
