@@ -177,3 +177,35 @@ def test_launch_shutdown_sigterm_with_a_frame_in_flight_ends_cleanly():
     assert "shutting down: waiting up to" in output, output
     assert "did not finish" not in output, output  # a second of SGBM completes within the wait
     assert took < SHUTDOWN_WAIT_S + 15.0, (took, output)
+
+
+# In-process: main()'s handling of an executor that fails because a signal shut the context down
+# between its check and its next wait set (the race behind a rare exit code 1 on SIGTERM).
+MAIN_ARGS = ["--ros-args", "-r", "__node:=main_shutdown_race", "-p", "backend:=sgbm"]
+
+
+def test_main_ends_cleanly_when_the_context_is_shut_down_under_the_executor(monkeypatch):
+    import rclpy
+
+    from foundation_stereo_ros.ros import stereo_depth_node as sdn
+
+    def spin_then_lose_the_context(self):
+        rclpy.shutdown()  # what rclpy's SIGTERM handler does
+        raise RuntimeError("failed to initialize wait set: the given context is not valid")
+
+    monkeypatch.setattr(sdn.SingleThreadedExecutor, "spin", spin_then_lose_the_context)
+    assert sdn.main(list(MAIN_ARGS)) == 0
+
+
+def test_main_reraises_an_executor_error_while_the_context_is_live(monkeypatch):
+    import rclpy
+
+    from foundation_stereo_ros.ros import stereo_depth_node as sdn
+
+    def spin_fails(self):
+        raise RuntimeError("a real bug")
+
+    monkeypatch.setattr(sdn.SingleThreadedExecutor, "spin", spin_fails)
+    with pytest.raises(RuntimeError, match="a real bug"):
+        sdn.main(list(MAIN_ARGS))
+    assert not rclpy.ok()  # main still shut its context down

@@ -50,6 +50,9 @@ def test_baseline_focal_and_principal_point_offset_come_from_p():
     (info(p=[0.0] * 12), info(p=right_p()), "calibration_zero_focal"),
     (info(), info(p=right_p(f=0.0)), "calibration_zero_focal"),
     (info(), info(p=right_p(tx=0.0)), "zero_baseline"),
+    # Found by the property test: a principal point of 2.7e36 overflowed the float32 points.
+    (info(p=[F, 0, 100, 0, 0, F, 2.7e36, 0, 0, 0, 1, 0]), info(p=right_p(cy=2.7e36)), "calibration_principal_point"),
+    (info(), info(p=right_p(cx=-1e9)), "calibration_principal_point"),
     (info(), info(p=right_p(tx=+F * B)), "negative_baseline"),
     (info(), info(p=right_p(ty=-F * B)), "vertical_stereo"),
     (info(), info(p=right_p(cy=H / 2 + 5)), "not_rectified"),

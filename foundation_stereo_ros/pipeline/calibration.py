@@ -139,6 +139,17 @@ class CameraModel:
                            "plumb_bob", self.name)
 
     # ------------------------------------------------------------------ validation
+    # A principal point this many image sizes outside the image is no calibration: real ones lie
+    # in or near the image, and absurd ones overflow the float32 point cloud.
+    PRINCIPAL_POINT_MARGIN = 10
+
+    def _check_principal_point(self, matrix: str, cx: float, cy: float) -> None:
+        m = self.PRINCIPAL_POINT_MARGIN
+        if not (-m * self.width <= cx <= (m + 1) * self.width and -m * self.height <= cy <= (m + 1) * self.height):
+            raise CalibrationError("calibration_principal_point",
+                                   f"{self.name} camera_info {matrix} has its principal point at ({cx:g}, {cy:g}), "
+                                   f"far outside the {self.width}x{self.height} image")
+
     def validate(self, for_rectification: bool) -> None:
         """Raise :class:`CalibrationError` if the model cannot be used (K/D/R too when rectifying)."""
         n = self.name
@@ -151,11 +162,13 @@ class CameraModel:
             raise CalibrationError("calibration_zero_focal",
                                    f"{n} camera_info P has fx={self.P[0, 0]:g}, fy={self.P[1, 1]:g}, "
                                    f"P[2,2]={self.P[2, 2]:g}: the camera is not calibrated")
+        self._check_principal_point("P", self.P[0, 2], self.P[1, 2])
         if not for_rectification:
             return
         if self.K[0, 0] <= 0 or self.K[1, 1] <= 0:
             raise CalibrationError("calibration_zero_focal", f"{n} camera_info K has fx={self.K[0, 0]:g}, "
                                                              f"fy={self.K[1, 1]:g}: the camera is not calibrated")
+        self._check_principal_point("K", self.K[0, 2], self.K[1, 2])
         if np.abs(self.R @ self.R.T - np.eye(3)).max() > 1e-3 or abs(np.linalg.det(self.R) - 1.0) > 1e-3:
             raise CalibrationError("calibration_rotation", f"{n} camera_info R is not a rotation matrix")
         if self.has_distortion():

@@ -52,6 +52,7 @@ class CalibrationError(StereoInputError):
 
     Problems: ``calibration_missing``, ``calibration_nonfinite`` (NaN or infinite values),
     ``calibration_zero_focal`` (fx or fy of 0, as an uncalibrated camera publishes),
+    ``calibration_principal_point`` (cx or cy more than 10 image sizes outside the image),
     ``calibration_size`` (zero width/height, or left and right CameraInfo of different sizes),
     ``calibration_shape`` (K/R/P with the wrong number of values), ``distortion_model``
     (a model OpenCV cannot undistort), ``calibration_binning`` (binning or ROI, not supported),

@@ -669,6 +669,12 @@ def main(args: Optional[List[str]] = None) -> int:
             executor.shutdown(timeout_sec=1.0)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # A signal can shut the context down between the executor's check and its next wait
+        # set, which then fails with RCLError ("context is not valid") instead of
+        # ExternalShutdownException: that is the same shutdown. Any other error is re-raised.
+        if rclpy.ok(context=node.context if node is not None else None):
+            raise
     finally:
         if node is not None and not node.stop():
             # A frame longer than SHUTDOWN_WAIT_S (the network on a CPU): its result is not
