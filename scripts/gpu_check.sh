@@ -50,16 +50,16 @@ run bench_vitl_480x640 "$PY" -m foundation_stereo_ros.tools.benchmark --variants
 
 # fp16/bf16 and CUDA-graph parity against eager fp32, no host-device sync, device-side geometry,
 # the GPU pipeline path, the CUDA memory measurement.
-tests="test/test_fastpath.py test/test_model_paths.py test/test_memory_fit.py"
+tests="test/runtime/test_fastpath.py test/model/test_paths.py test/tools/test_memory_fit.py"
 if has cv2; then
-    tests="$tests test/test_fastpath_geometry.py test/test_device_pipeline.py"
+    tests="$tests test/runtime/test_fastpath_geometry.py test/runtime/test_device_pipeline.py"
 fi
 if has pytest; then
     # shellcheck disable=SC2086
     run pytest "$PY" -m pytest -q -rs -s -p no:cacheprovider $tests  # -s: the tests print measured differences
     # ONNX Runtime's CUDA and TensorRT providers against its CPU provider (onnxruntime-gpu only).
     if "$PY" -c "import onnxruntime as o, onnxscript, cv2, sys; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())" >/dev/null 2>&1; then
-        run pytest_onnx_gpu "$PY" -m pytest -q -rs -s -p no:cacheprovider test/test_onnx_export.py -k gpu_provider
+        run pytest_onnx_gpu "$PY" -m pytest -q -rs -s -p no:cacheprovider test/runtime/test_onnx_export.py -k gpu_provider
     else
         echo "-- no onnxruntime-gpu (or onnxscript, cv2): ONNX Runtime GPU providers not checked" | tee -a "$OUT/summary.txt"
     fi

@@ -56,3 +56,21 @@ def opencv_data() -> Path:
         pytest.skip(f"Debian's opencv-doc sample data is not installed ({OPENCV_DATA}); "
                     f"scripts/setup_env.sh installs it")
     return OPENCV_DATA
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Markers by place and need: every test under test/ros/ is `ros`; a `gpu` test skips with
+    the reason where PyTorch sees no CUDA device."""
+    ros_dir = Path(__file__).resolve().parent / "ros"
+    cuda = None
+    for item in items:
+        if ros_dir in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.ros)
+        if item.get_closest_marker("gpu") is not None:
+            if cuda is None:
+                import torch
+
+                cuda = torch.cuda.is_available()
+            if not cuda:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU; PyTorch sees none here "
+                                                        "(./scripts/gpu_check.sh runs these on a GPU machine)"))

@@ -178,7 +178,7 @@ class OnnxRuntimeDisparity(_NumpyBackend):
         except ImportError:
             raise ValueError("the ONNX Runtime backend needs the 'onnxruntime' package "
                              "(onnxruntime-gpu, or NVIDIA's wheel on Jetson)") from None
-        from .onnx_export import read_export_metadata
+        from ..analysis.onnx_export import read_export_metadata
 
         path = os.fspath(path)
         if not os.path.isfile(path):

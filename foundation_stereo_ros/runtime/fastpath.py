@@ -23,17 +23,17 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 
 from ..model import FoundationStereo
-from .stages import PRECISION_DTYPES
+from ..model.foundation_stereo import PRECISIONS as PRECISION_DTYPES
 
 # The node's 'execution' parameter (pipeline.config.EXECUTIONS) offers the same modes; this
 # package does not import the pipeline, which needs OpenCV (a test keeps the two equal).
 EXECUTIONS = ("eager", "compile", "cudagraph", "compile-cudagraph")
 
 # Accepted (mean, max) |d - d_eager_fp32| in px per precision, on the small test pairs of
-# test/test_fastpath.py and test/test_model_paths.py (deterministic test weights). fp32 modes differ
+# test/runtime/test_fastpath.py and test/model/test_paths.py (deterministic test weights). fp32 modes differ
 # only in summation order. The fp16/bf16 bounds are provisional: no GPU run has measured them yet.
 # The CPU's bf16 autocast over the same autocast regions measured a mean of 0.14 px and a max of
-# 0.71 px (64x96, 2 iterations; test_model_paths.py); the CUDA tests print their figures.
+# 0.71 px (64x96, 2 iterations; test/model/test_paths.py); the CUDA tests print their figures.
 PARITY_TOLERANCE_PX = {"fp32": (1e-3, 2e-2), "fp16": (0.25, 4.0), "bf16": (0.5, 8.0)}
 
 

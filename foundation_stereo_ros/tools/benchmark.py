@@ -5,7 +5,7 @@ the median and p95 latency of the network, its throughput, its peak memory (CUDA
 ``torch.cuda.max_memory_allocated``; CPU: peak resident set size sampled during the runs), the
 largest difference of its disparity from the eager fp32 path on the same input, its work in
 floating-point operations (PyTorch's FLOP counter on a simulated CUDA device,
-``runtime.simulated.count_flops``) and, where the GPU's peak dense bf16 rate is known or given
+``analysis.simulated.count_flops``) and, where the GPU's peak dense bf16 rate is known or given
 (``--peak-tflops``), how far the median is from that FLOP floor; and for eager
 modes the time of each stage (monocular branch, CNN features, cost volume, aggregation, context,
 geometry volume, each GRU iteration, upsampling; CUDA events on a GPU). The node's own work per
@@ -86,7 +86,7 @@ def summarize(samples_ms: Sequence[float]) -> Dict[str, float]:
 def parse_mode(text: str) -> Tuple[str, str]:
     """'cudagraph-bf16' -> ('cudagraph', 'bf16'); 'onnxruntime' -> ('onnxruntime', 'fp32')."""
     from ..runtime.fastpath import EXECUTIONS
-    from ..runtime.stages import PRECISION_DTYPES
+    from ..analysis.stages import PRECISION_DTYPES
 
     if text == "onnxruntime":
         return "onnxruntime", "fp32"
@@ -371,7 +371,7 @@ def run_config(model, variant: str, size: Tuple[int, int], iters: int, execution
 
     from ..model.padding import InputPadder
     from ..runtime.fastpath import NetworkRunner, mode_unavailable_reason
-    from ..runtime.stages import StageClock, group_stage_times, staged_forward
+    from ..analysis.stages import StageClock, group_stage_times, staged_forward
 
     h, w = size
     ph, pw = InputPadder(h, w).padded_size
@@ -407,7 +407,7 @@ def run_config(model, variant: str, size: Tuple[int, int], iters: int, execution
     with rss:
         if execution == "onnxruntime":
             from ..runtime.backends import OnnxRuntimeDisparity
-            from ..runtime.onnx_export import export_onnx
+            from ..analysis.onnx_export import export_onnx
 
             if onnx_dir is None:
                 raise ValueError("the onnxruntime mode needs an export folder (--onnx-dir)")
@@ -487,7 +487,7 @@ def add_flops(row: Dict[str, Any], cfg: Any, cache: Dict[Tuple[int, int, int, st
     """The row's FLOP and device-op count (counted once per padded size, iteration count and
     precision) and, with a known
     peak rate, its FLOP floor and how many times that floor the median is."""
-    from ..runtime.simulated import count_flops
+    from ..analysis.simulated import count_flops
 
     key = (row["padded"][0], row["padded"][1], row["iters"], row["precision"])
     if key not in cache:
@@ -505,7 +505,7 @@ def add_flops(row: Dict[str, Any], cfg: Any, cache: Dict[Tuple[int, int, int, st
 def format_flops(counted: Dict[Tuple[str, int, int, int, str], Dict[str, Any]], peak_tflops: Optional[float]) -> str:
     """Per-stage TFLOP of each (variant, height, width, iters, precision), the device ops it
     dispatches, and the floor at ``peak_tflops``."""
-    from ..runtime.stages import NETWORK_STAGES
+    from ..analysis.stages import NETWORK_STAGES
 
     lines = ["network work per stage, TFLOP (gru: all iterations); ops: non-view ops dispatched (about one "
              "kernel each in eager mode), in all and per GRU iteration"
@@ -570,7 +570,7 @@ def format_tables(rows: Sequence[Dict[str, Any]], node: Dict[str, Dict[str, Any]
         lines.append(format_flops(counted, peak_tflops))
     staged = [r for r in rows if r.get("stages_ms")]
     if staged:
-        from ..runtime.stages import NETWORK_STAGES
+        from ..analysis.stages import NETWORK_STAGES
 
         lines.append("")
         lines.append("network stages, median ms (share %)")
@@ -603,7 +603,7 @@ def format_tables(rows: Sequence[Dict[str, Any]], node: Dict[str, Dict[str, Any]
 def _count_only(args: argparse.Namespace, result: Dict[str, Any], peak_tflops: Optional[float],
                 flush: Callable[[], None]) -> int:
     from ..model.padding import InputPadder
-    from ..runtime.simulated import count_flops, simulated_cuda_model
+    from ..analysis.simulated import count_flops, simulated_cuda_model
 
     counted: Dict[Tuple[str, int, int, int, str], Dict[str, Any]] = {}
     precisions = sorted({p for _, p in args.modes if p}, key=["fp32", "fp16", "bf16"].index)

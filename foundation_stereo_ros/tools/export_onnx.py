@@ -4,7 +4,7 @@ The graph takes float32 (1, 3, H, W) RGB 0..255 ``left``/``right`` images padded
 of 32 and returns ``disparity`` (1, 1, H, W). After writing, it runs the graph once with ONNX
 Runtime on the CPU and compares it with PyTorch on the same random pair (``--no-check`` skips
 this), and checks the graph against the rules of TensorRT's ONNX parser (8.6 for opset 17, 10
-otherwise; :mod:`foundation_stereo_ros.runtime.tensorrt_check`). Build a TensorRT engine from the file with ``trtexec`` (docs/deployment.md) or run it
+otherwise; :mod:`foundation_stereo_ros.analysis.tensorrt_check`). Build a TensorRT engine from the file with ``trtexec`` (docs/deployment.md) or run it
 with the ``OnnxRuntimeDisparity`` backend.
 """
 from __future__ import annotations
@@ -68,7 +68,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from ..model import CheckpointError, FoundationStereo, FoundationStereoConfig, load_model
     from ..model.padding import InputPadder
-    from ..runtime.onnx_export import export_onnx
+    from ..analysis.onnx_export import export_onnx
 
     if args.checkpoint:
         try:
@@ -91,7 +91,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"written in {time.perf_counter() - t:.1f} s", flush=True)
-    from ..runtime.tensorrt_check import tensorrt_problems
+    from ..analysis.tensorrt_check import tensorrt_problems
 
     trt = "8.6" if args.opset == 17 else "10"
     try:

@@ -106,7 +106,7 @@ def measure_peak_mib(model: Any, height: int, width: int, precision: str, hierar
     """(peak MiB of one inference including the weights, method); None when it ran out of memory."""
     import torch
 
-    from ..runtime.simulated import is_simulated, simulated_cuda, simulated_inputs
+    from ..analysis.simulated import is_simulated, simulated_cuda, simulated_inputs
 
     param = next(model.parameters())
     weights = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
@@ -299,7 +299,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..model import FoundationStereo, FoundationStereoConfig
     from ..model.config import VIT_SPECS
 
-    from ..runtime.simulated import simulation_problem
+    from ..analysis.simulated import simulation_problem
 
     simulated = args.device == SIMULATED or (args.device is None and not torch.cuda.is_available())
     if simulated and simulation_problem() is not None:
@@ -332,7 +332,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for variant in args.variants:
         torch.manual_seed(0)
         if simulated:
-            from ..runtime.simulated import simulated_cuda_model
+            from ..analysis.simulated import simulated_cuda_model
 
             model = simulated_cuda_model(variant)
         else:

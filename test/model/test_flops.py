@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from foundation_stereo_ros.runtime.simulated import count_flops, simulated_cuda_model, simulation_problem
+from foundation_stereo_ros.analysis.simulated import count_flops, simulated_cuda_model, simulation_problem
 
 T = 1e12
 # Counting needs the simulated device: every PyTorch this project pins has it; PyTorch 2.3 without

@@ -36,8 +36,7 @@ def calibration(distorted: bool) -> StereoCalibration:
     return StereoCalibration(left, right)
 
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                                                 reason="the GPU run of this path needs CUDA"))]
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]  # the GPU run of this path needs CUDA
 
 
 @pytest.fixture(scope="module", params=DEVICES)

@@ -10,7 +10,7 @@ from foundation_stereo_ros.ros.stereo_depth_node import ALL_PARAMETERS, READ_ONL
 
 from _ros_helpers import NodeHarness, rectified_infos, textured_scene
 
-DEFAULT_YAML = Path(__file__).resolve().parents[1] / "config" / "default.yaml"
+DEFAULT_YAML = Path(__file__).resolve().parents[2] / "config" / "default.yaml"
 
 
 def load_default_yaml():

@@ -19,7 +19,7 @@ from foundation_stereo_ros.ros.stereo_depth_node import SHUTDOWN_WAIT_S
 
 from _ros_helpers import InputFeeder, domain_id_for_tests, rectified_infos, textured_scene
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def node_command(*params: str):

@@ -164,7 +164,7 @@ def test_pinned_upload_gives_the_pair_on_the_device():
     assert up.allocations == 0  # no page-locked memory off CUDA
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned host buffers are for CUDA transfers; no GPU here")
+@pytest.mark.gpu  # pinned host buffers are for CUDA transfers; no GPU here
 def test_pinned_upload_reuses_one_buffer_per_size():
     rng = np.random.default_rng(1)
     up = PinnedUpload("cuda")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from foundation_stereo_ros.runtime.simulated import simulated_cuda, simulated_cuda_model, simulation_problem
+from foundation_stereo_ros.analysis.simulated import simulated_cuda, simulated_cuda_model, simulation_problem
 from foundation_stereo_ros.tools import memory_fit
 
 # The simulated device needs a PyTorch that makes fake CUDA tensors without a driver (the pinned
@@ -174,7 +174,7 @@ def test_cli_rejects_what_it_cannot_do(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="measures torch.cuda.max_memory_allocated; no GPU here")
+@pytest.mark.gpu  # measures torch.cuda.max_memory_allocated; no GPU here
 def test_cuda_peak_is_measured_and_grows_with_size():
     from foundation_stereo_ros.model import FoundationStereo, FoundationStereoConfig
 
@@ -201,7 +201,7 @@ def test_cli_simulates_cuda_without_a_gpu(tmp_path, capsys):
     assert "simulated cuda" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="compares the simulation with a real GPU; no GPU here")
+@pytest.mark.gpu  # compares the simulation with a real GPU; no GPU here
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_simulation_against_the_gpu(precision):
     """The simulated peak against ``max_memory_allocated`` on the GPU at hand (printed); the

@@ -33,7 +33,7 @@ from foundation_stereo_ros.ros.conversions import numpy_to_image
 from _ros_helpers import (Collector, NodeHarness, diagnostic_values, domain_id_for_tests, rectified_infos, stamp_msg,
                           stamp_of, textured_scene, wait_for)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def rss_mb(pid: int = 0) -> float:

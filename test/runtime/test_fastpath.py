@@ -191,7 +191,7 @@ def test_check_pair_rejects_bad_images(left, right, msg):
         check_pair(left, right)
 
 
-@pytest.mark.skipif(DEVICE.type != "cuda", reason="the pinned-memory upload path exists only with CUDA")
+@pytest.mark.gpu  # the pinned-memory upload path exists only with CUDA
 def test_cuda_backend_matches_the_cpu_network(vits_checkpoint):
     rng = np.random.default_rng(7)
     left = rng.integers(0, 256, (60, 90, 3), dtype=np.uint8)

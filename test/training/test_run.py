@@ -131,7 +131,7 @@ def test_curate_cli_with_the_finetuned_network(trained, data, scratch):
     out = scratch / "curation"
     # After a dozen CPU steps the clean samples' EPE is below 2 px but their bad-2 rate is not yet far
     # from the paper's 60 %, so this run uses the (configurable) EPE criterion; the bad-2 rule is
-    # exercised with an accurate matcher in test_training_curation.py.
+    # exercised with an accurate matcher in test/training/test_curation.py.
     rc = curate.main([str(root), "--checkpoint", str(trained["out"] / "last"), "--iters", str(ITERS),
                       "--output", str(out), "--worst", "2", "--device", "cpu", "--max-bad", "-1", "--max-epe", "4"])
     assert rc == 0
@@ -243,7 +243,7 @@ def test_precision_is_fp32_on_the_cpu_and_mixed_precision_needs_cuda():
         TrainConfig(precision="fp8")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="mixed precision exists only on CUDA (CPU path: test above)")
+@pytest.mark.gpu  # mixed precision exists only on CUDA (CPU path: test above)
 @pytest.mark.parametrize("precision", ["auto", "fp16"])
 def test_mixed_precision_training_step_on_cuda(tiny_state, data, scratch, precision):
     model = tiny_model(tiny_state).cuda()

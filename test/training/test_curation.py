@@ -1,7 +1,7 @@
 """Self-curation logic with a real (non-network) stereo matcher: OpenCV's SGBM.
 
 The network-driven pass (foundation-stereo-curate with a fine-tuned checkpoint) is tested in
-test_training_run.py; here the matcher is cheap and accurate, so the paper's default rule
+test/training/test_run.py; here the matcher is cheap and accurate, so the paper's default rule
 (bad-2 > 60 %) can be checked on clean and corrupted pairs.
 """
 import csv

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LAUNCH = REPO / "launch"
 CAMERAS = ("zed", "realsense", "oakd", "isaac_sim")
 LAUNCH_FILES = ["foundation_stereo.launch.py"] + [f"{c}.launch.py" for c in CAMERAS]

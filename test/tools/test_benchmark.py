@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from foundation_stereo_ros.model import load_model
-from foundation_stereo_ros.runtime.stages import NETWORK_STAGES, StageClock, group_stage_times, staged_forward
-from foundation_stereo_ros.runtime.simulated import simulation_problem
+from foundation_stereo_ros.analysis.stages import NETWORK_STAGES, StageClock, group_stage_times, staged_forward
+from foundation_stereo_ros.analysis.simulated import simulation_problem
 from foundation_stereo_ros.tools import benchmark
 
 

@@ -114,7 +114,7 @@ def test_mismatched_inputs_are_rejected(model):
         model.infer(left, left[..., :32], iters=1)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (autocast fp16/bf16)")
+@pytest.mark.gpu  # needs a CUDA GPU (autocast fp16/bf16)
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_autocast_close_to_fp32_on_cuda(vits_checkpoint, precision):
     model = load_model(vits_checkpoint, device="cuda")

@@ -19,7 +19,7 @@ import onnxscript  # noqa: F401 - torch.onnx's exporter needs it
 
 from foundation_stereo_ros.model import load_model
 from foundation_stereo_ros.runtime.backends import OnnxRuntimeDisparity, choose_providers
-from foundation_stereo_ros.runtime.onnx_export import downgrade_to_opset17, read_export_metadata
+from foundation_stereo_ros.analysis.onnx_export import downgrade_to_opset17, read_export_metadata
 from foundation_stereo_ros.tools import export_onnx as export_cli
 
 HEIGHT, WIDTH, ITERS = 60, 90, 2  # pads to 64x96
@@ -85,9 +85,9 @@ def test_onnx_runtime_matches_pytorch_on_random_input(export_run):
 
 def test_export_cli_fails_when_onnx_and_pytorch_differ(monkeypatch, tmp_path, capsys):
     """The CLI's exit status follows its comparison (export and comparison stubbed: they are tested above)."""
-    import foundation_stereo_ros.runtime.onnx_export as onnx_export
+    import foundation_stereo_ros.analysis.onnx_export as onnx_export
 
-    import foundation_stereo_ros.runtime.tensorrt_check as tensorrt_check
+    import foundation_stereo_ros.analysis.tensorrt_check as tensorrt_check
 
     monkeypatch.setattr(onnx_export, "export_onnx", lambda model, path, *a, **k: path)
     monkeypatch.setattr(tensorrt_check, "tensorrt_problems", lambda *a, **k: [])
@@ -124,7 +124,7 @@ def test_opset17_rewrite_is_valid_and_gives_the_same_numbers(exported, backend, 
 def test_export_passes_the_tensorrt_parser_rules(exported, tmp_path):
     """The graph uses only what TensorRT's ONNX parser imports (8.6 at opset 17, 10 at 18): op
     types, Resize modes on the dimensions it resizes, Einsum without ellipsis or broadcasting."""
-    from foundation_stereo_ros.runtime.tensorrt_check import tensorrt_problems
+    from foundation_stereo_ros.analysis.tensorrt_check import tensorrt_problems
 
     proto = onnx.load(str(exported), load_external_data=False)
     assert tensorrt_problems(proto, "10") == []
@@ -152,7 +152,7 @@ def _graph(nodes, inputs, initializers=(), opset=17):
 def test_tensorrt_rules_find_what_the_parser_refuses():
     from onnx import helper
 
-    from foundation_stereo_ros.runtime.tensorrt_check import tensorrt_problems
+    from foundation_stereo_ros.analysis.tensorrt_check import tensorrt_problems
 
     f = onnx.TensorProto.FLOAT
     x = [("x", [1, 8, 4, 4])]
