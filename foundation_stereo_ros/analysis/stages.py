@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from ..model import FoundationStereo
-from ..model.foundation_stereo import PRECISIONS as PRECISION_DTYPES
+from ..model.foundation_stereo import PRECISION_DTYPES
 from ..model.foundation_stereo import STAGES as NETWORK_STAGES
 
 __all__ = ["NETWORK_STAGES", "PRECISION_DTYPES", "StageClock", "group_stage_times", "staged_forward"]

@@ -23,8 +23,10 @@ from .layers import BiasFreeResidualBlock, ConvNormLeakyReLU, UpsampleConcatConv
 from .padding import InputPadder
 from .update import SelectiveMultiLevelUpdate
 from .upsample import convex_upsample, image_stem
+from ..vocabulary import PRECISIONS
 
-PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+#: The autocast dtype of each of the names in vocabulary.PRECISIONS (None: float32, no autocast).
+PRECISION_DTYPES = dict(zip(PRECISIONS, (None, torch.float16, torch.bfloat16)))
 # Stages of ``FoundationStereo.forward`` in order ("gru" once per iteration), for timing hooks.
 STAGES = ("normalize", "monocular", "cnn_features", "cost_volume", "aggregation", "context",
           "geometry_volume", "gru", "upsample")
@@ -111,7 +113,7 @@ class FoundationStereo(nn.Module):
         return ((image / 255.0 - self.rgb_mean) / self.rgb_std).contiguous()
 
     def _autocast(self, device: torch.device, precision: str):
-        dtype = PRECISIONS[precision]
+        dtype = PRECISION_DTYPES[precision]
         if dtype is None:
             return contextlib.nullcontext()
         if device.type != "cuda":

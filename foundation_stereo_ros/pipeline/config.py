@@ -11,10 +11,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
+from ..vocabulary import EXECUTIONS, PRECISIONS
+
 BACKENDS = ("foundation_stereo", "onnx", "sgbm")
-PRECISIONS = ("fp32", "fp16", "bf16")
-#: How the PyTorch network runs (see :mod:`foundation_stereo_ros.runtime.fastpath`).
-EXECUTIONS = ("eager", "compile", "cudagraph", "compile-cudagraph")
 ONNX_PROVIDERS = ("auto", "tensorrt", "cuda", "cpu")
 SGBM_MODES = ("sgbm", "hh", "sgbm_3way", "hh4")
 

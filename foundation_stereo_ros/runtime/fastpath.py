@@ -23,11 +23,8 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 
 from ..model import FoundationStereo
-from ..model.foundation_stereo import PRECISIONS as PRECISION_DTYPES
-
-# The node's 'execution' parameter (pipeline.config.EXECUTIONS) offers the same modes; this
-# package does not import the pipeline, which needs OpenCV (a test keeps the two equal).
-EXECUTIONS = ("eager", "compile", "cudagraph", "compile-cudagraph")
+from ..model.foundation_stereo import PRECISION_DTYPES
+from ..vocabulary import EXECUTIONS
 
 # Accepted (mean, max) |d - d_eager_fp32| in px per precision, on the small test pairs of
 # test/runtime/test_fastpath.py and test/model/test_paths.py (deterministic test weights). fp32 modes differ

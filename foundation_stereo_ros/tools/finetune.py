@@ -83,7 +83,7 @@ def resolve_device(name: str):
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    from foundation_stereo_ros.training.trainer import PRECISIONS, TrainConfig
+    from foundation_stereo_ros.training.trainer import TRAINING_PRECISIONS, TrainConfig
 
     d = TrainConfig()
     p = argparse.ArgumentParser(prog="foundation-stereo-finetune", description=__doc__.split("\n\n")[0],
@@ -120,7 +120,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         "feature.dino (DepthAnything) is always frozen")
     o.add_argument("--train-batchnorm-stats", action="store_true",
                    help="update BatchNorm running statistics (default: frozen, right for small batches)")
-    o.add_argument("--precision", choices=PRECISIONS, default="auto",
+    o.add_argument("--precision", choices=TRAINING_PRECISIONS, default="auto",
                    help="auto = bf16 (or fp16) autocast on CUDA, fp32 on the CPU")
     o.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     o.add_argument("--seed", type=int, default=d.seed)

@@ -37,6 +37,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 import numpy as np
 import torch
 
+from ..vocabulary import PRECISIONS
 from .augment import AugmentConfig, StereoAugmentor
 from .data import StereoDataset, StereoSample
 from .loss import sequence_loss
@@ -45,7 +46,8 @@ from .metrics import BAD_THRESHOLDS, bad_key, disparity_errors, mean_metrics
 MONOCULAR_BRANCH = "feature.dino"
 STATE_NAME = "state.pt"
 STATE_FORMAT = 1
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: Training precisions: "auto" (bf16 where the GPU has it, else fp16 with loss scaling) or a network precision.
+TRAINING_PRECISIONS = ("auto",) + PRECISIONS
 
 
 class TrainingDiverged(RuntimeError):
@@ -93,8 +95,8 @@ class TrainConfig:
                              f"{self.warmup_fraction} and {self.final_lr_fraction}")
         if not 0 < self.gamma <= 1:
             raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.precision not in TRAINING_PRECISIONS:
+            raise ValueError(f"precision must be one of {TRAINING_PRECISIONS}, got {self.precision!r}")
         if self.max_val_samples is not None and self.max_val_samples < 1:
             raise ValueError(f"max_val_samples must be >= 1, got {self.max_val_samples}")
 
