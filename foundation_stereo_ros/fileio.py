@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from typing import Tuple, Union
 
+import cv2
 import numpy as np
 
 PathLike = Union[str, os.PathLike]
@@ -16,8 +17,6 @@ PathLike = Union[str, os.PathLike]
 
 def read_rgb(path: PathLike) -> np.ndarray:
     """An image file as (H, W, 3) uint8 RGB; grey images get three equal channels."""
-    import cv2
-
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ValueError(f"{path}: not found or not an image OpenCV can read")
@@ -71,8 +70,6 @@ def read_pfm(path: PathLike) -> np.ndarray:
 
 
 def write_rgb(path: PathLike, rgb: np.ndarray) -> None:
-    import cv2
-
     if not cv2.imwrite(str(path), np.ascontiguousarray(rgb[:, :, ::-1])):
         raise ValueError(f"{path}: could not write image")
 

@@ -52,7 +52,7 @@ run bench_vitl_480x640 "$PY" -m foundation_stereo_ros.tools.benchmark --variants
 # the GPU pipeline path, the CUDA memory measurement.
 tests="test/runtime/test_fastpath.py test/model/test_paths.py test/tools/test_memory_fit.py"
 if has cv2; then
-    tests="$tests test/runtime/test_fastpath_geometry.py test/runtime/test_device_pipeline.py"
+    tests="$tests test/pipeline/test_device_geometry.py test/runtime/test_device_pipeline.py"
 fi
 if has pytest; then
     # shellcheck disable=SC2086

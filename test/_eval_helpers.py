@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import cv2
 import numpy as np
+from rosbags.highlevel import AnyReader
+
+from foundation_stereo_ros.evaluation import bag_io as B
+from foundation_stereo_ros.pipeline.calibration import rectified_pair
+from foundation_stereo_ros.tools import make_bag
 
 FX_FULL, BASELINE = 3740.0, 0.16
 ALOE_SIZE = (1282, 1110)
@@ -71,8 +76,6 @@ def aloe_gt(opencv_data: Path, scale: float) -> np.ndarray:
 def make_aloe_bag(path: Path, opencv_data: Path, scale: float, repeat: int = 1, gt: bool = True,
                   storage: str = "sqlite3", rate: float = 5.0) -> Path:
     """A bag of the Aloe pair through the make-bag CLI (simple YAML calibration, f = 3740 px full size)."""
-    from foundation_stereo_ros.tools import make_bag
-
     calib = path.parent / (path.name + "_calib.yaml")
     w, h = ALOE_SIZE
     calib.write_text(f"fx: {FX_FULL}\ncx: {(w - 1) / 2}\ncy: {(h - 1) / 2}\nbaseline: {BASELINE}\n")
@@ -87,8 +90,6 @@ def make_aloe_bag(path: Path, opencv_data: Path, scale: float, repeat: int = 1, 
 
 
 def read_messages(path: Path) -> Dict[str, List[Tuple[int, object]]]:
-    from rosbags.highlevel import AnyReader
-
     out: Dict[str, List[Tuple[int, object]]] = {}
     with AnyReader([path]) as reader:
         for conn, t, raw in reader.messages():
@@ -118,9 +119,6 @@ def write_plan_bag(path: Path, left: np.ndarray, right: np.ndarray, plan, storag
                    period_ns: int = 100_000_000, namespace: str = "/cam"):
     """A bag following ``plan``: per frame a list of (role, stamp offset ns) logged in that order
     (roles left, left_info, right, right_info), frame i based at T0 + i * period_ns."""
-    from foundation_stereo_ros.evaluation import bag_io as B
-    from foundation_stereo_ros.evaluation.calibration_files import rectified_pair
-
     h, w = left.shape[:2]
     calib = rectified_pair(467.5, (w - 1) / 2, (h - 1) / 2, 0.16, w, h)
     topics = B.StereoTopics.under(namespace)

@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import cv2
 import numpy as np
 
 # Keep discovery on this machine; other engineers run ROS tests here at the same time.
@@ -83,8 +84,6 @@ def textured_scene(height: int, width: int, seed: int = 0) -> Tuple[np.ndarray, 
     # Smoothed random texture in colour, wider than the image so the right view has content.
     pad = 64
     tex = rng.integers(0, 256, (height, width + pad, 3)).astype(np.float32)
-    import cv2
-
     tex = cv2.GaussianBlur(tex, (0, 0), 1.0)
     tex = np.clip((tex - tex.mean()) * 2.5 + 128, 0, 255).astype(np.uint8)
     disp = np.full((height, width), 12.0, np.float32)
@@ -243,8 +242,7 @@ class NodeHarness:
 
     def problem_count(self, problem: str) -> int:
         """The node's own counter of ``problem`` (what /diagnostics reports as problem.<key>)."""
-        with self.node._stats.lock:
-            return self.node._stats.problems.get(problem, 0)
+        return self.node.stats_snapshot().problems.get(problem, 0)
 
     def diagnostic_count(self, key: str) -> int:
         return diagnostic_count(self.received, key, self.node.get_fully_qualified_name())

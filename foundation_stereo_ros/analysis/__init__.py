@@ -8,7 +8,8 @@ Modules:
   onnx_export     an ONNX graph for one input size and iteration count, with its metadata
   tensorrt_check  what TensorRT's ONNX parser (8.6 at opset 17, 10 otherwise) would refuse
 """
-from .onnx_export import export_onnx, read_export_metadata
+from ..runtime.onnx_runner import read_export_metadata
+from .onnx_export import export_onnx
 from .stages import NETWORK_STAGES, StageClock, staged_forward
 
 __all__ = ["NETWORK_STAGES", "StageClock", "export_onnx", "read_export_metadata", "staged_forward"]

@@ -11,7 +11,8 @@ The exported graph takes ``left`` and ``right`` as float32 (1, 3, H, W) RGB 0..2
 already padded to ``H, W`` (multiples of 32, see :class:`~foundation_stereo_ros.model.padding.InputPadder`)
 and returns ``disparity`` (1, 1, H, W) float32. The GRU loop is unrolled ``iters`` times with
 shared weights. Metadata entries (``foundation_stereo.*``) record what the graph was made for;
-:class:`~foundation_stereo_ros.runtime.backends.OnnxRuntimeDisparity` reads them.
+:func:`~foundation_stereo_ros.runtime.onnx_runner.read_export_metadata` reads them (for
+:class:`~foundation_stereo_ros.runtime.onnx_runner.OnnxRunner`).
 """
 from __future__ import annotations
 
@@ -20,14 +21,15 @@ import os
 from pathlib import Path
 from typing import Dict, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from ..model import FoundationStereo
 from ..model.padding import InputPadder
+from ..runtime.onnx_runner import METADATA_PREFIX
 
 DEFAULT_OPSET = 18
-METADATA_PREFIX = "foundation_stereo."
 
 # Reductions whose axes moved from an attribute to an input in opset 18 (ReduceSum did in 13).
 _REDUCE_AXES_MOVED = {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum",
@@ -68,8 +70,7 @@ def downgrade_to_opset17(model):
     back to attributes, ``Split(num_outputs)`` to explicit sizes, Resize's new default-valued
     attributes dropped. Anything else new in 18 raises ValueError. Needs static shapes.
     """
-    import numpy as np
-    import onnx
+    import onnx  # optional (pip install onnx): only exporting needs it
     from onnx import helper, numpy_helper
 
     graph = model.graph
@@ -174,17 +175,10 @@ def export_onnx(model: FoundationStereo, path: Union[str, os.PathLike], image_he
     program.model.metadata_props.update(export_metadata(model, image_height, image_width, iters))
     program.save(str(path), external_data=external_data)
     if opset == 17:
-        import onnx
+        import onnx  # optional, as above
 
         proto = onnx.load(str(path), load_external_data=False)  # weights stay where they are
         downgrade_to_opset17(proto)
         onnx.save(proto, str(path))
     return path
 
-
-def read_export_metadata(path: Union[str, os.PathLike]) -> Dict[str, str]:
-    """The ``foundation_stereo.*`` metadata of an exported file (prefix removed); {} if none."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return {p.key[len(METADATA_PREFIX):]: p.value for p in model.metadata_props if p.key.startswith(METADATA_PREFIX)}

@@ -21,6 +21,9 @@ from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
 
 from ..model import FoundationStereo, FoundationStereoConfig
 
@@ -57,8 +60,6 @@ def _gpu_attention(query: Any, key: Any, value: Any, attn_mask: Any = None, drop
 def simulated_cuda(mode: Any = None) -> Iterator[Any]:
     """Enter ``mode`` (a ``FakeTensorMode``; a new one if None) with CUDA autocast allowed and
     attention on the GPU's fused kernels; everything patched is restored on exit."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
     amp_common = torch.cuda.amp.common
     saved = (amp_common.amp_definitely_not_available, torch.cuda.is_bf16_supported, F.scaled_dot_product_attention)
     amp_common.amp_definitely_not_available = lambda: False
@@ -106,8 +107,6 @@ def simulated_cuda_model(config: Union[str, FoundationStereoConfig]) -> Foundati
 
 
 def is_simulated(tensor: Any) -> bool:
-    from torch._subclasses.fake_tensor import FakeTensor
-
     return isinstance(tensor, FakeTensor)
 
 
@@ -121,8 +120,6 @@ class _OpCounter:
     eager mode (a few ops launch more than one kernel, e.g. cuDNN convolutions)."""
 
     def __init__(self) -> None:
-        from torch.utils._python_dispatch import TorchDispatchMode
-
         counter = self
         self.count = 0
 
@@ -144,8 +141,6 @@ def count_flops(config: Union[str, FoundationStereoConfig, FoundationStereo], he
     ``gru`` summed over the iterations) and ``gru_iteration``; also ``device_ops``, the number
     of non-view ops the pass dispatches at ``precision`` (about one kernel launch each in eager
     mode; fp16/bf16 add autocast's casts), in total and per GRU iteration."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     if height % 32 or width % 32:
         raise ValueError(f"count_flops takes a padded size (multiples of 32), got {height}x{width}")
     model = config if isinstance(config, FoundationStereo) else simulated_cuda_model(config)

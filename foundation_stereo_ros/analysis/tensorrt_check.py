@@ -38,7 +38,7 @@ _RESIZE_MAX_DIMS = {"linear": 3, "cubic": 2}
 def tensorrt_problems(model: Union[Any, str, os.PathLike], tensorrt: str = "8.6") -> List[str]:
     """What in ``model`` (an ``onnx.ModelProto`` or a path) TensorRT ``tensorrt`` ('8.6' or '10')
     cannot parse; an empty list when nothing is found."""
-    import onnx
+    import onnx  # optional (pip install onnx): imported only when a graph is checked
     from onnx import numpy_helper, shape_inference
 
     if tensorrt not in MAX_OPSET:
@@ -77,7 +77,7 @@ def tensorrt_problems(model: Union[Any, str, os.PathLike], tensorrt: str = "8.6"
 
 
 def _attr(node: Any, name: str, default: Any) -> Any:
-    from onnx import helper
+    from onnx import helper  # optional, as in tensorrt_problems
 
     for a in node.attribute:
         if a.name == name:

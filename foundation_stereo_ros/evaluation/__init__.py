@@ -6,8 +6,10 @@ the live node; only :mod:`.replay` needs rclpy, because it replays a bag through
 
 Modules:
   metrics            pure NumPy metrics (EPE, bad-x, D1, AbsRel, delta<1.25, completeness, latency)
-  calibration_files  stereo calibration files (OpenCV YAML, K.txt, a simple YAML) -> CameraInfo
-  bag_io             rosbag2 (sqlite3, mcap) reading, stereo pairing and message writing
+  calibration_files  stereo calibration files (OpenCV YAML, K.txt, a simple YAML) -> the
+                     pipeline's StereoCalibration
+  bag_io             rosbag2 (sqlite3, mcap) reading and writing (the messages of ros.messages)
+  bag_pairing        stereo topics of a bag and their pairing with the node's synchroniser
   report             per-frame CSV, summary JSON, Markdown/HTML report with pictures
   runner             runs a bag through one or more backends and collects the numbers
   replay             publishes a bag to the live node with its recorded timing and collects outputs

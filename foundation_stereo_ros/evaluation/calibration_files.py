@@ -25,122 +25,29 @@ Three formats are read (``load_stereo_calibration`` picks by content):
    ROS ``camera_calibration`` YAML (``camera_matrix: {data: ...}`` ...), or the path of such a
    file relative to the YAML.
 
-Everything is returned as :class:`StereoCameraInfo` (ROS CameraInfo conventions: right
-``P[0, 3] = -fx * baseline``).
+Everything is returned as the pipeline's validated
+:class:`~foundation_stereo_ros.pipeline.calibration.StereoCalibration` (ROS CameraInfo
+conventions: right ``P[0, 3] = -fx * baseline``), so a file is refused for the same reasons as
+the CameraInfo the node receives (a :class:`~foundation_stereo_ros.pipeline.errors.CalibrationError`,
+a ``ValueError``, with its problem key).
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
+import cv2
 import numpy as np
 import yaml
+
+from foundation_stereo_ros.fileio import read_intrinsics
+from foundation_stereo_ros.pipeline.calibration import (CameraModel, StereoCalibration, camera_info_values,
+                                                        rectified_pair)
 
 PathLike = Union[str, os.PathLike]
 
 _UNITS = {"m": 1.0, "cm": 0.01, "mm": 0.001}
-
-
-@dataclass(frozen=True)
-class CameraInfoData:
-    """The fields of a sensor_msgs/CameraInfo that describe one camera."""
-
-    width: int
-    height: int
-    k: np.ndarray  # (3, 3) intrinsics of the raw image
-    d: np.ndarray  # (N,) distortion coefficients
-    r: np.ndarray  # (3, 3) rectification rotation
-    p: np.ndarray  # (3, 4) projection of the rectified image
-    distortion_model: str = "plumb_bob"
-
-    def scaled(self, factor: float) -> "CameraInfoData":
-        """The calibration of the image resized by ``factor`` (OpenCV's pixel-centre convention:
-        x' = (x + 0.5) * factor - 0.5)."""
-        if not np.isfinite(factor) or factor <= 0:
-            raise ValueError(f"scale factor must be positive, got {factor}")
-        s = np.diag([factor, factor, 1.0])
-        shift = np.array([[1.0, 0.0, 0.5 * factor - 0.5], [0.0, 1.0, 0.5 * factor - 0.5], [0.0, 0.0, 1.0]])
-        a = shift @ s
-        return replace(self, width=int(round(self.width * factor)), height=int(round(self.height * factor)),
-                       k=a @ self.k, p=a @ self.p)
-
-    def cropped(self, x0: int, y0: int, width: int, height: int) -> "CameraInfoData":
-        """The calibration of the window [x0, x0 + width) x [y0, y0 + height) of the image."""
-        t = np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0], [0.0, 0.0, 1.0]])
-        return replace(self, width=int(width), height=int(height), k=t @ self.k, p=t @ self.p)
-
-
-@dataclass(frozen=True)
-class StereoCameraInfo:
-    left: CameraInfoData
-    right: CameraInfoData
-
-    @property
-    def focal_px(self) -> float:
-        return float(self.right.p[0, 0])
-
-    @property
-    def baseline_m(self) -> float:
-        """From the right projection, as stereo_image_proc does: B = -P[0,3] / P[0,0]."""
-        return float(-self.right.p[0, 3] / self.right.p[0, 0])
-
-    @property
-    def delta_cx(self) -> float:
-        """cx_left - cx_right of the rectified images; DisparityImage carries x_left - x_right - delta_cx."""
-        return float(self.left.p[0, 2] - self.right.p[0, 2])
-
-    @property
-    def rectified(self) -> bool:
-        """True when the images need no remapping (no distortion, identity rotation, K == P[:, :3])."""
-        return all(not np.any(c.d) and np.allclose(c.r, np.eye(3)) and np.allclose(c.k, c.p[:, :3])
-                   for c in (self.left, self.right))
-
-    def scaled(self, factor: float) -> "StereoCameraInfo":
-        return StereoCameraInfo(self.left.scaled(factor), self.right.scaled(factor))
-
-    def cropped(self, x0: int, y0: int, width: int, height: int) -> "StereoCameraInfo":
-        return StereoCameraInfo(self.left.cropped(x0, y0, width, height),
-                                 self.right.cropped(x0, y0, width, height))
-
-    def with_size(self, width: int, height: int) -> "StereoCameraInfo":
-        return StereoCameraInfo(replace(self.left, width=int(width), height=int(height)),
-                                 replace(self.right, width=int(width), height=int(height)))
-
-    def validate(self) -> None:
-        """Raise ValueError when the pair cannot describe a horizontal stereo rig."""
-        for side, cam in (("left", self.left), ("right", self.right)):
-            for name, arr, shape in (("K", cam.k, (3, 3)), ("R", cam.r, (3, 3)), ("P", cam.p, (3, 4))):
-                if arr.shape != shape:
-                    raise ValueError(f"{side} {name} must be {shape[0]}x{shape[1]}, got {arr.shape}")
-                if not np.all(np.isfinite(arr)):
-                    raise ValueError(f"{side} {name} holds non-finite values")
-            if not np.all(np.isfinite(cam.d)):
-                raise ValueError(f"{side} distortion holds non-finite values")
-            if cam.k[0, 0] <= 0 or cam.k[1, 1] <= 0 or cam.p[0, 0] <= 0 or cam.p[1, 1] <= 0:
-                raise ValueError(f"{side} focal lengths must be positive")
-            if cam.width <= 0 or cam.height <= 0:
-                raise ValueError(f"{side} image size must be positive, got {cam.width}x{cam.height}")
-        if not self.baseline_m > 0:
-            raise ValueError(f"baseline must be positive (right P[0,3] = -fx * B), got {self.baseline_m} m; "
-                             f"is the right camera to the left of the left one?")
-
-
-def rectified_pair(fx: float, cx: float, cy: float, baseline_m: float, width: int, height: int,
-                   fy: Optional[float] = None, cx_right: Optional[float] = None) -> StereoCameraInfo:
-    """CameraInfo pair of an already rectified rig (no distortion, identity R)."""
-    fy = fx if fy is None else fy
-    cx_right = cx if cx_right is None else cx_right
-
-    def cam(cx_: float, tx: float) -> CameraInfoData:
-        k = np.array([[fx, 0.0, cx_], [0.0, fy, cy], [0.0, 0.0, 1.0]])
-        p = np.hstack([k, np.array([[tx], [0.0], [0.0]])])
-        return CameraInfoData(int(width), int(height), k, np.zeros(5), np.eye(3), p)
-
-    calib = StereoCameraInfo(cam(cx, 0.0), cam(cx_right, -fx * baseline_m))
-    calib.validate()
-    return calib
 
 
 def _trim_distortion(d: np.ndarray) -> np.ndarray:
@@ -181,12 +88,12 @@ def _get(d: Mapping[str, Any], *names: str) -> Any:
     return None
 
 
-def _camera_from_mapping(m: Mapping[str, Any], what: str, base: Path,
-                         size: Optional[Tuple[int, int]]) -> CameraInfoData:
+def _camera_from_mapping(m: Mapping[str, Any], what: str, base: Path, size: Optional[Tuple[int, int]],
+                         name: str) -> CameraModel:
     if isinstance(m, (str, os.PathLike)):
         path = Path(m)
         path = path if path.is_absolute() else base / path
-        return _camera_from_mapping(_read_yaml(path), str(path), path.parent, size)
+        return _camera_from_mapping(_read_yaml(path), str(path), path.parent, size, name)
     if not isinstance(m, Mapping):
         raise ValueError(f"{what}: expected a mapping of CameraInfo fields or a file path")
     k = _get(m, "k", "K", "camera_matrix")
@@ -204,8 +111,7 @@ def _camera_from_mapping(m: Mapping[str, Any], what: str, base: Path,
         w, h = size
     if w is None or h is None:
         raise ValueError(f"{what}: no image size (width/height); give it in the file or pass the images")
-    return CameraInfoData(int(w), int(h), k, d, r, p,
-                             _distortion_model(d, _get(m, "distortion_model")))
+    return CameraModel(int(w), int(h), k, d, r, p, _distortion_model(d, _get(m, "distortion_model")), name)
 
 
 def _read_yaml(path: Path) -> Dict[str, Any]:
@@ -220,15 +126,13 @@ def _read_yaml(path: Path) -> Dict[str, Any]:
     return data
 
 
-def _from_simple_yaml(path: Path, size: Optional[Tuple[int, int]]) -> StereoCameraInfo:
+def _from_simple_yaml(path: Path, size: Optional[Tuple[int, int]]) -> StereoCalibration:
     data = _read_yaml(path)
     if "left" in data or "right" in data:
         if not ("left" in data and "right" in data):
             raise ValueError(f"{path}: the per-camera form needs both 'left' and 'right'")
-        calib = StereoCameraInfo(_camera_from_mapping(data["left"], f"{path} left", path.parent, size),
-                                  _camera_from_mapping(data["right"], f"{path} right", path.parent, size))
-        calib.validate()
-        return calib
+        return StereoCalibration(_camera_from_mapping(data["left"], f"{path} left", path.parent, size, "left"),
+                                 _camera_from_mapping(data["right"], f"{path} right", path.parent, size, "right"))
     missing = [k for k in ("fx", "cx", "cy", "baseline") if k not in data]
     if missing:
         raise ValueError(f"{path}: missing {', '.join(missing)}; the short form needs fx, cx, cy and "
@@ -246,8 +150,6 @@ def _from_simple_yaml(path: Path, size: Optional[Tuple[int, int]]) -> StereoCame
 
 
 def _read_opencv_storage(paths: Sequence[Path]) -> Dict[str, Any]:
-    import cv2
-
     merged: Dict[str, Any] = {}
     for path in paths:
         fs = cv2.FileStorage(str(path), cv2.FILE_STORAGE_READ)
@@ -268,9 +170,7 @@ def _read_opencv_storage(paths: Sequence[Path]) -> Dict[str, Any]:
     return merged
 
 
-def _from_opencv(paths: Sequence[Path], size: Optional[Tuple[int, int]], translation_unit: str) -> StereoCameraInfo:
-    import cv2
-
+def _from_opencv(paths: Sequence[Path], size: Optional[Tuple[int, int]], translation_unit: str) -> StereoCalibration:
     data = _read_opencv_storage(paths)
     names = ", ".join(str(p) for p in paths)
 
@@ -304,23 +204,14 @@ def _from_opencv(paths: Sequence[Path], size: Optional[Tuple[int, int]], transla
     else:
         raise ValueError(f"{names}: need the rectification (R1 R2 P1 P2) or the extrinsics (R T) besides "
                          f"the intrinsics; OpenCV's stereo_calib writes them to extrinsics.yml")
-    # A vertical rig would put the baseline in P2[1, 3]; the node only handles horizontal pairs.
-    if abs(p2[1, 3]) > abs(p2[0, 3]):
-        raise ValueError(f"{names}: the rectified rig is vertical (P2[1,3] dominates); only horizontal "
-                         f"stereo pairs are supported")
     p1[:, 3] *= unit
     p2[:, 3] *= unit
     d1, d2 = _trim_distortion(d1), _trim_distortion(d2)
-    calib = StereoCameraInfo(
-        CameraInfoData(w, h, k1, d1, r1, p1, _distortion_model(d1)),
-        CameraInfoData(w, h, k2, d2, r2, p2, _distortion_model(d2)))
-    calib.validate()
-    return calib
+    return StereoCalibration(CameraModel(w, h, k1, d1, r1, p1, _distortion_model(d1), "left"),
+                             CameraModel(w, h, k2, d2, r2, p2, _distortion_model(d2), "right"))
 
 
-def _from_k_txt(path: Path, size: Optional[Tuple[int, int]]) -> StereoCameraInfo:
-    from foundation_stereo_ros.fileio import read_intrinsics
-
+def _from_k_txt(path: Path, size: Optional[Tuple[int, int]]) -> StereoCalibration:
     k, baseline = read_intrinsics(path)
     if size is None:
         raise ValueError(f"{path}: K.txt carries no image size; pass the images or the size")
@@ -334,7 +225,7 @@ def _looks_like_opencv(path: Path) -> bool:
 
 def load_stereo_calibration(paths: Union[PathLike, Iterable[PathLike]],
                             size: Optional[Tuple[int, int]] = None,
-                            translation_unit: str = "m") -> StereoCameraInfo:
+                            translation_unit: str = "m") -> StereoCalibration:
     """Read one calibration (several OpenCV files are merged). ``size`` is (width, height) of the
     images, used when the file does not carry it; a file that carries a different size is
     rejected so that a calibration never silently describes other images."""
@@ -358,12 +249,7 @@ def load_stereo_calibration(paths: Union[PathLike, Iterable[PathLike]],
     return calib
 
 
-def calibration_to_simple_yaml(calib: StereoCameraInfo) -> str:
+def calibration_to_simple_yaml(calib: StereoCalibration) -> str:
     """The long form of the simple YAML (round-trips through :func:`load_stereo_calibration`)."""
-
-    def cam(c: CameraInfoData) -> Dict[str, Any]:
-        return {"width": c.width, "height": c.height, "distortion_model": c.distortion_model,
-                "k": [float(v) for v in c.k.reshape(-1)], "d": [float(v) for v in c.d.reshape(-1)],
-                "r": [float(v) for v in c.r.reshape(-1)], "p": [float(v) for v in c.p.reshape(-1)]}
-
-    return yaml.safe_dump({"left": cam(calib.left), "right": cam(calib.right)}, sort_keys=False)
+    return yaml.safe_dump({"left": camera_info_values(calib.left), "right": camera_info_values(calib.right)},
+                          sort_keys=False)

@@ -56,8 +56,19 @@ def valid_mask(values: np.ndarray) -> np.ndarray:
         return np.isfinite(v) & (v > 0)
 
 
-def _threshold_key(t: float) -> str:
+def threshold_key(t: float) -> str:
+    """The metric name of the bad-pixel rate at ``t`` px: ``bad_1``, ``bad_0p5`` ..."""
     return f"bad_{t:g}".replace(".", "p")
+
+
+def bad_pixels(err: np.ndarray, threshold: float) -> np.ndarray:
+    """Errors that make a pixel bad at ``threshold`` px (holes are counted by the caller)."""
+    return err > threshold
+
+
+def d1_outliers(err: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """KITTI 2015's outliers: error > 3 px and > 5 % of the true disparity ``gt``."""
+    return (err > D1_ABS_PX) & (err > D1_REL * gt)
 
 
 @dataclass
@@ -107,7 +118,7 @@ class ErrorCounts:
             out["gt_coverage"] = pct(self.n_both, self.n_gt)
             out["epe"] = self.sum_abs_err / self.n_both if self.n_both else None
             for t in sorted(self.n_bad):
-                out[_threshold_key(t)] = pct(self.n_bad[t], self.n_gt)
+                out[threshold_key(t)] = pct(self.n_bad[t], self.n_gt)
             out["d1"] = pct(self.n_d1, self.n_gt)
         if self.has_depth:
             out["abs_rel"] = self.sum_abs_rel / self.n_depth if self.n_depth else None
@@ -135,8 +146,8 @@ def disparity_counts(pred: np.ndarray, gt: Optional[np.ndarray] = None,
     counts.n_both = int(both.sum())
     counts.sum_abs_err = float(err.sum())
     holes = counts.n_gt - counts.n_both
-    counts.n_bad = {float(t): int((err > t).sum()) + holes for t in thresholds}
-    counts.n_d1 = int(((err > D1_ABS_PX) & (err > D1_REL * g[both])).sum()) + holes
+    counts.n_bad = {float(t): int(bad_pixels(err, t).sum()) + holes for t in thresholds}
+    counts.n_d1 = int(d1_outliers(err, g[both]).sum()) + holes
     return counts
 
 
@@ -169,17 +180,6 @@ def total(counts: Iterable[ErrorCounts]) -> ErrorCounts:
     out = ErrorCounts()
     for c in counts:
         out = out + c
-    return out
-
-
-def disparity_to_depth(disparity: np.ndarray, focal_px: float, baseline_m: float) -> np.ndarray:
-    """Z = f * B / d where d is valid, NaN elsewhere."""
-    if not (np.isfinite(focal_px) and np.isfinite(baseline_m)) or focal_px <= 0 or baseline_m <= 0:
-        raise ValueError(f"focal length and baseline must be positive, got f={focal_px}, B={baseline_m}")
-    d = _as_map("disparity", disparity)
-    out = np.full(d.shape, np.nan, dtype=np.float32)
-    v = valid_mask(d)
-    out[v] = (focal_px * baseline_m / d[v]).astype(np.float32)
     return out
 
 

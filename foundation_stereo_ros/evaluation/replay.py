@@ -19,13 +19,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
+import yaml
 
 from foundation_stereo_ros.evaluation import metrics as M
-from foundation_stereo_ros.evaluation.bag_io import StereoBagReader, StereoRecord, stamp_to_ns
+from foundation_stereo_ros.evaluation.bag_io import StereoBagReader
+from foundation_stereo_ros.evaluation.bag_pairing import StereoRecord, StereoTopics
 from foundation_stereo_ros.evaluation.runner import frame_counts_for, ground_truth
+from foundation_stereo_ros.ros.messages import disparity_from_msg, image_to_array, stamp_to_ns
 
 NODE_MODULE = "foundation_stereo_ros.ros.stereo_depth_node"
 
@@ -60,8 +63,6 @@ class LiveResult:
 
 def write_parameter_file(params: Dict[str, Any], path: Path, node_name: str = "stereo_depth_node") -> Path:
     """A ROS 2 parameter file holding ``params`` for ``node_name`` in any namespace."""
-    import yaml
-
     path.write_text(yaml.safe_dump({f"/**/{node_name}": {"ros__parameters": dict(params)}}, sort_keys=True))
     return path
 
@@ -118,34 +119,96 @@ class _Collector:
             return stamp in self.disparity and stamp in self.depth
 
 
-def replay_live(bag: Path, namespace: str, params: Dict[str, Any], rate: float = 1.0,
-                params_files: Sequence[Path] = (), topic_overrides: Optional[Dict[str, str]] = None,
-                connect_timeout_s: float = 60.0, idle_timeout_s: float = 20.0, log_dir: Optional[Path] = None,
-                thresholds: Sequence[float] = M.DEFAULT_BAD_THRESHOLDS,
-                sync: Optional[Dict[str, Any]] = None, progress: Optional[Any] = None) -> LiveResult:
-    """Start the node (namespace ``namespace``, parameters ``params_files`` then ``params``), replay
-    ``bag`` at ``rate`` x its recorded speed, and score the node's outputs against the bag's ground
-    truth. Raises RuntimeError when the node does not come up (its log is in the message)."""
+@dataclass(frozen=True)
+class ReplayOptions:
+    """How :func:`replay_live` replays the bag and scores the node's outputs."""
+
+    rate: float = 1.0  # x the recorded speed
+    params_files: Sequence[Path] = ()  # parameter files the node gets before the replay's parameters
+    topic_overrides: Optional[Mapping[str, str]] = None  # StereoBagReader topic names (default: detected)
+    sync: Optional[Mapping[str, Any]] = None  # the node's synchronisation parameters, for the bag reader
+    connect_timeout_s: float = 60.0
+    idle_timeout_s: float = 20.0  # stop waiting for outputs when none arrived for this long
+    log_dir: Optional[Path] = None  # node log and parameter file (default: a new temporary folder)
+    thresholds: Sequence[float] = M.DEFAULT_BAD_THRESHOLDS
+    progress: Optional[Callable[[], None]] = None  # called for every left image published
+
+
+@dataclass
+class _Recording:
+    topics: StereoTopics
+    pairs: Dict[int, StereoRecord]  # by stamp: the pairs the offline evaluation scores
+    records: List[Any]  # the stereo topics' raw messages in log order
+
+
+def _read_recording(bag: Path, options: ReplayOptions) -> _Recording:
+    with StereoBagReader(bag, sync=options.sync, **(options.topic_overrides or {})) as reader:
+        topics = reader.topics
+        pairs: Dict[int, StereoRecord] = {p.stamp_ns: p for p in reader.pairs()}
+        records = list(reader.records(topics.stereo(), raw=True))
+    if not pairs:
+        raise ValueError(f"{bag}: no synchronised stereo pairs to replay")
+    return _Recording(topics, pairs, records)
+
+
+def _wait_connected(collector: _Collector, proc: subprocess.Popen, node_log: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not collector.connected():
+        if proc.poll() is not None:
+            raise RuntimeError(f"the node exited with code {proc.returncode} before connecting:\n"
+                               f"{_tail(node_log)}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the node did not connect within {timeout_s:.0f} s:\n{_tail(node_log)}")
+        time.sleep(0.05)
+    # Discovery is symmetric but not simultaneous: give the node's side a moment to match too.
+    time.sleep(0.5)
+
+
+def _publish(recording: _Recording, collector: _Collector, options: ReplayOptions) -> Dict[int, float]:
+    """Publish the recorded messages with their recorded timing (scaled by the rate); returns when
+    each pair's last message went out, by stamp."""
+    published_at: Dict[int, float] = {}
+    t_bag0 = recording.records[0].log_time_ns
+    t_wall0 = time.monotonic()
+    for rec in recording.records:
+        due = t_wall0 + (rec.log_time_ns - t_bag0) / 1e9 / options.rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        collector.publishers[rec.topic].publish(rec.raw)
+        stamp = stamp_to_ns(rec.msg.header.stamp)
+        if stamp in recording.pairs:
+            published_at[stamp] = time.monotonic()  # ends at the pair's last message
+        if options.progress is not None and rec.topic == recording.topics.left_image:
+            options.progress()
+    return published_at
+
+
+def _wait_for_outputs(collector: _Collector, pairs: Dict[int, StereoRecord], proc: subprocess.Popen,
+                      node_log: Path, idle_timeout_s: float) -> None:
+    """Until every pair is answered, or nothing new arrives for ``idle_timeout_s``."""
+    last_count, last_change = -1, time.monotonic()
+    while True:
+        with collector.lock:
+            count = len(collector.disparity)
+        if all(collector.complete(s) for s in pairs):
+            return
+        if count != last_count:
+            last_count, last_change = count, time.monotonic()
+        if time.monotonic() - last_change > idle_timeout_s:
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"the node exited with code {proc.returncode} during the replay:\n{_tail(node_log)}")
+        time.sleep(0.05)
+
+
+def _run_node(recording: _Recording, namespace: str, cmd: List[str], node_log: Path, options: ReplayOptions):
+    """Start the node, replay, collect: (disparity, depth and receive time by stamp, publish time
+    by stamp, the node's exit code)."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
-    if not np.isfinite(rate) or rate <= 0:
-        raise ValueError(f"replay rate must be positive, got {rate}")
-    log_dir = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="foundation_stereo_replay_"))
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with StereoBagReader(bag, sync=sync, **(topic_overrides or {})) as reader:
-        topics = reader.topics
-        pairs: Dict[int, StereoRecord] = {p.stamp_ns: p for p in reader.pairs()}
-        stereo_topics = topics.stereo()
-        records = list(reader.records(stereo_topics, raw=True))
-    if not pairs:
-        raise ValueError(f"{bag}: no synchronised stereo pairs to replay")
-    # The node subscribes to its relative input names; point them at the bag's topics.
-    remaps = {"left/image_rect": topics.left_image, "left/camera_info": topics.left_info,
-              "right/image_rect": topics.right_image, "right/camera_info": topics.right_info}
-    params_file = write_parameter_file(params, log_dir / "replay_parameters.yaml")
-    cmd = node_command(namespace, [*params_files, params_file], remaps)
-    node_log = log_dir / "node.log"
+    topics = recording.topics
     context = rclpy.Context()
     rclpy.init(context=context)
     executor = None
@@ -160,72 +223,60 @@ def replay_live(bag: Path, namespace: str, params: Dict[str, Any], rate: float =
                                namespace)
         executor = SingleThreadedExecutor(context=context)
         executor.add_node(collector.node)
-        spinner = threading.Thread(target=executor.spin, daemon=True)
-        spinner.start()
-
-        deadline = time.monotonic() + connect_timeout_s
-        while not collector.connected():
-            if proc.poll() is not None:
-                raise RuntimeError(f"the node exited with code {proc.returncode} before connecting:\n"
-                                   f"{_tail(node_log)}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the node did not connect within {connect_timeout_s:.0f} s:\n{_tail(node_log)}")
-            time.sleep(0.05)
-        # Discovery is symmetric but not simultaneous: give the node's side a moment to match too.
-        time.sleep(0.5)
-
-        published_at: Dict[int, float] = {}
-        t_bag0 = records[0].log_time_ns
-        t_wall0 = time.monotonic()
-        for rec in records:
-            due = t_wall0 + (rec.log_time_ns - t_bag0) / 1e9 / rate
-            delay = due - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            collector.publishers[rec.topic].publish(rec.raw)
-            stamp = stamp_to_ns(rec.msg.header.stamp)
-            if stamp in pairs:
-                published_at[stamp] = time.monotonic()  # ends at the pair's last message
-            if progress is not None and rec.topic == topics.left_image:
-                progress()
-        # Wait for the outputs: until every pair is answered, or nothing new arrives for a while.
-        last_count, last_change = -1, time.monotonic()
-        while True:
-            with collector.lock:
-                count = len(collector.disparity)
-            if all(collector.complete(s) for s in pairs):
-                break
-            if count != last_count:
-                last_count, last_change = count, time.monotonic()
-            if time.monotonic() - last_change > idle_timeout_s:
-                break
-            if proc.poll() is not None:
-                raise RuntimeError(f"the node exited with code {proc.returncode} during the replay:\n{_tail(node_log)}")
-            time.sleep(0.05)
+        threading.Thread(target=executor.spin, daemon=True).start()
+        _wait_connected(collector, proc, node_log, options.connect_timeout_s)
+        published_at = _publish(recording, collector, options)
+        _wait_for_outputs(collector, recording.pairs, proc, node_log, options.idle_timeout_s)
         with collector.lock:
-            disparity, depth, received = dict(collector.disparity), dict(collector.depth), dict(collector.received_at)
+            received = (dict(collector.disparity), dict(collector.depth), dict(collector.received_at))
     finally:
         if executor is not None:
             executor.shutdown(timeout_sec=2.0)
         rclpy.try_shutdown(context=context)
         returncode = _stop(proc)
+    return received, published_at, returncode
 
-    from foundation_stereo_ros.ros.conversions import disparity_from_msg, image_to_array
 
-    result = LiveResult(published=len(pairs), frames={}, node_log=node_log, node_returncode=returncode)
+def _score(recording: _Recording, received, published_at: Dict[int, float], result: LiveResult,
+           thresholds: Sequence[float]) -> LiveResult:
+    """Each answered pair's outputs, decoded with the node's own conversions (NaN where it marked a
+    pixel invalid) and scored as the offline evaluation scores them."""
+    disparity, depth, received_at = received
     for stamp, dmsg in sorted(disparity.items()):
-        rec = pairs.get(stamp)
+        rec = recording.pairs.get(stamp)
         if rec is None:
             continue
-        # Decoded with the node's own conversions: NaN where it marked a pixel invalid.
         disp = disparity_from_msg(dmsg)
         z = image_to_array(depth[stamp]).astype(np.float32) if stamp in depth else None
         gt_disp, gt_depth = ground_truth(rec)
         counts = frame_counts_for(disp, z, gt_disp, gt_depth, thresholds)
-        result.frames[stamp] = LiveFrame(stamp, disp, z, received[stamp] - published_at.get(stamp, received[stamp]),
-                                         counts)
+        latency = received_at[stamp] - published_at.get(stamp, received_at[stamp])
+        result.frames[stamp] = LiveFrame(stamp, disp, z, latency, counts)
         result.totals = result.totals + counts
     return result
+
+
+def replay_live(bag: Path, namespace: str, params: Dict[str, Any],
+                options: ReplayOptions = ReplayOptions()) -> LiveResult:
+    """Start the node (namespace ``namespace``, parameters ``options.params_files`` then ``params``),
+    replay ``bag`` at ``options.rate`` x its recorded speed, and score the node's outputs against the
+    bag's ground truth. Raises RuntimeError when the node does not come up (its log is in the message)."""
+    if not np.isfinite(options.rate) or options.rate <= 0:
+        raise ValueError(f"replay rate must be positive, got {options.rate}")
+    log_dir = (Path(options.log_dir) if options.log_dir is not None
+               else Path(tempfile.mkdtemp(prefix="foundation_stereo_replay_")))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    recording = _read_recording(bag, options)
+    topics = recording.topics
+    # The node subscribes to its relative input names; point them at the bag's topics.
+    remaps = {"left/image_rect": topics.left_image, "left/camera_info": topics.left_info,
+              "right/image_rect": topics.right_image, "right/camera_info": topics.right_info}
+    params_file = write_parameter_file(params, log_dir / "replay_parameters.yaml")
+    cmd = node_command(namespace, [*options.params_files, params_file], remaps)
+    node_log = log_dir / "node.log"
+    received, published_at, returncode = _run_node(recording, namespace, cmd, node_log, options)
+    result = LiveResult(published=len(recording.pairs), frames={}, node_log=node_log, node_returncode=returncode)
+    return _score(recording, received, published_at, result, options.thresholds)
 
 
 def _stop(proc: Optional[subprocess.Popen]) -> Optional[int]:

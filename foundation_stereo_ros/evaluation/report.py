@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import cv2
 import numpy as np
 
 from foundation_stereo_ros.evaluation import metrics as M
@@ -57,8 +58,6 @@ def _fmt(value: Any, fmt: str = "{:.3f}") -> str:
 
 def _turbo(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """(H, W, 3) uint8 RGB; non-finite values black."""
-    import cv2
-
     v = np.asarray(values, np.float32)
     valid = np.isfinite(v)
     span = max(hi - lo, 1e-6)
@@ -93,8 +92,6 @@ def error_map(pred: np.ndarray, gt: np.ndarray, max_err: float) -> np.ndarray:
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> None:
-    import cv2
-
     if not cv2.imwrite(str(path), np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1])):
         raise ValueError(f"{path}: could not write PNG")
 
@@ -104,8 +101,6 @@ _PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 
 
 def latency_histogram(latencies_ms: Dict[str, Sequence[float]], width: int = 720, height: int = 360) -> np.ndarray:
     """RGB picture of per-backend latency histograms (bars side by side in shared bins)."""
-    import cv2
-
     img = np.full((height, width, 3), 255, np.uint8)
     series = {k: np.asarray(v, np.float64) for k, v in latencies_ms.items() if len(v)}
     left, right, top, bottom = 60, 20, 20 + 18 * max(len(series), 1), 45

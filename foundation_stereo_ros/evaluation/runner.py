@@ -16,9 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import yaml
 
 from foundation_stereo_ros.evaluation import metrics as M
-from foundation_stereo_ros.evaluation.bag_io import StereoRecord
+from foundation_stereo_ros.evaluation.bag_pairing import StereoRecord
+from foundation_stereo_ros.pipeline import SPECS, FrameError, Outputs, StereoProcessor
+from foundation_stereo_ros.pipeline.geometry import disparity_to_depth
 
 _LABEL_OK = re.compile(r"[^A-Za-z0-9_.=-]+")
 
@@ -36,8 +39,6 @@ def coerce_value(text: str, name: Optional[str] = None) -> Any:
     called '2025' stays a string); without a known name, as bool, int, float or str, whichever it
     reads as. A value that does not read as its parameter's type is returned as is, for the
     configuration's validation to reject with its message."""
-    from foundation_stereo_ros.pipeline import SPECS
-
     kind = SPECS[name].type if name in SPECS else None
     low = text.strip().lower()
     if kind is str:
@@ -88,7 +89,7 @@ def ground_truth(record: StereoRecord) -> Tuple[Optional[np.ndarray], Optional[n
     if disp is None and depth is not None:
         disp = M.depth_to_disparity(depth, f, t)
     if depth is None and disp is not None:
-        depth = M.disparity_to_depth(disp, f, t)
+        depth = disparity_to_depth(disp, f, t)
     return disp, depth
 
 
@@ -170,8 +171,6 @@ class Evaluator:
 
     def __init__(self, runs: Sequence[BackendRun], points: bool = False, warmup: int = 1,
                  thresholds: Sequence[float] = M.DEFAULT_BAD_THRESHOLDS):
-        from foundation_stereo_ros.pipeline import Outputs, StereoProcessor
-
         if not runs:
             raise ValueError("no backend to evaluate")
         labels = [r.label for r in runs]
@@ -197,8 +196,6 @@ class Evaluator:
         return [r.label for r in self.runs]
 
     def _warm_up(self, record: StereoRecord) -> None:
-        from foundation_stereo_ros.pipeline import FrameError
-
         # The first call pays for lazy initialisation (CUDA context, cuDNN autotuning, allocator
         # growth); untimed runs keep that out of the latency statistics.
         for proc in self.processors.values():
@@ -211,8 +208,6 @@ class Evaluator:
         self._warm = True
 
     def evaluate(self, record: StereoRecord) -> FrameEvaluation:
-        from foundation_stereo_ros.pipeline import FrameError
-
         if not self._warm:
             self._warm_up(record)
         frames: Dict[str, BackendFrame] = {}
@@ -245,8 +240,6 @@ class Evaluator:
 def config_from_parameter_file(path: str, node_name: Optional[str] = None) -> Dict[str, Any]:
     """The processing parameters of a ROS 2 parameter YAML (``<node>: ros__parameters: {...}``,
     or ``/**``), as a dict; non-processing parameters (topics, sync, QoS) are dropped by the caller."""
-    import yaml
-
     try:
         with open(path) as fh:
             data = yaml.safe_load(fh)

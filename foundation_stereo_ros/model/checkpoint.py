@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Dict, Mapping, Tuple, Union
 
 import torch
+import yaml
 
 from .config import FoundationStereoConfig
 from .foundation_stereo import FoundationStereo
@@ -97,8 +98,6 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> Foun
 
 def save_checkpoint(model: FoundationStereo, folder: PathLike, global_step: int = 0, epoch: int = 0) -> Path:
     """Write ``model_best_bp2.pth`` and ``cfg.yaml`` in the published format."""
-    import yaml
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / CHECKPOINT_NAME

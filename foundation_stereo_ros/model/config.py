@@ -10,6 +10,8 @@ import dataclasses
 import os
 from typing import Any, Mapping, Tuple
 
+import yaml
+
 # Channel widths of the DepthAnything V2 DPT head per ViT size (its ``features`` and the
 # four ``out_channels`` of the reassemble projections), and the DINOv2 backbone shapes.
 VIT_SPECS = {
@@ -106,8 +108,6 @@ class FoundationStereoConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "FoundationStereoConfig":
-        import yaml
-
         try:
             with open(path) as f:
                 cfg = yaml.safe_load(f)

@@ -11,16 +11,20 @@ Conventions are those of ROS (sensor_msgs/CameraInfo, image_geometry):
   ``Z`` then has raw disparity ``d = x_left - x_right = f * B / Z + delta_cx``; the disparity
   that DisparityImage carries is pre-adjusted, ``d' = d - delta_cx``, so that ``Z = f * B / d'``.
 
-A :class:`StereoCalibration` is validated when built (every problem raises
-:class:`~.errors.CalibrationError` with a ``problem`` key). A :class:`Rectifier` computes the
+A :class:`StereoCalibration` is the package's one stereo camera model: the node builds it from
+CameraInfo messages, the offline tools from bags and calibration files
+(:mod:`foundation_stereo_ros.evaluation.calibration_files`), :func:`rectified_pair` from a few
+numbers. It is validated when built (every problem raises :class:`~.errors.CalibrationError`
+with a ``problem`` key), and :meth:`~StereoCalibration.scaled` / :meth:`~StereoCalibration.cropped`
+give the calibration of resized or cropped images. A :class:`Rectifier` computes the
 remap tables once per calibration and keeps them, so rectifying a frame is two ``cv2.remap``.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Any, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -138,6 +142,27 @@ class CameraModel:
         return CameraModel(self.width, self.height, self.P[:, :3].copy(), np.zeros(5), np.eye(3), self.P.copy(),
                            "plumb_bob", self.name)
 
+    # ------------------------------------------------------------------ resized and cropped images
+    def scaled(self, factor: float) -> "CameraModel":
+        """The model of the image resized by ``factor`` (OpenCV's pixel-centre convention:
+        x' = (x + 0.5) * factor - 0.5)."""
+        if not np.isfinite(factor) or factor <= 0:
+            raise ValueError(f"scale factor must be positive, got {factor}")
+        s = np.diag([factor, factor, 1.0])
+        shift = np.array([[1.0, 0.0, 0.5 * factor - 0.5], [0.0, 1.0, 0.5 * factor - 0.5], [0.0, 0.0, 1.0]])
+        a = shift @ s
+        return replace(self, width=int(round(self.width * factor)), height=int(round(self.height * factor)),
+                       K=a @ self.K, P=a @ self.P)
+
+    def cropped(self, x0: int, y0: int, width: int, height: int) -> "CameraModel":
+        """The model of the window [x0, x0 + width) x [y0, y0 + height) of the image."""
+        t = np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0], [0.0, 0.0, 1.0]])
+        return replace(self, width=int(width), height=int(height), K=t @ self.K, P=t @ self.P)
+
+    def with_size(self, width: int, height: int) -> "CameraModel":
+        """The same matrices for images of another size."""
+        return replace(self, width=int(width), height=int(height))
+
     # ------------------------------------------------------------------ validation
     # A principal point this many image sizes outside the image is no calibration: real ones lie
     # in or near the image, and absurd ones overflow the float32 point cloud.
@@ -254,6 +279,17 @@ class StereoCalibration:
             return self.left.needs_rectification() or self.right.needs_rectification()
         return mode == "always"
 
+    def scaled(self, factor: float) -> "StereoCalibration":
+        """The calibration of both images resized by ``factor`` (see :meth:`CameraModel.scaled`)."""
+        return StereoCalibration(self.left.scaled(factor), self.right.scaled(factor))
+
+    def cropped(self, x0: int, y0: int, width: int, height: int) -> "StereoCalibration":
+        """The calibration of the same window of both images."""
+        return StereoCalibration(self.left.cropped(x0, y0, width, height), self.right.cropped(x0, y0, width, height))
+
+    def with_size(self, width: int, height: int) -> "StereoCalibration":
+        return StereoCalibration(self.left.with_size(width, height), self.right.with_size(width, height))
+
     def check_image_size(self, width: int, height: int) -> None:
         """Raise ``calibration_mismatch`` if the images are not the size the calibration is for."""
         if (width, height) != self.left.size:
@@ -320,6 +356,21 @@ def make_camera_model(width: int, height: int, K: Sequence[float], D: Sequence[f
                        np.asarray(P, float), distortion_model, name)
 
 
+def rectified_pair(fx: float, cx: float, cy: float, baseline: float, width: int, height: int,
+                   fy: Optional[float] = None, cx_right: Optional[float] = None) -> StereoCalibration:
+    """The calibration of an already rectified rig (no distortion, identity R); ``baseline`` in
+    metres, the right camera to the right of the left one."""
+    fy = fx if fy is None else fy
+    cx_right = cx if cx_right is None else cx_right
+
+    def cam(cx_: float, tx: float, name: str) -> CameraModel:
+        k = np.array([[fx, 0.0, cx_], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+        p = np.hstack([k, np.array([[tx], [0.0], [0.0]])])
+        return CameraModel(int(width), int(height), k, np.zeros(5), np.eye(3), p, "plumb_bob", name)
+
+    return StereoCalibration(cam(cx, 0.0, "left"), cam(cx_right, -fx * baseline, "right"))
+
+
 def camera_info_values(model: CameraModel) -> dict:
     """Flat CameraInfo values of a model: width, height, distortion_model, d, k, r, p (lists of float)."""
     return dict(width=model.width, height=model.height, distortion_model=model.distortion_model or "plumb_bob",
@@ -328,4 +379,4 @@ def camera_info_values(model: CameraModel) -> dict:
 
 
 __all__ = ["CameraModel", "StereoCalibration", "RectificationMaps", "Rectifier", "rectification_maps",
-           "make_camera_model", "camera_info_values", "RECTIFY_MODES"]
+           "make_camera_model", "camera_info_values", "rectified_pair", "RECTIFY_MODES"]

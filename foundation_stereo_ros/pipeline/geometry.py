@@ -7,30 +7,43 @@ All functions take the *published* (pre-adjusted) disparity ``d' = x_left - x_ri
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import cv2
 import numpy as np
 
 
-def disparity_to_depth(disparity: np.ndarray, f: float, baseline: float, min_depth: float = 0.0,
-                       max_depth: float = 0.0) -> np.ndarray:
-    """Depth in the units of ``baseline`` (float32), NaN where invalid.
+def check_focal_baseline(f: float, baseline: float) -> None:
+    """ValueError unless ``f`` and ``baseline`` (and their product) are positive and finite."""
+    if not (f > 0 and baseline > 0 and np.isfinite(f * baseline)):
+        raise ValueError(f"f and baseline must be positive and finite, got f={f}, baseline={baseline}")
+
+
+def depth_and_invalid(disparity: Any, fb: Any, min_depth: float, max_depth: float,
+                      isfinite: Callable[[Any], Any]) -> Tuple[Any, Any]:
+    """``Z = fb / d`` and the mask of invalid depths, for numpy arrays and torch tensors alike
+    (``isfinite`` is ``np.isfinite`` or ``torch.isfinite``): the one definition of depth.
 
     Invalid: NaN or non-positive disparity (no match, or a point at/behind infinity), an infinite
     disparity or one so small that the depth overflows (never a depth of 0 or infinity), and
     depths outside ``[min_depth, max_depth]`` (``max_depth <= 0``: no upper limit).
     """
-    if f <= 0 or baseline <= 0 or not np.isfinite(f * baseline):
-        raise ValueError(f"f and baseline must be positive and finite, got f={f}, baseline={baseline}")
-    d = np.asarray(disparity, dtype=np.float32)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        depth = np.float32(f * baseline) / d
-    bad = ~((depth > 0) & (depth < np.inf))  # NaN compares false: NaN, <= 0 and overflowing disparities
+    depth = fb / disparity
+    bad = ~((depth > 0) & isfinite(depth))  # NaN compares false: NaN, <= 0 and overflowing disparities
     if min_depth > 0:
         bad |= depth < min_depth
     if max_depth > 0:
         bad |= depth > max_depth
+    return depth, bad
+
+
+def disparity_to_depth(disparity: np.ndarray, f: float, baseline: float, min_depth: float = 0.0,
+                       max_depth: float = 0.0) -> np.ndarray:
+    """Depth in the units of ``baseline`` (float32), NaN where invalid (see :func:`depth_and_invalid`)."""
+    check_focal_baseline(f, baseline)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        depth, bad = depth_and_invalid(np.asarray(disparity, dtype=np.float32), np.float32(f * baseline),
+                                       min_depth, max_depth, np.isfinite)
     depth[bad] = np.nan
     return depth
 
@@ -85,15 +98,21 @@ def project_points(points: np.ndarray, fx: float, fy: float, cx: float, cy: floa
         return fx * p[..., 0] / p[..., 2] + cx, fy * p[..., 1] / p[..., 2] + cy
 
 
+def pack_rgb_channels(r: Any, g: Any, b: Any) -> Any:
+    """``0x00RRGGBB`` of three integer channel arrays (numpy uint32 or torch int32, one shape):
+    PCL's packed 'rgb' field layout."""
+    packed = r << 16
+    packed |= g << 8
+    packed |= b
+    return packed
+
+
 def pack_rgb(rgb: np.ndarray) -> np.ndarray:
     """(H, W) uint32 ``0x00RRGGBB`` of (H, W, 3) uint8 RGB (PCL's packed 'rgb' field layout)."""
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"pack_rgb needs (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
-    packed = rgb[..., 0].astype(np.uint32) << 16
-    packed |= rgb[..., 1].astype(np.uint32) << 8
-    packed |= rgb[..., 2]
-    return packed
+    return pack_rgb_channels(rgb[..., 0].astype(np.uint32), rgb[..., 1].astype(np.uint32), rgb[..., 2])
 
 
 def unpack_rgb(packed: np.ndarray) -> np.ndarray:

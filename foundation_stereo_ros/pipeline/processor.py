@@ -9,13 +9,14 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
+import cv2
 import numpy as np
 
 from .backends import DisparityBackend, FoundationStereoBackend, make_backend
 from .calibration import CameraModel, Rectifier, StereoCalibration
 from .config import ProcessorConfig
 from .errors import CalibrationError, PairMismatchError
-from .geometry import PointProjector, colorize_disparity, disparity_to_depth
+from .geometry import PointProjector, colorize_disparity, disparity_to_depth, pack_rgb_channels
 from .image import DecodedPair, decode_stereo_pair
 
 
@@ -217,14 +218,12 @@ class StereoProcessor:
         return self.config.geometry_device == "network" or backend.device.type == "cuda"
 
     def _device_remaps(self, calibration: StereoCalibration, device: Any) -> Tuple[Any, Any]:
-        """Left and right :class:`~foundation_stereo_ros.runtime.device_geometry.DeviceRemap` of a
+        """Left and right :class:`~foundation_stereo_ros.pipeline.device_geometry.DeviceRemap` of a
         calibration: the host's fixed-point tables (same 1/32 px positions), cached per calibration."""
         key = (calibration.key, str(device))
         remaps = self._remaps.get(key)
         if remaps is None:
-            import cv2
-
-            from ..runtime.device_geometry import DeviceRemap
+            from .device_geometry import DeviceRemap  # PyTorch: the SGBM/host path never needs it
 
             maps = self.rectifier.maps(calibration)
             remaps = tuple(DeviceRemap(*cv2.convertMaps(m[0], m[1], cv2.CV_32FC1), source_size=cam.size[::-1],
@@ -244,9 +243,10 @@ class StereoProcessor:
         time) on the host, the cloud (H, W, 4) in the PointCloud2 layout of :meth:`StereoResult.set_cloud`.
         On a GPU the stage times before ``download`` are mostly launch times; ``download`` waits for the
         device and holds the rest."""
+        # PyTorch only here: this module is also imported by SGBM users who have no torch.
         import torch
 
-        from ..runtime.device_geometry import depth_to_points, disparity_to_depth as depth_on_device
+        from .device_geometry import depth_to_points, disparity_to_depth as depth_on_device
 
         backend = self.backend
         left, right = pair.left, pair.right
@@ -282,7 +282,7 @@ class StereoProcessor:
                 if outputs.points:
                     cam = calibration.rectified_left
                     rgb = images[0].to(torch.int32)  # (3, H, W) of the matched left image
-                    packed = ((rgb[0] << 16) | (rgb[1] << 8) | rgb[2]).view(torch.float32)  # colour bits
+                    packed = pack_rgb_channels(rgb[0], rgb[1], rgb[2]).view(torch.float32)  # colour bits
                     points_t = depth_to_points(depth_t, cam.fx, cam.fy, cam.cx, cam.cy)  # (H, W, 3)
                     wanted["points"] = torch.cat([points_t, packed[..., None]], dim=-1)  # (H, W, 4)
                     t = lap("points", t)
@@ -297,7 +297,7 @@ def to_host(tensors: Dict[str, Any]) -> Dict[str, np.ndarray]:
     """Each tensor as a numpy array of its own. On CUDA: non-blocking copies into pinned memory
     (PyTorch caches those blocks, and each array keeps its block until it is dropped), then one
     wait for the stream; elsewhere a copy."""
-    import torch
+    import torch  # not at the top: SGBM users have no torch
 
     if not tensors:
         return {}

@@ -19,7 +19,10 @@ for both the node and the offline bag reader.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+from .messages import stamp_to_ns
 
 try:  # the real library on a ROS install; not on PyPI
     import message_filters  # type: ignore
@@ -29,8 +32,7 @@ except ImportError:  # pragma: no cover - depends on the installation
 
 def stamp_ns(msg: Any) -> int:
     """Header stamp of a message in integer nanoseconds."""
-    s = msg.header.stamp
-    return int(s.sec) * 1_000_000_000 + int(s.nanosec)
+    return stamp_to_ns(msg.header.stamp)
 
 
 class TimeSynchronizer:
@@ -208,29 +210,39 @@ class SynchronizedSubscriptions:
         return names
 
 
+@dataclass(frozen=True)
+class SyncOptions:
+    """How :func:`subscribe_synchronized` pairs its inputs."""
+
+    queue_size: int = 5  # messages per input kept waiting for partners
+    approximate: bool = False  # pair by approximate instead of exact stamps
+    tolerance_s: float = 0.0  # largest stamp difference within a set, with ``approximate``
+    prefer_message_filters: bool = True  # use message_filters where it is importable
+
+
 def subscribe_synchronized(node: Any, inputs: Sequence[Tuple[type, str]], qos: Any, callback: Callable[..., None],
-                           queue_size: int = 5, approximate: bool = False, tolerance_s: float = 0.0,
+                           options: SyncOptions = SyncOptions(),
                            on_message: Optional[Callable[[int, Any], None]] = None,
-                           on_unpaired: Optional[Callable[[int, Any], None]] = None,
-                           prefer_message_filters: bool = True) -> SynchronizedSubscriptions:
+                           on_unpaired: Optional[Callable[[int, Any], None]] = None) -> SynchronizedSubscriptions:
     """Subscribe to ``inputs`` ((msg type, topic) pairs) and call ``callback(*msgs)`` per matched set.
 
     ``on_message(index, msg)`` sees every arrival (for rate / time-jump bookkeeping) before it is
     synchronised; ``on_unpaired`` is called for discarded messages (in-package synchroniser only).
     """
-    if message_filters is not None and prefer_message_filters:
+    if message_filters is not None and options.prefer_message_filters:
         subs = [message_filters.Subscriber(node, t, name, qos_profile=qos) for t, name in inputs]
         if on_message is not None:
             for i, s in enumerate(subs):
                 s.registerCallback(lambda m, i=i: on_message(i, m))
-        if approximate:
-            sync = message_filters.ApproximateTimeSynchronizer(subs, queue_size, tolerance_s)
+        if options.approximate:
+            sync = message_filters.ApproximateTimeSynchronizer(subs, options.queue_size, options.tolerance_s)
         else:
-            sync = message_filters.TimeSynchronizer(subs, queue_size)
+            sync = message_filters.TimeSynchronizer(subs, options.queue_size)
         sync.registerCallback(callback)
         return SynchronizedSubscriptions(subs, sync, True)
 
-    sync = TimeSynchronizer(len(inputs), callback, queue_size, approximate, tolerance_s, on_unpaired)
+    sync = TimeSynchronizer(len(inputs), callback, options.queue_size, options.approximate, options.tolerance_s,
+                            on_unpaired)
 
     def make_cb(i: int) -> Callable[[Any], None]:
         def cb(msg: Any) -> None:

@@ -1,13 +1,21 @@
-"""The network's hot path in the node: execution modes, the ONNX Runtime runner, device-side geometry.
+"""The network's hot path in the node: *runners* that take the network's input and return its raw
+disparity, and the upload that feeds them.
 
-Nothing here changes the network; every path is checked against ``FoundationStereo.forward``
-(``test/runtime/test_fastpath.py``, ``test/runtime/test_onnx_export.py``). Offline analysis
-(stage timing, the simulated CUDA device, the ONNX export and its TensorRT check) lives in
-:mod:`foundation_stereo_ros.analysis`. Importing this package imports torch but not onnx /
+- :class:`NetworkRunner` (``fastpath``): the PyTorch network in one execution mode (eager,
+  torch.compile, CUDA graphs) on padded device tensors.
+- :class:`OnnxRunner` (``onnx_runner``): an ONNX export in an ONNX Runtime session on numpy images.
+- :class:`PinnedUpload` (``upload``): the pair to the device through one reused pinned buffer.
+
+The pipeline's *backends* (:mod:`foundation_stereo_ros.pipeline.backends`) build on these; the
+runners never import the pipeline. Nothing here changes the network; every path is checked against
+``FoundationStereo.forward`` (``test/runtime/test_fastpath.py``, ``test/runtime/test_onnx_export.py``).
+Offline analysis (stage timing, the simulated CUDA device, the ONNX export and its TensorRT check)
+lives in :mod:`foundation_stereo_ros.analysis`. Importing this package imports torch but not onnx /
 onnxruntime (those load on first use).
 """
-from .backends import OnnxRuntimeDisparity, TorchDisparity, choose_providers
 from .fastpath import EXECUTIONS, NetworkRunner, mode_unavailable_reason
+from .onnx_runner import OnnxRunner, read_export_metadata
+from .upload import PinnedUpload
 
-__all__ = ["EXECUTIONS", "NetworkRunner", "OnnxRuntimeDisparity", "TorchDisparity", "choose_providers",
-           "mode_unavailable_reason"]
+__all__ = ["EXECUTIONS", "NetworkRunner", "OnnxRunner", "PinnedUpload", "mode_unavailable_reason",
+           "read_export_metadata"]

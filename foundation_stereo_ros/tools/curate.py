@@ -16,6 +16,9 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..model import load_model
+from ..training import CurationCriteria, curate, predict, write_curation
+from ..training.augment import resize_sample
 from .finetune import LAYOUT_HELP, add_data_arguments, data_options, open_datasets, resolve_device
 
 
@@ -62,17 +65,12 @@ class _Rescaled:
         return len(self.base)
 
     def __getitem__(self, i: int):
-        from foundation_stereo_ros.training.augment import resize_sample
-
         s = self.base[i]
         h, w = s.left.shape[:2]
         return resize_sample(s, max(1, round(w * self.scale)), max(1, round(h * self.scale)))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from foundation_stereo_ros.model import load_model
-    from foundation_stereo_ros.training import CurationCriteria, curate, predict, write_curation
-
     args = parse_args(argv)
 
     def log(msg: str) -> None:

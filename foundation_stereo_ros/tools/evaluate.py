@@ -16,19 +16,23 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
+import json
 import platform
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, TypeVar
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, TypeVar
 
+from foundation_stereo_ros.evaluation import bag_io as B
 from foundation_stereo_ros.evaluation import metrics as M
-from foundation_stereo_ros.evaluation.bag_io import STORAGES, StereoBagReader, StereoTopics
+from foundation_stereo_ros.evaluation.bag_io import STORAGES, StereoBagReader, StereoBagWriter
+from foundation_stereo_ros.evaluation.bag_pairing import StereoTopics
+from foundation_stereo_ros.evaluation.checkpoint_search import HOW_TO_GET, find_checkpoint
 from foundation_stereo_ros.evaluation.report import ReportPaths, ReportWriter
 from foundation_stereo_ros.evaluation.runner import (BackendRun, Evaluator, FrameEvaluation, Totals, coerce_value,
                                                      config_from_parameter_file, parse_backend_spec)
+from foundation_stereo_ros.pipeline import SPECS, ProcessorConfig
 
 T = TypeVar("T")
 
@@ -101,8 +105,6 @@ class EvaluationOutcome:
     def add_sections(self, sections: Dict[str, Any]) -> None:
         """Rewrite summary.json and the reports with extra top-level sections (``live``,
         ``live_vs_offline``: see report.py)."""
-        import json
-
         self.paths = self.writer.finish(self.totals, self.meta, sections)
         self.summary = json.loads(self.paths.summary_json.read_text())
 
@@ -122,17 +124,12 @@ class OutputBag:
     """Writes each frame's outputs like the node publishes them, one namespace per backend."""
 
     def __init__(self, path: Path, storage: str, namespaces: Dict[str, str]):
-        from foundation_stereo_ros.evaluation.bag_io import StereoBagWriter
-
         self.path = path
         self.namespaces = namespaces
         self._writer = StereoBagWriter(path, storage=storage)
         self._writer.open()
 
     def add(self, frame: FrameEvaluation) -> None:
-        from foundation_stereo_ros.evaluation import bag_io as B
-        from foundation_stereo_ros.evaluation.calibration_files import CameraInfoData
-
         rec = frame.record
         stamp = rec.stamp_ns
         frame_id = rec.left.header.frame_id
@@ -141,8 +138,7 @@ class OutputBag:
             if r is None:
                 continue
             ns = self.namespaces[label]
-            cam = CameraInfoData(r.camera.width, r.camera.height, r.camera.K, r.camera.D, r.camera.R, r.camera.P,
-                                 r.camera.distortion_model or "plumb_bob")
+            cam = r.camera
             self._writer.write(f"{ns}/disparity", B.disparity_msg(
                 r.disparity, stamp, frame_id, r.f, r.t, r.min_disparity, r.max_disparity, r.delta_d,
                 valid_window=r.valid_window, fill_invalid=True), stamp)
@@ -160,30 +156,44 @@ class OutputBag:
 SYNC_PARAMETERS = ("approximate_sync", "sync_tolerance_s", "queue_size")
 
 
-def evaluate_bag(bag: Path, runs: Sequence[BackendRun], output: Path, topic_overrides: Optional[Dict[str, str]] = None,
-                 sync: Optional[Dict[str, Any]] = None,
-                 output_bag: Optional[Path] = None, output_storage: str = "sqlite3", max_frames: int = 0,
-                 pictures: int = 3, warmup: int = 1, thresholds: Sequence[float] = M.DEFAULT_BAD_THRESHOLDS,
-                 show_progress: bool = True, extra_meta: Optional[Dict[str, Any]] = None,
+@dataclass(frozen=True)
+class EvaluationOptions:
+    """What :func:`evaluate_bag` reads, writes besides the report, and how it scores."""
+
+    topic_overrides: Optional[Mapping[str, str]] = None  # StereoBagReader topic names (default: detected)
+    sync: Optional[Mapping[str, Any]] = None  # the node's synchronisation parameters (SYNC_PARAMETERS)
+    output_bag: Optional[Path] = None  # also write every frame's outputs to this new bag
+    output_storage: str = "sqlite3"
+    max_frames: int = 0  # stop after this many pairs (0: all)
+    pictures: int = 3  # frames with pictures, spread over the bag
+    warmup: int = 1  # untimed runs of the first pair per backend
+    thresholds: Sequence[float] = M.DEFAULT_BAD_THRESHOLDS  # bad-pixel thresholds, px
+    show_progress: bool = True
+    extra_meta: Optional[Mapping[str, Any]] = None  # more entries for summary.json's meta
+
+
+def evaluate_bag(bag: Path, runs: Sequence[BackendRun], output: Path, options: EvaluationOptions = EvaluationOptions(),
                  on_frame: Optional[Callable[[FrameEvaluation], None]] = None) -> EvaluationOutcome:
-    """Evaluate ``runs`` on ``bag`` and write the report to ``output``; see the module doc."""
-    evaluator = Evaluator(runs, points=output_bag is not None, warmup=warmup, thresholds=thresholds)
-    with StereoBagReader(bag, sync=sync, **(topic_overrides or {})) as reader:
+    """Evaluate ``runs`` on ``bag`` and write the report to ``output``; ``on_frame`` sees every
+    frame's evaluation. See the module doc."""
+    o = options
+    evaluator = Evaluator(runs, points=o.output_bag is not None, warmup=o.warmup, thresholds=o.thresholds)
+    with StereoBagReader(bag, sync=o.sync, **(o.topic_overrides or {})) as reader:
         counts = reader.topic_counts
         n_pairs = min(counts.get(t, 0) for t in reader.topics.stereo())  # for the progress bar
-        if max_frames:
-            n_pairs = min(n_pairs, max_frames)
+        if o.max_frames:
+            n_pairs = min(n_pairs, o.max_frames)
         output.mkdir(parents=True, exist_ok=True)
-        writer = ReportWriter(output, evaluator.labels, _spread(n_pairs, pictures), thresholds)
+        writer = ReportWriter(output, evaluator.labels, _spread(n_pairs, o.pictures), o.thresholds)
         out_bag = None
-        if output_bag is not None:
+        if o.output_bag is not None:
             ns = _output_namespace(reader.topics)
-            out_bag = OutputBag(output_bag, output_storage, {
+            out_bag = OutputBag(o.output_bag, o.output_storage, {
                 lb: ns if len(runs) == 1 else f"{ns}/{topic_token(lb)}" for lb in evaluator.labels})
         totals = Totals(evaluator.labels)
         try:
             pairs = reader.pairs()
-            for frame in progress(evaluator.run(_take(pairs, max_frames)), n_pairs, "evaluating", show_progress):
+            for frame in progress(evaluator.run(_take(pairs, o.max_frames)), n_pairs, "evaluating", o.show_progress):
                 totals.add(frame)
                 writer.add(frame)
                 if out_bag is not None:
@@ -194,22 +204,27 @@ def evaluate_bag(bag: Path, runs: Sequence[BackendRun], output: Path, topic_over
             writer.close()
             if out_bag is not None:
                 out_bag.close()
-        meta = {
-            "bag": str(bag), "frames": totals.frames, "unpaired": reader.unpaired,
-            "topics": {k: v for k, v in reader.topics.__dict__.items() if v},
-            "backends": {r.label: _config_summary(r.config) for r in runs},
-            "sync": reader.sync, "bad_thresholds_px": list(thresholds), "warmup_runs": warmup,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "host": {"python": platform.python_version(), "machine": platform.machine()},
-        }
-        meta.update(extra_meta or {})
+        meta = _meta(bag, reader, totals, runs, o)
     if totals.frames == 0:
         raise ValueError(f"{bag}: no synchronised stereo pairs (topics {reader.topics.stereo()}, "
                          f"unpaired messages {reader.unpaired})")
     paths = writer.finish(totals, meta)
-    import json
+    return EvaluationOutcome(paths, json.loads(paths.summary_json.read_text()), o.output_bag, writer, totals, meta)
 
-    return EvaluationOutcome(paths, json.loads(paths.summary_json.read_text()), output_bag, writer, totals, meta)
+
+def _meta(bag: Path, reader: StereoBagReader, totals: Totals, runs: Sequence[BackendRun],
+          options: EvaluationOptions) -> Dict[str, Any]:
+    """The summary's ``meta``: what was evaluated, how, when and where."""
+    meta = {
+        "bag": str(bag), "frames": totals.frames, "unpaired": reader.unpaired,
+        "topics": {k: v for k, v in reader.topics.__dict__.items() if v},
+        "backends": {r.label: _config_summary(r.config) for r in runs},
+        "sync": reader.sync, "bad_thresholds_px": list(options.thresholds), "warmup_runs": options.warmup,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host": {"python": platform.python_version(), "machine": platform.machine()},
+    }
+    meta.update(options.extra_meta or {})
+    return meta
 
 
 def _take(items: Iterable[T], n: int) -> Iterator[T]:
@@ -287,9 +302,6 @@ def sync_settings(args: argparse.Namespace) -> Dict[str, Any]:
 
 def build_runs(args: argparse.Namespace) -> List[BackendRun]:
     """The backend configurations the options describe (ValueError on bad options)."""
-    from foundation_stereo_ros.evaluation.checkpoint_search import HOW_TO_GET, find_checkpoint
-    from foundation_stereo_ros.pipeline import SPECS, ProcessorConfig
-
     values: Dict[str, Any] = {}
     if args.params is not None:
         params = config_from_parameter_file(str(args.params), node_name="stereo_depth_node")
@@ -326,10 +338,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         overrides = {"left_image": args.left_topic, "right_image": args.right_topic, "left_info": args.left_info,
                      "right_info": args.right_info, "gt_disparity": args.gt_disparity_topic,
                      "gt_depth": args.gt_depth_topic}
-        outcome = evaluate_bag(args.bag, runs, output, {k: v for k, v in overrides.items() if v}, sync_settings(args),
-                               output_bag=args.output_bag, output_storage=args.output_storage,
-                               max_frames=args.max_frames, pictures=args.pictures, warmup=args.warmup,
-                               thresholds=thresholds, show_progress=not args.no_progress)
+        options = EvaluationOptions(topic_overrides={k: v for k, v in overrides.items() if v},
+                                    sync=sync_settings(args), output_bag=args.output_bag,
+                                    output_storage=args.output_storage, max_frames=args.max_frames,
+                                    pictures=args.pictures, warmup=args.warmup, thresholds=thresholds,
+                                    show_progress=not args.no_progress)
+        outcome = evaluate_bag(args.bag, runs, output, options)
     except ValueError as exc:  # also CheckpointError, BackendError, bad bags
         print(f"foundation-stereo-eval: error: {exc}", file=sys.stderr)
         return 2

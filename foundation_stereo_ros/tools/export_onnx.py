@@ -5,7 +5,7 @@ of 32 and returns ``disparity`` (1, 1, H, W). After writing, it runs the graph o
 Runtime on the CPU and compares it with PyTorch on the same random pair (``--no-check`` skips
 this), and checks the graph against the rules of TensorRT's ONNX parser (8.6 for opset 17, 10
 otherwise; :mod:`foundation_stereo_ros.analysis.tensorrt_check`). Build a TensorRT engine from the file with ``trtexec`` (docs/deployment.md) or run it
-with the ``OnnxRuntimeDisparity`` backend.
+with :class:`~foundation_stereo_ros.runtime.OnnxRunner` (the node's ``backend: onnx``).
 """
 from __future__ import annotations
 
@@ -15,6 +15,12 @@ import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
+import numpy as np
+import torch
+
+from ..analysis import onnx_export, tensorrt_check  # called as module.function, so tests can stub them
+from ..model import CheckpointError, FoundationStereo, FoundationStereoConfig, load_model
+from ..model.padding import InputPadder
 from .cli_args import positive_int
 
 
@@ -41,9 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_against_pytorch(model, path: Path, input_height: int, input_width: int, iters: int) -> Dict[str, float]:
     """Run the export with ONNX Runtime (CPU) and PyTorch on one random pair: max/mean |difference| px."""
-    import numpy as np
-    import onnxruntime as ort
-    import torch
+    import onnxruntime as ort  # optional: main() says how to install it or to pass --no-check
 
     gen = torch.Generator().manual_seed(123)
     left = torch.rand(1, 3, input_height, input_width, generator=gen) * 255
@@ -64,12 +68,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.opset < 17:
         print(f"error: --opset must be >= 17 (LayerNormalization), got {args.opset}", file=sys.stderr)
         return 2
-    import torch
-
-    from ..model import CheckpointError, FoundationStereo, FoundationStereoConfig, load_model
-    from ..model.padding import InputPadder
-    from ..analysis.onnx_export import export_onnx
-
     if args.checkpoint:
         try:
             model = load_model(args.checkpoint, device="cpu")
@@ -85,17 +83,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"{args.iters} GRU iterations, opset {args.opset} -> {out}", flush=True)
     t = time.perf_counter()
     try:
-        export_onnx(model, out, args.height, args.width, args.iters, opset=args.opset,
-                    external_data=True if args.external_data else None)
+        onnx_export.export_onnx(model, out, args.height, args.width, args.iters, opset=args.opset,
+                                external_data=True if args.external_data else None)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"written in {time.perf_counter() - t:.1f} s", flush=True)
-    from ..analysis.tensorrt_check import tensorrt_problems
-
     trt = "8.6" if args.opset == 17 else "10"
     try:
-        problems = tensorrt_problems(out, trt)
+        problems = tensorrt_check.tensorrt_problems(out, trt)
     except Exception as e:  # noqa: BLE001 - the export itself is fine; say the check could not run
         print(f"warning: the TensorRT {trt} parser check could not run: {type(e).__name__}: {e}", file=sys.stderr)
         problems = None

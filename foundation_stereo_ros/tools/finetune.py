@@ -16,6 +16,12 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+import torch
+
+from ..model import load_model
+from ..training import AugmentConfig, DataOptions, FineTuner, TrainConfig, open_dataset, read_name_list
+from ..training.trainer import TRAINING_PRECISIONS, TrainingDiverged
+
 LAYOUT_HELP = """dataset layouts (LAYOUT:PATH, or PATH to detect):
   folder      PATH/left/*.png, PATH/right/*.png, PATH/disparity/*.{pfm,npy,png} (same stems;
               16-bit PNG = px * 256 as KITTI, 8-bit PNG = px); or PATH/depth/* with
@@ -51,8 +57,6 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def data_options(args: argparse.Namespace):
-    from foundation_stereo_ros.training import DataOptions
-
     passes = ("clean", "final") if args.sceneflow_pass == "both" else (args.sceneflow_pass,)
     bag = {k: getattr(args, k) for k in ("left_topic", "right_topic", "left_info_topic", "right_info_topic",
                                          "gt_disparity_topic", "gt_depth_topic") if getattr(args, k)}
@@ -62,8 +66,6 @@ def data_options(args: argparse.Namespace):
 
 
 def open_datasets(sources: Sequence[str], options, cache_dir: Path, log):
-    from foundation_stereo_ros.training import open_dataset
-
     out = None
     for src in sources:
         ds = open_dataset(src, options, cache_dir=cache_dir, log=log)
@@ -72,8 +74,6 @@ def open_datasets(sources: Sequence[str], options, cache_dir: Path, log):
 
 
 def resolve_device(name: str):
-    import torch
-
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -83,8 +83,6 @@ def resolve_device(name: str):
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    from foundation_stereo_ros.training.trainer import TRAINING_PRECISIONS, TrainConfig
-
     d = TrainConfig()
     p = argparse.ArgumentParser(prog="foundation-stereo-finetune", description=__doc__.split("\n\n")[0],
                                 epilog=LAYOUT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -154,9 +152,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def build(args: argparse.Namespace, log):
     """(model, train set, val set, TrainConfig, AugmentConfig) from the arguments."""
-    from foundation_stereo_ros.model import load_model
-    from foundation_stereo_ros.training import AugmentConfig, TrainConfig, read_name_list
-
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          warmup_fraction=args.warmup, grad_clip=args.grad_clip, train_iters=args.train_iters,
                          valid_iters=args.valid_iters, gamma=args.gamma, precision=args.precision,
@@ -194,9 +189,6 @@ def build(args: argparse.Namespace, log):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from foundation_stereo_ros.training import FineTuner
-    from foundation_stereo_ros.training.trainer import TrainingDiverged
-
     args = parse_args(argv)
 
     def log(msg: str) -> None:

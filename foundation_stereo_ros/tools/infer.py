@@ -19,8 +19,11 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from .. import fileio
+from ..model import load_model
 from ..pipeline.geometry import colorize_disparity, depth_to_points, disparity_to_depth
 
 
@@ -62,9 +65,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def resolve_device(name: str):
-    import torch
-
+def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
@@ -74,9 +75,6 @@ def resolve_device(name: str):
 def predict_disparity(model, left: np.ndarray, right: np.ndarray, iters: int, hierarchical: bool,
                       scale: float, precision: str, device) -> np.ndarray:
     """(H, W) float32 disparity in input-resolution pixels for uint8 RGB (H, W, 3) images."""
-    import torch
-    import torch.nn.functional as F
-
     h, w = left.shape[:2]
 
     def to_tensor(img: np.ndarray) -> torch.Tensor:
@@ -111,8 +109,6 @@ def depth_and_cloud(disp: np.ndarray, k: np.ndarray, baseline: float, left: np.n
 
 
 def run(args: argparse.Namespace) -> List[Path]:
-    from ..model import load_model
-
     timer = _StageTimer()
     device = resolve_device(args.device)
     intrinsics = fileio.read_intrinsics(args.intrinsics) if args.intrinsics else None

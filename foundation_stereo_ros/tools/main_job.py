@@ -29,9 +29,22 @@ import datetime
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
+
+from foundation_stereo_ros.evaluation import metrics as M
+from foundation_stereo_ros.evaluation.bag_pairing import StereoTopics
+from foundation_stereo_ros.evaluation.checkpoint_search import HOW_TO_GET, candidates, find_checkpoint
+from foundation_stereo_ros.evaluation.replay import ReplayOptions, replay_live
+from foundation_stereo_ros.evaluation.runner import BackendRun
+from foundation_stereo_ros.fileio import read_rgb
+from foundation_stereo_ros.pipeline import ProcessorConfig
+from foundation_stereo_ros.pipeline.calibration import rectified_pair
+from foundation_stereo_ros.tools.evaluate import (EvaluationOptions, Progress, default_device, evaluate_bag,
+                                                  print_outcome)
+from foundation_stereo_ros.tools.make_bag import (BagOptions, StereoFrame, read_disparity_file, resize_frame,
+                                                  write_stereo_bag)
 
 OPENCV_DATA_ENV = "OPENCV_SAMPLE_DATA"
 DEFAULT_OPENCV_DATA = "/usr/share/doc/opencv-doc/examples/data"
@@ -55,10 +68,6 @@ def aloe_frames(data_dir: Path, scale: float, frames: int, window: float = 0.8):
     """The Aloe pair at ``scale`` as ``frames`` views of a camera panning left to right: windows of
     ``window`` x the width sliding across the pair (each with its own principal point).
     Returns (list of StereoFrame, calibration of the full scaled pair)."""
-    from foundation_stereo_ros.evaluation.calibration_files import rectified_pair
-    from foundation_stereo_ros.fileio import read_rgb
-    from foundation_stereo_ros.tools.make_bag import StereoFrame, read_disparity_file, resize_frame
-
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
     if not 0 < window <= 1:
@@ -84,8 +93,6 @@ def aloe_frames(data_dir: Path, scale: float, frames: int, window: float = 0.8):
 def compare_live_offline(offline_frames: Dict[int, Dict[str, Any]], live: Any, label: str) -> Dict[str, Any]:
     """Rows of (metric, offline, live, |difference|) for the totals over the frames the node
     answered, and the largest per-frame difference."""
-    from foundation_stereo_ros.evaluation import metrics as M
-
     answered = [s for s in live.frames if s in offline_frames]
     offline_sub = M.total(offline_frames[s]["counts"] for s in answered).summary()
     rows = []
@@ -159,9 +166,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def choose_backend(args: argparse.Namespace) -> Dict[str, Any]:
     """Backend, checkpoint and device, with the message for the user."""
-    from foundation_stereo_ros.evaluation.checkpoint_search import HOW_TO_GET, candidates, find_checkpoint
-    from foundation_stereo_ros.tools.evaluate import default_device
-
     device = default_device() if args.device == "auto" else args.device
     checkpoint: Optional[str] = args.checkpoint
     if checkpoint is None and args.backend != "sgbm":
@@ -180,14 +184,89 @@ def choose_backend(args: argparse.Namespace) -> Dict[str, Any]:
             "message": f"Using the FoundationStereo checkpoint {checkpoint} on {device}."}
 
 
+def _record(bag: Path, args: argparse.Namespace, scale: float, frames: int, say: Callable[[str], None]):
+    """Step 1: the recording of the Aloe pan; returns its frames."""
+    stereo_frames, _ = aloe_frames(opencv_data_dir(), scale, frames)
+    options = BagOptions(rate_hz=args.rate, start_ns=1_700_000_000_000_000_000, storage=args.storage,
+                         topics=StereoTopics.under(BAG_NAMESPACE))
+    summary = write_stereo_bag(bag, stereo_frames, stereo_frames[0].calibration, options)
+    h, w = stereo_frames[0].left.shape[:2]
+    say(f"Recording: {summary.frames} frames of the Middlebury Aloe pair ({w}x{h}, {args.rate:g} Hz, "
+        f"ground-truth disparity) -> {bag}")
+    return stereo_frames
+
+
+def _node_parameters(choice: Dict[str, Any], iters: int, stereo_frames: Sequence[StereoFrame]) -> Dict[str, Any]:
+    """The processing parameters of the offline evaluation and of the live node alike."""
+    params: Dict[str, Any] = {"backend": choice["backend"], "checkpoint": choice["checkpoint"],
+                              "device": choice["device"], "iters": iters, "rectify": "auto"}
+    if choice["backend"] == "sgbm":
+        # Search just beyond the largest true disparity of the recording, in SGBM's steps of 16.
+        largest = max(float(np.max(f.gt_disparity)) for f in stereo_frames)
+        params["sgbm_num_disparities"] = int(16 * np.ceil((1.1 * largest + 1) / 16))
+    return params
+
+
+def _evaluate_offline(bag: Path, out: Path, args: argparse.Namespace, params: Dict[str, Any],
+                      choice: Dict[str, Any], frames: int, scale: float):
+    """Step 2: (the evaluation's outcome, each frame's counts and disparity by stamp)."""
+    label = choice["backend"]
+    offline_frames: Dict[int, Dict[str, Any]] = {}
+
+    def keep(frame: Any) -> None:  # per-frame offline results, for the comparison with the live node
+        bf = frame.backends[label]
+        if bf.result is not None:
+            offline_frames[frame.record.stamp_ns] = {"counts": bf.counts, "disparity": bf.result.disparity}
+
+    options = EvaluationOptions(output_bag=out / "outputs", output_storage=args.storage, pictures=min(frames, 3),
+                                warmup=args.warmup, show_progress=not args.no_progress,
+                                extra_meta={"recording": "Middlebury 2006 'Aloe' (opencv-doc), camera pan",
+                                            "calibration": {"fx_px_full_size": ALOE_FOCAL_PX,
+                                                            "baseline_m": ALOE_BASELINE_M, "scale": scale},
+                                            "notes": choice["message"] or ""})
+    run_ = BackendRun(label, ProcessorConfig.from_mapping(params))
+    outcome = evaluate_bag(bag, [run_], out / "report", options, on_frame=keep)
+    return outcome, offline_frames
+
+
+def _replay_live(bag: Path, out: Path, args: argparse.Namespace, params: Dict[str, Any], label: str, frames: int,
+                 outcome: Any, say: Callable[[str], None]):
+    """Step 3, the replay: (the node's result, the replay rate)."""
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # keep the demo off the robot's network
+    lat = outcome.summary["backends"][label]["latency"]
+    period = 1.0 / args.rate
+    p95 = (lat.get("p95_ms") or 0.0) / 1e3
+    # The node drops frames it cannot keep up with (newest pair wins), as it should on a robot.
+    # Slow the replay down when this machine is slower than the recorded camera rate, so that
+    # every frame gets an answer to compare.
+    replay_rate = min(1.0, period / (1.5 * p95 + 0.1)) if p95 > 0 else 1.0
+    pace = ("recorded timing" if replay_rate == 1.0 else
+            f"{replay_rate:.2g} x recorded speed: this machine processes a frame in {p95 * 1e3:.0f} ms")
+    say(f"Live replay through stereo_depth_node ({pace}) ...")
+    bar = Progress(frames, "replaying", not args.no_progress)
+    try:
+        live = replay_live(bag, NAMESPACE, dict(params), ReplayOptions(
+            rate=replay_rate, log_dir=out / "live", idle_timeout_s=max(20.0, 20 * p95), progress=bar.update))
+    finally:
+        bar.close()
+    return live, replay_rate
+
+
+def _compare_live(live: Any, replay_rate: float, offline_frames: Dict[int, Dict[str, Any]], label: str,
+                  outcome: Any, result: Dict[str, Any], say: Callable[[str], None]) -> None:
+    """Step 3, the comparison: into the report and ``result``."""
+    comparison = compare_live_offline(offline_frames, live, label)
+    outcome.add_sections({"live": {"replay_rate": replay_rate, "backends": {label: live.summary()}},
+                          "live_vs_offline": comparison})
+    result["live"] = live.summary()
+    result["live_vs_offline"] = comparison
+    say(f"Live: the node answered {len(live.frames)}/{live.published} frames; "
+        f"{agreement_sentence(comparison)}")
+    result["node_log"] = str(live.node_log)
+
+
 def run(args: argparse.Namespace, out_stream: Any = None) -> Dict[str, Any]:
     """The main job; returns the paths and the summary (see the module doc)."""
-    from foundation_stereo_ros.evaluation.runner import BackendRun
-    from foundation_stereo_ros.pipeline import ProcessorConfig
-    from foundation_stereo_ros.tools.evaluate import Progress, evaluate_bag, print_outcome
-    from foundation_stereo_ros.tools.make_bag import write_stereo_bag
-    from foundation_stereo_ros.evaluation.bag_io import StereoTopics
-
     out_stream = out_stream or sys.stdout
 
     def say(text: str) -> None:
@@ -209,73 +288,17 @@ def run(args: argparse.Namespace, out_stream: Any = None) -> Dict[str, Any]:
     if bag.exists():
         raise ValueError(f"{bag} exists; choose another --output")
 
-    # 1. the recording
-    data = opencv_data_dir()
-    stereo_frames, _ = aloe_frames(data, scale, frames)
-    topics = StereoTopics.under(BAG_NAMESPACE)
-    summary = write_stereo_bag(bag, stereo_frames, stereo_frames[0].calibration, rate_hz=args.rate,
-                               start_ns=1_700_000_000_000_000_000, storage=args.storage, topics=topics)
-    h, w = stereo_frames[0].left.shape[:2]
-    say(f"Recording: {summary.frames} frames of the Middlebury Aloe pair ({w}x{h}, {args.rate:g} Hz, "
-        f"ground-truth disparity) -> {bag}")
-
+    stereo_frames = _record(bag, args, scale, frames, say)  # 1. the recording
     # 2. offline evaluation, with exactly the parameters the node gets below
-    params: Dict[str, Any] = {"backend": choice["backend"], "checkpoint": choice["checkpoint"],
-                              "device": choice["device"], "iters": iters, "rectify": "auto"}
-    if choice["backend"] == "sgbm":
-        # Search just beyond the largest true disparity of the recording, in SGBM's steps of 16.
-        largest = max(float(np.max(f.gt_disparity)) for f in stereo_frames)
-        params["sgbm_num_disparities"] = int(16 * np.ceil((1.1 * largest + 1) / 16))
-    config = ProcessorConfig.from_mapping(params)
+    params = _node_parameters(choice, iters, stereo_frames)
     label = choice["backend"]
     say(f"Offline evaluation ({label}) ...")
-    offline_frames: Dict[int, Dict[str, Any]] = {}
-
-    def keep(frame: Any) -> None:  # per-frame offline results, for the comparison with the live node
-        bf = frame.backends[label]
-        if bf.result is not None:
-            offline_frames[frame.record.stamp_ns] = {"counts": bf.counts, "disparity": bf.result.disparity}
-
-    outcome = evaluate_bag(bag, [BackendRun(label, config)], out / "report", output_bag=out / "outputs",
-                           output_storage=args.storage, pictures=min(frames, 3), warmup=args.warmup,
-                           show_progress=not args.no_progress,
-                           extra_meta={"recording": "Middlebury 2006 'Aloe' (opencv-doc), camera pan",
-                                       "calibration": {"fx_px_full_size": ALOE_FOCAL_PX,
-                                                       "baseline_m": ALOE_BASELINE_M, "scale": scale},
-                                       "notes": choice["message"] or ""},
-                           on_frame=keep)
-
+    outcome, offline_frames = _evaluate_offline(bag, out, args, params, choice, frames, scale)
     result: Dict[str, Any] = {"recording": str(bag), "report": outcome.paths.as_dict(),
                               "outputs_bag": str(out / "outputs"), "backend": label}
-    # 3. live replay through the node
-    if not args.no_live:
-        from foundation_stereo_ros.evaluation.replay import replay_live
-
-        os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # keep the demo off the robot's network
-        lat = outcome.summary["backends"][label]["latency"]
-        period = 1.0 / args.rate
-        p95 = (lat.get("p95_ms") or 0.0) / 1e3
-        # The node drops frames it cannot keep up with (newest pair wins), as it should on a robot.
-        # Slow the replay down when this machine is slower than the recorded camera rate, so that
-        # every frame gets an answer to compare.
-        replay_rate = min(1.0, period / (1.5 * p95 + 0.1)) if p95 > 0 else 1.0
-        pace = ("recorded timing" if replay_rate == 1.0 else
-                f"{replay_rate:.2g} x recorded speed: this machine processes a frame in {p95 * 1e3:.0f} ms")
-        say(f"Live replay through stereo_depth_node ({pace}) ...")
-        bar = Progress(frames, "replaying", not args.no_progress)
-        try:
-            live = replay_live(bag, NAMESPACE, dict(params), rate=replay_rate, log_dir=out / "live",
-                               idle_timeout_s=max(20.0, 20 * p95), progress=bar.update)
-        finally:
-            bar.close()
-        comparison = compare_live_offline(offline_frames, live, label)
-        outcome.add_sections({"live": {"replay_rate": replay_rate, "backends": {label: live.summary()}},
-                              "live_vs_offline": comparison})
-        result["live"] = live.summary()
-        result["live_vs_offline"] = comparison
-        say(f"Live: the node answered {len(live.frames)}/{live.published} frames; "
-            f"{agreement_sentence(comparison)}")
-        result["node_log"] = str(live.node_log)
+    if not args.no_live:  # 3. live replay through the node
+        live, replay_rate = _replay_live(bag, out, args, params, label, frames, outcome, say)
+        _compare_live(live, replay_rate, offline_frames, label, outcome, result, say)
     print_outcome(outcome, out_stream)
     say(f"recording: {bag.resolve()}")
     if not args.no_live:

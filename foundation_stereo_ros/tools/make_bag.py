@@ -24,15 +24,18 @@ import glob
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+import cv2
 import numpy as np
 
 from foundation_stereo_ros.evaluation.bag_io import (STORAGES, StereoBagWriter, StereoTopics, camera_info_msg,
                                                      disparity_msg, image_msg)
-from foundation_stereo_ros.evaluation.calibration_files import StereoCameraInfo, load_stereo_calibration
+from foundation_stereo_ros.evaluation.calibration_files import load_stereo_calibration
+from foundation_stereo_ros.fileio import read_pfm, read_rgb
+from foundation_stereo_ros.pipeline.calibration import StereoCalibration
 
 ENCODINGS = ("rgb8", "bgr8", "mono8")
 
@@ -47,7 +50,7 @@ class StereoFrame:
     right: np.ndarray
     gt_disparity: Optional[np.ndarray] = None
     gt_depth: Optional[np.ndarray] = None
-    calibration: Optional[StereoCameraInfo] = None
+    calibration: Optional[StereoCalibration] = None
 
 
 @dataclass
@@ -61,8 +64,6 @@ class BagSummary:
 
 
 def _convert(rgb: np.ndarray, encoding: str) -> np.ndarray:
-    import cv2
-
     if rgb.ndim == 2:
         grey = rgb
         return grey if encoding == "mono8" else np.repeat(grey[:, :, None], 3, axis=2)
@@ -73,35 +74,46 @@ def _convert(rgb: np.ndarray, encoding: str) -> np.ndarray:
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
 
 
-def write_stereo_bag(path: Path, frames: Iterable[StereoFrame], calibration: StereoCameraInfo,
-                     rate_hz: float = 10.0, start_ns: Optional[int] = None, storage: str = "sqlite3",
-                     topics: Optional[StereoTopics] = None, encoding: str = "rgb8",
-                     frame_id: str = "stereo_left_optical_frame",
-                     right_frame_id: str = "stereo_right_optical_frame", version: int = 8) -> BagSummary:
+@dataclass(frozen=True)
+class BagOptions:
+    """How :func:`write_stereo_bag` writes: timing, storage, topic names, encoding and frame ids."""
+
+    rate_hz: float = 10.0  # frame i is stamped and logged at start_ns + i / rate_hz
+    start_ns: Optional[int] = None  # stamp of the first frame (default: now)
+    storage: str = "sqlite3"  # one of STORAGES
+    topics: Optional[StereoTopics] = None  # default: StereoTopics.under()
+    encoding: str = "rgb8"  # one of ENCODINGS
+    frame_id: str = "stereo_left_optical_frame"
+    right_frame_id: str = "stereo_right_optical_frame"
+    version: int = 8  # rosbag2 metadata version: 8 for Humble and newer, 9 Jazzy and newer
+
+
+def write_stereo_bag(path: Path, frames: Iterable[StereoFrame], calibration: StereoCalibration,
+                     options: BagOptions = BagOptions()) -> BagSummary:
     """Write ``frames`` to a new bag at ``path``; frame i is stamped and logged at
-    ``start_ns + i / rate_hz``."""
-    if not np.isfinite(rate_hz) or rate_hz <= 0:
-        raise ValueError(f"rate must be positive, got {rate_hz} Hz")
-    if encoding not in ENCODINGS:
-        raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
-    calibration.validate()
-    topics = topics or StereoTopics.under()
-    start_ns = time.time_ns() if start_ns is None else int(start_ns)
-    period = int(round(1e9 / rate_hz))
-    writer = StereoBagWriter(path, storage=storage, version=version)
+    ``options.start_ns + i / options.rate_hz``."""
+    if not np.isfinite(options.rate_hz) or options.rate_hz <= 0:
+        raise ValueError(f"rate must be positive, got {options.rate_hz} Hz")
+    if options.encoding not in ENCODINGS:
+        raise ValueError(f"encoding must be one of {ENCODINGS}, got {options.encoding!r}")
+    options = replace(options, topics=options.topics or StereoTopics.under(),
+                      start_ns=time.time_ns() if options.start_ns is None else int(options.start_ns))
+    period = int(round(1e9 / options.rate_hz))
+    writer = StereoBagWriter(path, storage=options.storage, version=options.version)
     try:
-        n, counts = _write_frames(writer, frames, calibration, topics, start_ns, period, encoding, frame_id,
-                                  right_frame_id)
+        n, counts = _write_frames(writer, frames, calibration, options, period)
     except BaseException:
         # A half-written bag would be read later as if it were complete.
         shutil.rmtree(path, ignore_errors=True)
         raise
-    return BagSummary(Path(path), n, topics, counts, start_ns, period)
+    return BagSummary(Path(path), n, options.topics, counts, options.start_ns, period)
 
 
-def _write_frames(writer: StereoBagWriter, frames: Iterable[StereoFrame], calibration: StereoCameraInfo,
-                  topics: StereoTopics, start_ns: int, period: int, encoding: str, frame_id: str,
-                  right_frame_id: str) -> Tuple[int, Dict[str, int]]:
+def _write_frames(writer: StereoBagWriter, frames: Iterable[StereoFrame], calibration: StereoCalibration,
+                  options: BagOptions, period: int) -> Tuple[int, Dict[str, int]]:
+    """Every frame's images, CameraInfo and ground truth; ``options`` with its topics and start set."""
+    topics, encoding = options.topics, options.encoding
+    frame_id, right_frame_id = options.frame_id, options.right_frame_id
     n = 0
     with writer:
         for i, fr in enumerate(frames):
@@ -115,34 +127,41 @@ def _write_frames(writer: StereoBagWriter, frames: Iterable[StereoFrame], calibr
             if (calib.left.width, calib.left.height) != (w, h):
                 raise ValueError(f"frame {i}: images are {w}x{h}, the calibration is for "
                                  f"{calib.left.width}x{calib.left.height}")
-            stamp = start_ns + i * period
+            stamp = options.start_ns + i * period
             writer.write(topics.left_image, image_msg(_convert(left, encoding), encoding, stamp, frame_id))
             writer.write(topics.left_info, camera_info_msg(calib.left, stamp, frame_id))
             writer.write(topics.right_image, image_msg(_convert(right, encoding), encoding, stamp, right_frame_id))
             writer.write(topics.right_info, camera_info_msg(calib.right, stamp, right_frame_id))
-            if fr.gt_disparity is not None:
-                if topics.gt_disparity is None:
-                    raise ValueError("ground-truth disparity given but no gt_disparity topic")
-                gt = np.asarray(fr.gt_disparity, dtype=np.float32)
-                if gt.shape != (h, w):
-                    raise ValueError(f"frame {i}: ground-truth disparity is {gt.shape[::-1]}, images {w}x{h}")
-                known = np.isfinite(gt) & (gt > 0)
-                published = np.full(gt.shape, np.nan, np.float32)
-                published[known] = gt[known] - calib.delta_cx
-                writer.write(topics.gt_disparity, disparity_msg(published, stamp, frame_id, calib.focal_px,
-                                                                calib.baseline_m))
-            if fr.gt_depth is not None:
-                if topics.gt_depth is None:
-                    raise ValueError("ground-truth depth given but no gt_depth topic")
-                z = np.asarray(fr.gt_depth, dtype=np.float32).copy()
-                if z.shape != (h, w):
-                    raise ValueError(f"frame {i}: ground-truth depth is {z.shape[::-1]}, images {w}x{h}")
-                z[~np.isfinite(z) | (z <= 0)] = np.nan
-                writer.write(topics.gt_depth, image_msg(z, "32FC1", stamp, frame_id))
+            _write_ground_truth(writer, fr, calib, topics, i, stamp, frame_id)
             n += 1
         if n == 0:
             raise ValueError("no frames to write")
     return n, dict(writer.counts)
+
+
+def _write_ground_truth(writer: StereoBagWriter, fr: StereoFrame, calib: StereoCalibration, topics: StereoTopics,
+                        i: int, stamp: int, frame_id: str) -> None:
+    """Frame ``i``'s ground truth as published: disparity minus delta_cx, NaN where unknown."""
+    h, w = np.asarray(fr.left).shape[:2]
+    if fr.gt_disparity is not None:
+        if topics.gt_disparity is None:
+            raise ValueError("ground-truth disparity given but no gt_disparity topic")
+        gt = np.asarray(fr.gt_disparity, dtype=np.float32)
+        if gt.shape != (h, w):
+            raise ValueError(f"frame {i}: ground-truth disparity is {gt.shape[::-1]}, images {w}x{h}")
+        known = np.isfinite(gt) & (gt > 0)
+        published = np.full(gt.shape, np.nan, np.float32)
+        published[known] = gt[known] - calib.delta_cx
+        writer.write(topics.gt_disparity, disparity_msg(published, stamp, frame_id, calib.f,
+                                                        calib.baseline))
+    if fr.gt_depth is not None:
+        if topics.gt_depth is None:
+            raise ValueError("ground-truth depth given but no gt_depth topic")
+        z = np.asarray(fr.gt_depth, dtype=np.float32).copy()
+        if z.shape != (h, w):
+            raise ValueError(f"frame {i}: ground-truth depth is {z.shape[::-1]}, images {w}x{h}")
+        z[~np.isfinite(z) | (z <= 0)] = np.nan
+        writer.write(topics.gt_depth, image_msg(z, "32FC1", stamp, frame_id))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,10 +194,6 @@ def read_depth_file(path: Path, scale: Optional[float] = None) -> np.ndarray:
 
 
 def _read_map(path: Path, scale: Optional[float], png16_default: float, what: str, unknown: float) -> np.ndarray:
-    import cv2
-
-    from foundation_stereo_ros.fileio import read_pfm
-
     suffix = path.suffix.lower()
     if suffix == ".pfm":
         values, default = read_pfm(path), 1.0
@@ -202,8 +217,6 @@ def _read_map(path: Path, scale: Optional[float], png16_default: float, what: st
 def resize_frame(frame: StereoFrame, factor: float) -> StereoFrame:
     """The frame resized by ``factor``: images with area averaging, ground truth with nearest
     neighbour (keeps unknown pixels unknown) and disparities multiplied by ``factor``."""
-    import cv2
-
     h, w = frame.left.shape[:2]
     for name, values in (("ground-truth disparity", frame.gt_disparity), ("ground-truth depth", frame.gt_depth)):
         # Checked before resizing, which would otherwise hide a map that belongs to other images.
@@ -263,8 +276,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from foundation_stereo_ros.fileio import read_rgb
-
     args = _parser().parse_args(argv)
     try:
         lefts, rights = expand(args.left, "--left"), expand(args.right, "--right")
@@ -296,10 +307,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         start = None if args.start_time is None else int(round(args.start_time * 1e9))
         topics = StereoTopics.under(args.namespace, "image_raw" if args.raw else "image_rect")
-        summary = write_stereo_bag(args.output, frames(), calib.scaled(args.scale), rate_hz=args.rate,
-                                   start_ns=start, storage=args.storage, topics=topics, encoding=args.encoding,
-                                   frame_id=args.frame_id, right_frame_id=args.right_frame_id,
-                                   version=args.bag_version)
+        options = BagOptions(rate_hz=args.rate, start_ns=start, storage=args.storage, topics=topics,
+                             encoding=args.encoding, frame_id=args.frame_id, right_frame_id=args.right_frame_id,
+                             version=args.bag_version)
+        summary = write_stereo_bag(args.output, frames(), calib.scaled(args.scale), options)
     except ValueError as exc:
         print(f"foundation-stereo-make-bag: error: {exc}", file=sys.stderr)
         return 2

@@ -30,7 +30,14 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
+from ..analysis.simulated import (is_simulated, simulated_cuda, simulated_cuda_model, simulated_inputs,
+                                  simulation_problem)
+from ..model import FoundationStereo, FoundationStereoConfig
+from ..model.config import VIT_SPECS
 from .cli_args import comma_list, parse_size, positive_int, torch_device
 
 DEFAULT_SAMPLES = ((240, 320), (480, 640), (720, 960))
@@ -46,9 +53,6 @@ class StoragePeak:
     """
 
     def __init__(self) -> None:
-        from torch.utils._python_dispatch import TorchDispatchMode
-        from torch.utils._pytree import tree_flatten
-
         tracker = self
 
         class _Mode(TorchDispatchMode):
@@ -104,10 +108,6 @@ def padded_pixels(height: int, width: int) -> int:
 def measure_peak_mib(model: Any, height: int, width: int, precision: str, hierarchical: bool, iters: int
                      ) -> Tuple[Optional[float], str]:
     """(peak MiB of one inference including the weights, method); None when it ran out of memory."""
-    import torch
-
-    from ..analysis.simulated import is_simulated, simulated_cuda, simulated_inputs
-
     param = next(model.parameters())
     weights = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
     if is_simulated(param):
@@ -138,8 +138,6 @@ def measure_peak_mib(model: Any, height: int, width: int, precision: str, hierar
 
 def _traced_peak(model: Any, left: Any, right: Any, precision: str, hierarchical: bool, iters: int) -> int:
     """Bytes of the inputs plus the peak of storage made during one inference."""
-    import torch
-
     tracker = StoragePeak()
     tracker.ignore(list(model.parameters()) + list(model.buffers()) + [left, right])
     with torch.no_grad(), tracker:
@@ -294,13 +292,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    import torch
-
-    from ..model import FoundationStereo, FoundationStereoConfig
-    from ..model.config import VIT_SPECS
-
-    from ..analysis.simulated import simulation_problem
-
     simulated = args.device == SIMULATED or (args.device is None and not torch.cuda.is_available())
     if simulated and simulation_problem() is not None:
         if args.device == SIMULATED:
@@ -332,8 +323,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for variant in args.variants:
         torch.manual_seed(0)
         if simulated:
-            from ..analysis.simulated import simulated_cuda_model
-
             model = simulated_cuda_model(variant)
         else:
             model = FoundationStereo(FoundationStereoConfig(vit_size=variant)).eval().to(device)

@@ -14,14 +14,15 @@ API
     FineTuner(model, train, val, TrainConfig(steps=5000), "runs/kitti").run()
     # runs/kitti/best/ is a published-format checkpoint for the node and foundation-stereo-infer
 
-Modules: :mod:`.data` (layouts, readers), :mod:`.bag` (rosbag extraction), :mod:`.augment`,
-:mod:`.loss`, :mod:`.metrics`, :mod:`.trainer`, :mod:`.curation`. PyTorch is imported by
-:mod:`.loss` and :mod:`.trainer` only.
+Modules: :mod:`.data` (samples, ground-truth readers, the dataset), :mod:`.layouts` (dataset
+folders, ``open_dataset``), :mod:`.bag` (rosbag extraction), :mod:`.augment`, :mod:`.loss`,
+:mod:`.metrics`, :mod:`.batches` (reproducible batches), :mod:`.trainer`, :mod:`.curation`.
+PyTorch is imported by :mod:`.loss`, :mod:`.batches` and :mod:`.trainer` only.
 """
 from .augment import AugmentConfig, StereoAugmentor
 from .curation import CurationCriteria, CurationResult, SampleScore, curate, write_curation
-from .data import (LAYOUTS, DataOptions, SampleSpec, StereoDataset, StereoSample, detect_layout, open_dataset,
-                   read_name_list)
+from .data import SampleSpec, StereoDataset, StereoSample, read_name_list
+from .layouts import LAYOUTS, DataOptions, detect_layout, open_dataset
 from .loss import LossTerms, sequence_loss, upsample_init_disparity
 from .metrics import disparity_errors, mean_metrics
 from .trainer import FineTuner, TrainConfig, evaluate, freeze_modules, predict, set_train_mode

@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Tuple
 
+import cv2
 import numpy as np
 
 from .data import StereoSample
@@ -78,8 +79,6 @@ class AugmentConfig:
 def resize_sample(sample: StereoSample, width: int, height: int) -> StereoSample:
     """Both views resized to ``width`` x ``height`` (bilinear) and the ground truth resampled
     (nearest, pixel-centre aligned) with disparities scaled by the width ratio."""
-    import cv2
-
     h, w = sample.left.shape[:2]
     if (width, height) == (w, h):
         return sample
@@ -118,8 +117,6 @@ _GREY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.60
 
 def apply_photometric(image: np.ndarray, p: PhotometricParams) -> np.ndarray:
     """uint8 RGB -> uint8 RGB with the given colour changes."""
-    import cv2
-
     x = image.astype(np.float32) * p.brightness
     mean = float((x @ _GREY_WEIGHTS).mean())
     x = (x - mean) * p.contrast + mean

@@ -23,10 +23,17 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
+import yaml
+
+from foundation_stereo_ros.evaluation.bag_io import StereoBagReader
+from foundation_stereo_ros.fileio import write_pfm, write_rgb
+from foundation_stereo_ros.pipeline import (RECTIFY_MODES, Rectifier, StereoCalibration, StereoInputError,
+                                            decode_stereo_pair)
 
 MANIFEST = "manifest.yaml"
 
@@ -39,32 +46,105 @@ def _bag_key(bag: Path, options: Dict[str, object]) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
-def extract_bag(bag: Path, cache_root: Path, left_topic: Optional[str] = None, right_topic: Optional[str] = None,
-                left_info_topic: Optional[str] = None, right_info_topic: Optional[str] = None,
-                gt_disparity_topic: Optional[str] = None, gt_depth_topic: Optional[str] = None,
-                stride: int = 1, rectify: str = "auto", log: Callable[[str], None] = lambda s: None) -> Path:
-    """Extract the ground-truth pairs of ``bag`` (every ``stride``-th pair) into a folder under
-    ``cache_root`` and return it. Topics default to the evaluation tool's detection."""
-    import yaml
+@dataclass(frozen=True)
+class ExtractionOptions:
+    """Which topics and pairs :func:`extract_bag` takes, and whether it rectifies them. Topics
+    left None are found by the evaluation tool's detection."""
 
-    from foundation_stereo_ros.evaluation.bag_io import StereoBagReader
-    from foundation_stereo_ros.fileio import write_pfm, write_rgb
-    from foundation_stereo_ros.pipeline import (RECTIFY_MODES, Rectifier, StereoCalibration, StereoInputError,
-                                                decode_stereo_pair)
+    left_topic: Optional[str] = None
+    right_topic: Optional[str] = None
+    left_info_topic: Optional[str] = None
+    right_info_topic: Optional[str] = None
+    gt_disparity_topic: Optional[str] = None
+    gt_depth_topic: Optional[str] = None
+    stride: int = 1  # every stride-th pair
+    rectify: str = "auto"  # one of RECTIFY_MODES, as the node's parameter
 
-    if stride < 1:
-        raise ValueError(f"bag stride must be >= 1, got {stride}")
-    if rectify not in RECTIFY_MODES:
-        raise ValueError(f"rectify must be one of {RECTIFY_MODES}, got {rectify!r}")
+    def topic_overrides(self) -> Dict[str, Optional[str]]:
+        """The topics as :class:`StereoBagReader` names them."""
+        return dict(left_image=self.left_topic, right_image=self.right_topic, left_info=self.left_info_topic,
+                    right_info=self.right_info_topic, gt_disparity=self.gt_disparity_topic,
+                    gt_depth=self.gt_depth_topic)
+
+
+def _published_to_network(record: Any, calib: StereoCalibration) -> Tuple[Optional[np.ndarray], Optional[str]]:
+    """(the pair's ground truth as network disparity x_left - x_right, 0 = unknown, None) or
+    (None, why there is none)."""
+    if record.gt_disparity is not None:
+        published = np.asarray(record.gt_disparity, dtype=np.float32)
+        known = np.isfinite(published) & (published > 0)
+        return np.where(known, published + np.float32(calib.delta_cx), 0.0), None
+    if record.gt_depth is not None:
+        z = np.asarray(record.gt_depth, dtype=np.float32)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            known = np.isfinite(z) & (z > 0)
+            return np.where(known, calib.f * calib.baseline / z + calib.delta_cx, 0.0), None
+    return None, "no_ground_truth"
+
+
+def _training_pair(record: Any, rectifier: Rectifier, rectify: str) -> Tuple[Optional[tuple], Optional[str]]:
+    """((left, right, disparity) as the network is trained on them, None), or (None, the problem
+    key of a pair that cannot be used)."""
+    try:
+        calib = StereoCalibration.from_camera_info(record.left_info, record.right_info)
+        pair = decode_stereo_pair(record.left, record.right)
+        h, w = pair.left.shape[:2]
+        calib.check_image_size(w, h)
+        left, right = pair.left, pair.right
+        if calib.needs_rectification(rectify):
+            left, right = rectifier.rectify(left, right, calib)
+    except StereoInputError as e:
+        return None, e.problem
+    disp, problem = _published_to_network(record, calib)
+    if problem is not None:
+        return None, problem
+    if disp.shape != (h, w):
+        return None, "ground_truth_size"
+    return (left, right, disp), None
+
+
+def _extract_pairs(bag: Path, tmp: Path, options: ExtractionOptions) -> Tuple[int, Dict[str, int], Any]:
+    """Write the usable pairs into ``tmp``: (pairs written, skipped pairs by problem, the topics)."""
+    rectifier = Rectifier()
+    skipped: Dict[str, int] = {}
+    written = 0
+    with StereoBagReader(bag, **options.topic_overrides()) as reader:
+        topics = reader.topics
+        if not (topics.gt_disparity or topics.gt_depth):
+            raise ValueError(f"{bag}: no ground-truth topic found; pass --gt-disparity-topic or --gt-depth-topic "
+                             f"(topics: {', '.join(sorted(reader.types))})")
+        for record in reader.pairs():
+            if record.index % options.stride:
+                continue
+            pair, problem = _training_pair(record, rectifier, options.rectify)
+            if problem is not None:
+                skipped[problem] = skipped.get(problem, 0) + 1
+                continue
+            left, right, disp = pair
+            stem = f"{written:06d}_{record.stamp_ns}"
+            write_rgb(tmp / "left" / f"{stem}.png", left)
+            write_rgb(tmp / "right" / f"{stem}.png", right)
+            write_pfm(tmp / "disparity" / f"{stem}.pfm", np.where(disp > 0, disp, 0.0).astype(np.float32))
+            written += 1
+    return written, skipped, topics
+
+
+def extract_bag(bag: Path, cache_root: Path, options: ExtractionOptions = ExtractionOptions(),
+                log: Callable[[str], None] = lambda s: None) -> Path:
+    """Extract the ground-truth pairs of ``bag`` (every ``options.stride``-th pair) into a folder
+    under ``cache_root`` and return it."""
+    if options.stride < 1:
+        raise ValueError(f"bag stride must be >= 1, got {options.stride}")
+    if options.rectify not in RECTIFY_MODES:
+        raise ValueError(f"rectify must be one of {RECTIFY_MODES}, got {options.rectify!r}")
     bag = Path(bag)
     if bag.is_file():
         bag = bag.parent
-    overrides = dict(left_image=left_topic, right_image=right_topic, left_info=left_info_topic,
-                     right_info=right_info_topic, gt_disparity=gt_disparity_topic, gt_depth=gt_depth_topic)
     if not (bag / "metadata.yaml").is_file():
         raise ValueError(f"{bag}: not a rosbag2 folder (no metadata.yaml)")
-    options = {**{k: v for k, v in overrides.items() if v}, "stride": stride, "rectify": rectify}
-    out = Path(cache_root) / f"{bag.name}-{_bag_key(bag, options)}"
+    key_options = {**{k: v for k, v in options.topic_overrides().items() if v}, "stride": options.stride,
+                   "rectify": options.rectify}
+    out = Path(cache_root) / f"{bag.name}-{_bag_key(bag, key_options)}"
     manifest = out / MANIFEST
     if manifest.is_file():
         done = yaml.safe_load(manifest.read_text()) or {}
@@ -75,53 +155,11 @@ def extract_bag(bag: Path, cache_root: Path, left_topic: Optional[str] = None, r
     shutil.rmtree(tmp, ignore_errors=True)
     for sub in ("left", "right", "disparity"):
         (tmp / sub).mkdir(parents=True)
-
-    rectifier = Rectifier()
-    skipped: Dict[str, int] = {}
-    written = 0
-    with StereoBagReader(bag, **overrides) as reader:
-        topics = reader.topics
-        if not (topics.gt_disparity or topics.gt_depth):
-            raise ValueError(f"{bag}: no ground-truth topic found; pass --gt-disparity-topic or --gt-depth-topic "
-                             f"(topics: {', '.join(sorted(reader.types))})")
-        for record in reader.pairs():
-            if record.index % stride:
-                continue
-            try:
-                calib = StereoCalibration.from_camera_info(record.left_info, record.right_info)
-                pair = decode_stereo_pair(record.left, record.right)
-                h, w = pair.left.shape[:2]
-                calib.check_image_size(w, h)
-                left, right = pair.left, pair.right
-                if calib.needs_rectification(rectify):
-                    left, right = rectifier.rectify(left, right, calib)
-            except StereoInputError as e:
-                skipped[e.problem] = skipped.get(e.problem, 0) + 1
-                continue
-            if record.gt_disparity is not None:
-                published = np.asarray(record.gt_disparity, dtype=np.float32)
-                known = np.isfinite(published) & (published > 0)
-                disp = np.where(known, published + np.float32(calib.delta_cx), 0.0)
-            elif record.gt_depth is not None:
-                z = np.asarray(record.gt_depth, dtype=np.float32)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    known = np.isfinite(z) & (z > 0)
-                    disp = np.where(known, calib.f * calib.baseline / z + calib.delta_cx, 0.0)
-            else:
-                skipped["no_ground_truth"] = skipped.get("no_ground_truth", 0) + 1
-                continue
-            if disp.shape != (h, w):
-                skipped["ground_truth_size"] = skipped.get("ground_truth_size", 0) + 1
-                continue
-            stem = f"{written:06d}_{record.stamp_ns}"
-            write_rgb(tmp / "left" / f"{stem}.png", left)
-            write_rgb(tmp / "right" / f"{stem}.png", right)
-            write_pfm(tmp / "disparity" / f"{stem}.pfm", np.where(disp > 0, disp, 0.0).astype(np.float32))
-            written += 1
+    written, skipped, topics = _extract_pairs(bag, tmp, options)
     if written == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         raise ValueError(f"{bag}: no usable pair with ground truth (skipped: {skipped or 'none paired'})")
-    info = {"bag": str(bag.resolve()), "pairs": written, "skipped": skipped, "options": options,
+    info = {"bag": str(bag.resolve()), "pairs": written, "skipped": skipped, "options": key_options,
             "topics": {k: getattr(topics, k) for k in ("left_image", "left_info", "right_image", "right_info",
                                                         "gt_disparity", "gt_depth")},
             "complete": True}

@@ -20,8 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
+import cv2
 import numpy as np
 
+from ..fileio import write_rgb
+from ..pipeline.geometry import colorize_disparity
 from .data import StereoDataset, StereoSample
 from .metrics import bad_key, disparity_errors
 
@@ -149,8 +152,6 @@ def curate(predict: Predictor, dataset: StereoDataset, criteria: CurationCriteri
 # ------------------------------------------------------------------------- report
 
 def _label(image: np.ndarray, text: str) -> np.ndarray:
-    import cv2
-
     out = image.copy()
     cv2.rectangle(out, (0, 0), (min(out.shape[1], 8 + 9 * len(text)), 22), (0, 0, 0), -1)
     cv2.putText(out, text, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
@@ -159,10 +160,6 @@ def _label(image: np.ndarray, text: str) -> np.ndarray:
 
 def sample_picture(sample: StereoSample, pred: np.ndarray, bad_threshold_px: float, max_width: int = 480) -> np.ndarray:
     """RGB mosaic: left | right / ground truth | prediction / error | bad pixels."""
-    import cv2
-
-    from foundation_stereo_ros.pipeline.geometry import colorize_disparity as colorize
-
     gt = np.where(sample.valid, sample.disparity, np.nan)
     hi = float(np.nanmax(gt)) if np.isfinite(gt).any() else float(np.nanmax(pred))
     err = np.where(sample.valid, np.abs(pred - sample.disparity), np.nan)
@@ -170,8 +167,9 @@ def sample_picture(sample: StereoSample, pred: np.ndarray, bad_threshold_px: flo
     bad[sample.valid] = (60, 160, 60)
     bad[sample.valid & ~(np.abs(pred - sample.disparity) <= bad_threshold_px)] = (220, 40, 40)
     tiles = [_label(sample.left, "left"), _label(sample.right, "right"),
-             _label(colorize(gt, 0.0, hi), "ground truth"), _label(colorize(pred, 0.0, hi), "prediction"),
-             _label(colorize(err, 0.0, 4 * bad_threshold_px), f"|error| 0..{4 * bad_threshold_px:g} px"),
+             _label(colorize_disparity(gt, 0.0, hi), "ground truth"),
+             _label(colorize_disparity(pred, 0.0, hi), "prediction"),
+             _label(colorize_disparity(err, 0.0, 4 * bad_threshold_px), f"|error| 0..{4 * bad_threshold_px:g} px"),
              _label(bad, f"red: error > {bad_threshold_px:g} px")]
     h, w = sample.left.shape[:2]
     s = min(1.0, max_width / w)
@@ -186,8 +184,6 @@ def _safe(name: str) -> str:
 
 def write_curation(result: CurationResult, out_dir: Path, title: str = "") -> Dict[str, Path]:
     """kept.txt, rejected.txt, scores.csv, report.md and worst/*.png in ``out_dir``."""
-    from foundation_stereo_ros.fileio import write_rgb
-
     out_dir = Path(out_dir)
     (out_dir / "worst").mkdir(parents=True, exist_ok=True)
     c = result.criteria

@@ -7,8 +7,10 @@ Over the ground-truth pixels that are valid (finite, > 0 and marked valid):
   an error (so a model cannot score well by leaving holes);
 * ``d1`` (%): KITTI 2015's outlier rate, error > 3 px and > 5 % of the true disparity.
 
-These are the evaluation tool's definitions applied to one sample; validation reports the mean
-over samples (every sample weighs the same, however many valid pixels it has).
+The thresholds, the bad-pixel and D1 rules and the metric names are those of
+:mod:`foundation_stereo_ros.evaluation.metrics`, applied to one sample; validation reports the
+mean over samples (every sample weighs the same, however many valid pixels it has). Unlike a
+published disparity, a network prediction is a hole only where it is not finite.
 """
 from __future__ import annotations
 
@@ -16,11 +18,11 @@ from typing import Dict, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-BAD_THRESHOLDS = (1.0, 2.0, 3.0)
+from foundation_stereo_ros.evaluation.metrics import (DEFAULT_BAD_THRESHOLDS, bad_pixels, d1_outliers,
+                                                      threshold_key, valid_mask)
 
-
-def bad_key(t: float) -> str:
-    return f"bad_{t:g}".replace(".", "p")
+BAD_THRESHOLDS = DEFAULT_BAD_THRESHOLDS
+bad_key = threshold_key
 
 
 def disparity_errors(pred: np.ndarray, gt: np.ndarray, valid: Optional[np.ndarray] = None,
@@ -30,8 +32,7 @@ def disparity_errors(pred: np.ndarray, gt: np.ndarray, valid: Optional[np.ndarra
     gt = np.asarray(gt, dtype=np.float64)
     if pred.shape != gt.shape or pred.ndim != 2:
         raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} must be (H, W) of one size")
-    with np.errstate(invalid="ignore"):
-        mask = np.isfinite(gt) & (gt > 0)
+    mask = valid_mask(gt)
     if valid is not None:
         mask &= np.asarray(valid, dtype=bool)
     n = int(mask.sum())
@@ -44,8 +45,8 @@ def disparity_errors(pred: np.ndarray, gt: np.ndarray, valid: Optional[np.ndarra
     err_bad = np.where(finite, err, np.inf)
     out["epe"] = float(err[finite].mean()) if finite.any() else float("inf")
     for t in thresholds:
-        out[bad_key(t)] = float(100.0 * (err_bad > t).mean())
-    out["d1"] = float(100.0 * ((err_bad > 3.0) & (err_bad > 0.05 * gt[mask])).mean())
+        out[bad_key(t)] = float(100.0 * bad_pixels(err_bad, t).mean())
+    out["d1"] = float(100.0 * d1_outliers(err_bad, gt[mask]).mean())
     return out
 
 

@@ -14,8 +14,8 @@ A run lives in one output folder::
     val_log.csv         step, epoch and the validation metrics (EPE, bad-1/2/3, D1)
     run.yaml            the configuration and data sources of the run
 
-Data order and augmentation are functions of (seed, epoch, sample index), so a resumed run sees
-the same batches as an uninterrupted one.
+Data order and augmentation are functions of (seed, epoch, sample index) (:mod:`.batches`), so a
+resumed run sees the same batches as an uninterrupted one.
 
 Known difference from the reference: its GRU loop detaches the disparity at the start of each
 iteration (RAFT-style), so each iteration's loss trains only that iteration's update; this
@@ -32,14 +32,17 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+import yaml
 
+from ..model import save_checkpoint
 from ..vocabulary import PRECISIONS
 from .augment import AugmentConfig, StereoAugmentor
-from .data import StereoDataset, StereoSample
+from .batches import AugmentedDataset, EpochBatches, collate
+from .data import StereoDataset
 from .loss import sequence_loss
 from .metrics import BAD_THRESHOLDS, bad_key, disparity_errors, mean_metrics
 
@@ -162,60 +165,6 @@ class WarmupLinearDecay:
         return 1.0 - (1.0 - self.final) * min(1.0, (step - self.warmup) / span)
 
 
-# ------------------------------------------------------------------------- data
-
-def sample_to_tensors(sample: StereoSample) -> Dict[str, object]:
-    def img(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float()  # (3, H, W) 0..255
-
-    return {"left": img(sample.left), "right": img(sample.right),
-            "disparity": torch.from_numpy(np.ascontiguousarray(sample.disparity))[None].float(),
-            "valid": torch.from_numpy(np.ascontiguousarray(sample.valid))[None], "name": sample.name}
-
-
-class AugmentedDataset(torch.utils.data.Dataset):
-    """Indexable by ``(epoch, index)``: loads a sample and augments it with a generator seeded
-    from (seed, epoch, index), which makes every crop reproducible."""
-
-    def __init__(self, base: StereoDataset, augmentor: StereoAugmentor, seed: int = 0):
-        self.base, self.augmentor, self.seed = base, augmentor, seed
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, key: Union[int, Tuple[int, int]]) -> Dict[str, object]:
-        epoch, index = key if isinstance(key, tuple) else (0, key)
-        rng = np.random.default_rng([self.seed, epoch, index])
-        return sample_to_tensors(self.augmentor(self.base[index], rng))
-
-
-class EpochBatches(torch.utils.data.Sampler):
-    """Batches of (epoch, index) for steps ``start .. steps-1``; epoch e is a permutation seeded
-    by (seed, e). Step s always gets the same batch, resumed or not."""
-
-    def __init__(self, size: int, batch_size: int, seed: int, start: int, steps: int):
-        self.size, self.batch_size, self.seed, self.start, self.steps = size, batch_size, seed, start, steps
-        self.per_epoch = max(1, math.ceil(size / batch_size))
-
-    def __len__(self) -> int:
-        return max(0, self.steps - self.start)
-
-    def batch(self, step: int) -> List[Tuple[int, int]]:
-        epoch, b = divmod(step, self.per_epoch)
-        order = np.random.default_rng([self.seed, epoch]).permutation(self.size)
-        return [(epoch, int(i)) for i in order[b * self.batch_size:(b + 1) * self.batch_size]]
-
-    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
-        for step in range(self.start, self.steps):
-            yield self.batch(step)
-
-
-def collate(items: Sequence[Dict[str, object]]) -> Dict[str, object]:
-    out: Dict[str, object] = {k: torch.stack([it[k] for it in items]) for k in ("left", "right", "disparity", "valid")}
-    out["name"] = [it["name"] for it in items]
-    return out
-
-
 # ------------------------------------------------------------------------- evaluation
 
 @torch.no_grad()
@@ -316,8 +265,6 @@ class FineTuner:
         return self.output_dir / STATE_NAME
 
     def save_state(self) -> None:
-        from foundation_stereo_ros.model import save_checkpoint
-
         self.output_dir.mkdir(parents=True, exist_ok=True)
         state = {"format": STATE_FORMAT, "step": self.step, "best_epe": self.best_epe,
                  "skipped_steps": self.skipped_steps,
@@ -396,15 +343,11 @@ class FineTuner:
         self.log(f"step {self.step}: validation EPE {epe:.4g} px, bad-2 {metrics.get('bad_2', float('nan')):.3g} % "
                  f"on {int(metrics.get('samples', 0))} samples ({time.perf_counter() - t0:.1f} s)")
         if math.isfinite(epe) and epe < self.best_epe:
-            from foundation_stereo_ros.model import save_checkpoint
-
             self.best_epe = epe
             save_checkpoint(self.model, self.output_dir / "best", global_step=self.step, epoch=self.epoch)
         return metrics
 
     def _write_run_info(self) -> None:
-        import yaml
-
         info = {"config": dataclasses.asdict(self.config), "augment": dataclasses.asdict(self.augment),
                 "precision": self.precision, "device": str(self.device), "train_samples": len(self.train_set),
                 "val_samples": len(self.val_set) if self.val_set is not None else 0, **self.run_info}

@@ -11,7 +11,12 @@ import cv2
 import numpy as np
 import pytest
 
+from foundation_stereo_ros.evaluation import bag_io as B
+from foundation_stereo_ros.evaluation.runner import parse_backend_spec
+from foundation_stereo_ros.pipeline import ProcessorConfig
+from foundation_stereo_ros.pipeline.calibration import rectified_pair
 from foundation_stereo_ros.tools import evaluate
+from foundation_stereo_ros.tools.make_bag import BagOptions, StereoFrame, resize_frame, write_stereo_bag
 
 from _eval_helpers import BASELINE, FX_FULL, aloe_gt, disparity_values, float_image, make_aloe_bag, naive_metrics, \
     read_messages
@@ -128,10 +133,6 @@ def test_three_backends_agreement_without_ground_truth(tmp_path, opencv_data):
 def test_depth_ground_truth_only(tmp_path, opencv_data):
     """A bag whose ground truth is a 16UC1 depth topic (mm): disparity metrics come from
     d = f * t / Z, computed here from the millimetre values."""
-    from foundation_stereo_ros.evaluation.calibration_files import rectified_pair
-    from foundation_stereo_ros.tools.make_bag import StereoFrame, resize_frame, write_stereo_bag
-    from foundation_stereo_ros.evaluation import bag_io as B
-
     left = cv2.cvtColor(cv2.imread(str(opencv_data / "aloeL.jpg")), cv2.COLOR_BGR2RGB)
     right = cv2.cvtColor(cv2.imread(str(opencv_data / "aloeR.jpg")), cv2.COLOR_BGR2RGB)
     calib = rectified_pair(FX_FULL, 640.5, 554.5, BASELINE, 1282, 1110)
@@ -141,7 +142,7 @@ def test_depth_ground_truth_only(tmp_path, opencv_data):
     mm = np.where(gt > 0, np.round(f * BASELINE / np.maximum(gt, 1e-6) * 1000), 0).astype(np.uint16)
     bag = tmp_path / "bag"
     topics = B.StereoTopics.under("/stereo")
-    write_stereo_bag(bag, [fr], fr.calibration, start_ns=10**9, topics=topics)
+    write_stereo_bag(bag, [fr], fr.calibration, BagOptions(start_ns=10**9, topics=topics))
     # add the depth topic as a 16UC1 image in millimetres (REP 118)
     with B.StereoBagWriter(tmp_path / "gt_only", storage="sqlite3") as w:
         for topic, items in read_messages(bag).items():
@@ -185,9 +186,6 @@ def test_bad_input(tmp_path, opencv_data, capsys, monkeypatch):
 
 
 def test_backend_specs():
-    from foundation_stereo_ros.evaluation.runner import parse_backend_spec
-    from foundation_stereo_ros.pipeline import ProcessorConfig
-
     base = ProcessorConfig(backend="sgbm", device="cpu", max_depth=12.0)
     run = parse_backend_spec("foundation_stereo:iters=8,scale=1,checkpoint=2025", base)
     assert run.label == "foundation_stereo-iters=8-scale=1-checkpoint=2025"

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from foundation_stereo_ros.evaluation import metrics as M
+from foundation_stereo_ros.pipeline.geometry import disparity_to_depth
 
 from _eval_helpers import aloe_gt, naive_metrics
 
@@ -39,8 +40,8 @@ def test_against_per_pixel_loop_on_aloe(opencv_data):
     pred[rng.random(gt.shape) < 0.1] = np.nan  # holes
     pred[:, :8] = -1.0  # a border without matches
     f, b = 467.5, 0.16
-    zg = M.disparity_to_depth(gt, f, b)
-    zp = M.disparity_to_depth(pred, f, b)
+    zg = disparity_to_depth(gt, f, b)
+    zp = disparity_to_depth(pred, f, b)
     got = M.frame_counts(pred, gt, zp, zg).summary()
     want = naive_metrics(pred.tolist(), gt.tolist(), zp.tolist(), zg.tolist())
     for key, value in want.items():
@@ -83,7 +84,7 @@ def test_latency_percentiles():
 
 def test_conversions_round_trip():
     d = np.array([[0.0, 10.0, np.nan, 20.0]], np.float32)
-    z = M.disparity_to_depth(d, 500.0, 0.1)
+    z = disparity_to_depth(d, 500.0, 0.1)
     assert np.isnan(z[0, 0]) and np.isnan(z[0, 2]) and z[0, 1] == pytest.approx(5.0) and z[0, 3] == pytest.approx(2.5)
     back = M.depth_to_disparity(z, 500.0, 0.1)
     np.testing.assert_allclose(back, [[0.0, 10.0, 0.0, 20.0]], rtol=1e-6)
@@ -93,7 +94,7 @@ def test_conversions_round_trip():
     lambda: M.disparity_counts(np.zeros((2, 3)), np.zeros((3, 2))),
     lambda: M.disparity_counts(np.zeros((2, 3, 2))),
     lambda: M.disparity_counts(np.ones((2, 2)), np.ones((2, 2)), thresholds=(-1,)),
-    lambda: M.disparity_to_depth(np.ones((2, 2)), 0.0, 0.1),
+    lambda: disparity_to_depth(np.ones((2, 2)), 0.0, 0.1),
     lambda: M.latency_stats([0.1, float("nan")]),
 ])
 def test_bad_input_raises_value_error(call):

@@ -17,8 +17,8 @@ from foundation_stereo_ros.pipeline import (BackendError, ExecutionModeError, Fo
                                             ProcessorConfig, StereoProcessor)
 from foundation_stereo_ros.pipeline import backends as backends_module
 from foundation_stereo_ros.ros.conversions import disparity_from_msg
-from foundation_stereo_ros.runtime.backends import PinnedUpload
 from foundation_stereo_ros.runtime.fastpath import PARITY_TOLERANCE_PX, NetworkRunner
+from foundation_stereo_ros.runtime.upload import PinnedUpload
 
 from _ros_helpers import (NodeHarness, diagnostic_values, domain_id_for_tests, rectified_infos, textured_scene,
                           wait_for)
@@ -169,6 +169,19 @@ def test_pinned_upload_reuses_one_buffer_per_size():
     assert up.allocations == 1
     up(left[:32], right[:32])
     assert up.allocations == 2
+
+
+@pytest.mark.gpu  # the pinned upload and CUDA graphs exist only with CUDA
+def test_cuda_graph_mode_on_an_odd_size_matches_the_cpu_network(vits_checkpoint, eager):
+    """60x90 images: uploaded through the pinned buffer, padded to 64x96, run as one CUDA graph."""
+    rng = np.random.default_rng(7)
+    left = rng.integers(0, 256, (60, 90, 3), dtype=np.uint8)
+    right = np.roll(left, -4, axis=1)
+    gpu = FoundationStereoBackend(config(vits_checkpoint, device="cuda", execution="cudagraph"))
+    assert gpu.prepare(90, 60) is True and gpu.prepared_size == (H, W)
+    got = gpu.compute(left, right)
+    assert gpu.last_fast is True  # the frame went through the captured graph
+    _close(got, eager.compute(left, right))
 
 
 def _publish_and_compare(h: NodeHarness, eager: FoundationStereoBackend, seed: int) -> None:

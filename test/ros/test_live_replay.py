@@ -10,11 +10,11 @@ import pytest
 
 from foundation_stereo_ros.evaluation import metrics as M
 from foundation_stereo_ros.evaluation.bag_io import StereoBagReader, StereoTopics
-from foundation_stereo_ros.evaluation.replay import replay_live
+from foundation_stereo_ros.evaluation.replay import ReplayOptions, replay_live
 from foundation_stereo_ros.evaluation.runner import BackendRun, Evaluator
 from foundation_stereo_ros.pipeline import ProcessorConfig
 from foundation_stereo_ros.tools.main_job import aloe_frames
-from foundation_stereo_ros.tools.make_bag import write_stereo_bag
+from foundation_stereo_ros.tools.make_bag import BagOptions, write_stereo_bag
 
 from _eval_helpers import T0, write_plan_bag
 
@@ -49,10 +49,10 @@ def test_live_replay_equals_offline_on_aloe_pan(tmp_path, opencv_data):
     """Four frames of a camera pan over the Aloe pair (each with its own CameraInfo), 5 Hz, exact sync."""
     frames, _ = aloe_frames(opencv_data, 0.125, 4)
     bag = tmp_path / "pan"
-    write_stereo_bag(bag, frames, frames[0].calibration, rate_hz=5.0, start_ns=T0, storage="mcap",
-                     topics=StereoTopics.under("/cam"))
+    write_stereo_bag(bag, frames, frames[0].calibration,
+                     BagOptions(rate_hz=5.0, start_ns=T0, storage="mcap", topics=StereoTopics.under("/cam")))
     params = {"backend": "sgbm", "sgbm_num_disparities": 32, "device": "cpu", "max_depth": 8.0}
-    live = replay_live(bag, "/cam/depth", params, log_dir=tmp_path / "live")
+    live = replay_live(bag, "/cam/depth", params, ReplayOptions(log_dir=tmp_path / "live"))
     off = offline(bag, params)
     assert live.published == 4 and len(live.frames) == 4, (tmp_path / "live" / "node.log").read_text()
     assert_same(live, off)
@@ -79,7 +79,7 @@ def test_live_replay_pairs_like_offline_with_approximate_sync(tmp_path, opencv_d
     write_plan_bag(bag, left, right, plan, period_ns=200_000_000)
     sync = {"approximate_sync": True, "sync_tolerance_s": 0.005}
     params = {"backend": "sgbm", "sgbm_num_disparities": 32, "device": "cpu", **sync}
-    live = replay_live(bag, "/cam", params, sync=sync, log_dir=tmp_path / "live")
+    live = replay_live(bag, "/cam", params, ReplayOptions(sync=sync, log_dir=tmp_path / "live"))
     off = offline(bag, {k: v for k, v in params.items() if k not in sync}, sync)
     assert sorted(s - T0 for s in off) == [0, 403_000_000]  # stamped like the left image
     assert sorted(live.frames) == sorted(off), (tmp_path / "live" / "node.log").read_text()
@@ -102,7 +102,7 @@ def test_looped_bag_pairs_like_the_node(tmp_path, opencv_data):
     off = offline(bag, params)
     period = 250_000_000
     assert sorted(s - T0 for s in off) == sorted([0, period, 2 * period, 4 * period + back, 5 * period + back])
-    live = replay_live(bag, "/cam", params, log_dir=tmp_path / "live")
+    live = replay_live(bag, "/cam", params, ReplayOptions(log_dir=tmp_path / "live"))
     assert sorted(live.frames) == sorted(off), (tmp_path / "live" / "node.log").read_text()
     assert "time_jump_back" in (tmp_path / "live" / "node.log").read_text()
     assert_same(live, off)

@@ -10,10 +10,9 @@ import time
 
 import numpy as np
 import pytest
+from sensor_msgs.msg import CameraInfo
 
-from foundation_stereo_ros.ros.conversions import numpy_to_image
-
-from foundation_stereo_ros.ros.conversions import image_to_array
+from foundation_stereo_ros.ros.conversions import image_to_array, numpy_to_image
 
 from _ros_helpers import NodeHarness, rectified_infos, textured_scene, wait_for
 
@@ -114,8 +113,6 @@ def inf_calibration(l_img, r_img, l_info, r_info):
 
 
 def uncalibrated(l_img, r_img, l_info, r_info):
-    from sensor_msgs.msg import CameraInfo
-
     for info in (l_info, r_info):
         blank = CameraInfo()
         blank.width, blank.height = info.width, info.height

@@ -7,6 +7,7 @@ that project back onto their pixels through K, colours from the left image.
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 
 import numpy as np
@@ -264,8 +265,6 @@ def test_publishing_a_frame_overlaps_matching_the_next_and_keeps_the_order():
     """The publisher thread builds and sends frame N while the worker matches frame N+1, so the
     message building does not add to the network's time per frame. Shown with events, not timing:
     the publication of the first frame waits until the worker is matching the second."""
-    import threading
-
     h = harness(dict(backend="sgbm", sgbm_num_disparities=32), subscribe=("disparity", "points2"))
     try:
         node = h.node
@@ -292,7 +291,7 @@ def test_publishing_a_frame_overlaps_matching_the_next_and_keeps_the_order():
         infos = rectified_infos(W, H, F, B, CX_L, CX_R, CY)
         first = time.time_ns()
         h.publish_arrays(left, right, "rgb8", infos, first)
-        assert wait_for(lambda: node._publishing == first, 20.0)  # handed over, being published
+        assert wait_for(lambda: node._frames.publishing == first, 20.0)  # handed over, being published
         second = first + 1000
         h.publish_arrays(left, right, "rgb8", infos, second)
         h.wait_outputs(second, ["disparity", "points2"])
@@ -305,8 +304,6 @@ def test_publishing_a_frame_overlaps_matching_the_next_and_keeps_the_order():
 
 
 def test_a_slow_publisher_holds_back_one_frame_at_most_and_stop_waits_for_it():
-    import threading
-
     h = harness(dict(backend="sgbm", sgbm_num_disparities=32), subscribe=("disparity",))
     try:
         node = h.node
@@ -322,18 +319,19 @@ def test_a_slow_publisher_holds_back_one_frame_at_most_and_stop_waits_for_it():
         infos = rectified_infos(W, H, F, B, CX_L, CX_R, CY)
         stamps = [time.time_ns() + i * 1000 for i in range(4)]
         h.publish_arrays(left, right, "rgb8", infos, stamps[0])
-        assert wait_for(lambda: node._publishing == stamps[0], 20.0)
+        assert wait_for(lambda: node._frames.publishing == stamps[0], 20.0)
         h.publish_arrays(left, right, "rgb8", infos, stamps[1])
         # The second frame is matched and waits in the hand-over; the worker does not run ahead.
-        assert wait_for(lambda: node._handover is not None and node._pending is None, 20.0)
+        assert wait_for(lambda: node._frames.matched is not None and node._frames.pending is None, 20.0)
         h.publish_arrays(left, right, "rgb8", infos, stamps[2])
-        assert wait_for(lambda: node._in_flight == stamps[2], 20.0)
+        assert wait_for(lambda: node._frames.in_flight == stamps[2], 20.0)
         h.publish_arrays(left, right, "rgb8", infos, stamps[3])
         # The worker matched the third frame and waits for the hand-over slot; the fourth waits as
         # the pending pair: nothing piles up beyond one frame per stage.
-        assert wait_for(lambda: node._pending is not None, 20.0)
+        assert wait_for(lambda: node._frames.pending is not None, 20.0)
         time.sleep(0.2)
-        assert node._in_flight == stamps[2] and node._handover is not None and node._publishing == stamps[0]
+        assert (node._frames.in_flight == stamps[2] and node._frames.matched is not None
+                and node._frames.publishing == stamps[0])
         release.set()
         h.wait_outputs(stamps[3], ["disparity"])
         got = [int(m.header.stamp.sec) * 10 ** 9 + int(m.header.stamp.nanosec) for m in h.received.get("disparity")]
@@ -341,10 +339,10 @@ def test_a_slow_publisher_holds_back_one_frame_at_most_and_stop_waits_for_it():
         # stop() with a frame being published waits for the publisher thread too.
         release.clear()
         h.publish_arrays(left, right, "rgb8", infos, stamps[3] + 1000)
-        assert wait_for(lambda: node._publishing is not None, 20.0)
+        assert wait_for(lambda: node._frames.publishing is not None, 20.0)
         threading.Timer(0.3, release.set).start()
         assert node.stop(timeout_s=10.0)
-        assert not node._publisher.is_alive() and not node._worker.is_alive()
+        assert not node._frames.publisher.is_alive() and not node._frames.worker.is_alive()
     finally:
         release.set()
         h.close()
@@ -380,7 +378,7 @@ def test_an_exception_in_the_worker_or_the_publisher_is_counted_and_the_node_goe
             assert wait_for(lambda: h.problem_count("internal_error") + node._stats.frames_published == i + 1, 20.0)
         h.wait_outputs(stamps[2], ["disparity"])  # the third frame goes through
         assert h.problem_count("internal_error") == 2
-        assert node._worker.is_alive() and node._publisher.is_alive()
+        assert node._frames.worker.is_alive() and node._frames.publisher.is_alive()
         lines = " ".join(h.rosout_lines())
         assert "frame failed: RuntimeError: a bug in matching" in lines
         assert "publishing failed: RuntimeError: a bug in publishing" in lines

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from foundation_stereo_ros.ros.stereo_depth_node import ALL_PARAMETERS, READ_ONLY
+from foundation_stereo_ros.ros.parameters import ALL_PARAMETERS, READ_ONLY
 
 from _ros_helpers import NodeHarness, rectified_infos, textured_scene
 

@@ -13,8 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+import rclpy
 import yaml
 
+from foundation_stereo_ros.ros import stereo_depth_node as sdn
 from foundation_stereo_ros.ros.stereo_depth_node import SHUTDOWN_WAIT_S
 
 from _ros_helpers import InputFeeder, domain_id_for_tests, rectified_infos, textured_scene
@@ -185,10 +187,6 @@ MAIN_ARGS = ["--ros-args", "-r", "__node:=main_shutdown_race", "-p", "backend:=s
 
 
 def test_main_ends_cleanly_when_the_context_is_shut_down_under_the_executor(monkeypatch):
-    import rclpy
-
-    from foundation_stereo_ros.ros import stereo_depth_node as sdn
-
     def spin_then_lose_the_context(self):
         rclpy.shutdown()  # what rclpy's SIGTERM handler does
         raise RuntimeError("failed to initialize wait set: the given context is not valid")
@@ -198,10 +196,6 @@ def test_main_ends_cleanly_when_the_context_is_shut_down_under_the_executor(monk
 
 
 def test_main_reraises_an_executor_error_while_the_context_is_live(monkeypatch):
-    import rclpy
-
-    from foundation_stereo_ros.ros import stereo_depth_node as sdn
-
     def spin_fails(self):
         raise RuntimeError("a real bug")
 

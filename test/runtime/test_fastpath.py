@@ -1,4 +1,4 @@
-"""Execution modes against the eager fp32 path; no host-device synchronisation; the numpy backend.
+"""Execution modes against the eager fp32 path; no host-device synchronisation.
 
 Modes that need CUDA skip with the reason on a machine without it. torch.compile is tested with
 the ``aot_eager`` backend (dynamo capture with ``fullgraph=True``, so any graph break or
@@ -11,13 +11,11 @@ from __future__ import annotations
 import os
 from typing import List
 
-import numpy as np
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from foundation_stereo_ros.model import load_model
-from foundation_stereo_ros.runtime.backends import TorchDisparity, check_pair, invalidate
 from foundation_stereo_ros.runtime.fastpath import (EXECUTIONS, PARITY_TOLERANCE_PX, NetworkRunner,
                                                     mode_unavailable_reason)
 
@@ -152,53 +150,3 @@ def test_forward_has_no_host_device_synchronisation(model, pair):
         model(*pair, iters=2)
     assert len(rec.ops) > 500  # the recorder saw the network
     assert _syncing(rec.ops) == []
-
-
-# ------------------------------------------------------------------ numpy backend
-def test_torch_backend_matches_model_infer_on_odd_sizes(model):
-    rng = np.random.default_rng(5)
-    left = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
-    right = np.roll(left, -3, axis=1)
-    backend = TorchDisparity(model, iters=2)
-    got = backend(left, right)
-    to_t = lambda a: torch.from_numpy(a).permute(2, 0, 1)[None].float().to(DEVICE)  # noqa: E731
-    expected = model.infer(to_t(left), to_t(right), iters=2)[0, 0].cpu().numpy()
-    assert got.shape == (50, 70) and got.dtype == np.float32
-    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-5)
-    masked = backend.compute(left, right)
-    u = np.arange(70)[None, :]
-    bad = (expected < 0) | (u - expected < 0)
-    assert np.array_equal(np.isnan(masked), bad)
-    np.testing.assert_allclose(masked[~bad], expected[~bad], atol=1e-4, rtol=1e-5)
-    assert backend.search_range(70) == (0.0, float(model.cfg.max_disp)) and backend.delta_d == 0.0
-
-
-def test_invalidate_marks_negative_and_out_of_image_matches():
-    d = np.array([[-1.0, 0.5, 3.0, 2.0]], np.float32)  # u = 0..3: u - d = 1, 0.5, -1, 1
-    out = invalidate(d.copy())
-    assert np.array_equal(np.isnan(out), np.array([[True, False, True, False]]))
-    assert out[0, 1] == 0.5 and out[0, 3] == 2.0
-
-
-@pytest.mark.parametrize("left,right,msg", [
-    (np.zeros((8, 8, 3), np.float32), np.zeros((8, 8, 3), np.uint8), "uint8"),
-    (np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8), r"\(H, W, 3\)"),
-    (np.zeros((8, 8, 3), np.uint8), np.zeros((8, 9, 3), np.uint8), "differ in size"),
-    ([[0]], np.zeros((8, 8, 3), np.uint8), "numpy array"),
-])
-def test_check_pair_rejects_bad_images(left, right, msg):
-    with pytest.raises(ValueError, match=msg):
-        check_pair(left, right)
-
-
-@pytest.mark.gpu  # the pinned-memory upload path exists only with CUDA
-def test_cuda_backend_matches_the_cpu_network(vits_checkpoint):
-    rng = np.random.default_rng(7)
-    left = rng.integers(0, 256, (60, 90, 3), dtype=np.uint8)
-    right = np.roll(left, -4, axis=1)
-    gpu = TorchDisparity(load_model(vits_checkpoint, device="cuda"), iters=2, execution="cudagraph")
-    gpu.warmup(60, 90)
-    cpu = TorchDisparity(load_model(vits_checkpoint, device="cpu"), iters=2)
-    got, expected = gpu(left, right), cpu(left, right)
-    mean_tol, max_tol = PARITY_TOLERANCE_PX["fp32"]
-    assert np.abs(got - expected).mean() <= mean_tol and np.abs(got - expected).max() <= max_tol

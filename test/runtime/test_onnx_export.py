@@ -1,5 +1,5 @@
-"""ONNX export (foundation-stereo-export) checked against PyTorch with ONNX Runtime on the CPU,
-and the ONNX Runtime backend with the numpy interface of the node's backends."""
+"""ONNX export (foundation-stereo-export) checked against PyTorch with ONNX Runtime on the CPU, the
+ONNX Runtime runner on numpy images, and the pipeline's 'onnx' backend in the node."""
 from __future__ import annotations
 
 import contextlib
@@ -17,9 +17,10 @@ import onnx
 import onnxruntime as ort
 import onnxscript  # noqa: F401 - torch.onnx's exporter needs it
 
+from foundation_stereo_ros.analysis.onnx_export import downgrade_to_opset17
 from foundation_stereo_ros.model import load_model
-from foundation_stereo_ros.runtime.backends import OnnxRuntimeDisparity, choose_providers
-from foundation_stereo_ros.analysis.onnx_export import downgrade_to_opset17, read_export_metadata
+from foundation_stereo_ros.pipeline.backends import invalidate, onnx_provider_list
+from foundation_stereo_ros.runtime.onnx_runner import OnnxRunner, check_pair, read_export_metadata
 from foundation_stereo_ros.tools import export_onnx as export_cli
 
 HEIGHT, WIDTH, ITERS = 60, 90, 2  # pads to 64x96
@@ -49,8 +50,8 @@ def exported(export_run):
 
 
 @pytest.fixture(scope="module")
-def backend(exported):
-    return OnnxRuntimeDisparity(exported, providers=["CPUExecutionProvider"])
+def runner(exported):
+    return OnnxRunner(exported, providers=["CPUExecutionProvider"])
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +100,7 @@ def test_export_cli_fails_when_onnx_and_pytorch_differ(monkeypatch, tmp_path, ca
     assert export_cli.main(args + ["--tolerance", "0.6"]) == 0
 
 
-def test_opset17_rewrite_is_valid_and_gives_the_same_numbers(exported, backend, tmp_path):
+def test_opset17_rewrite_is_valid_and_gives_the_same_numbers(exported, runner, tmp_path):
     """TensorRT 8.6 reads opset <= 17: the rewritten graph must pass the opset-17 checker and compute the same."""
     proto = onnx.load(str(exported))
     assert proto.opset_import[0].version == 18
@@ -117,7 +118,7 @@ def test_opset17_rewrite_is_valid_and_gives_the_same_numbers(exported, backend, 
     rng = np.random.default_rng(4)
     feeds = {k: (rng.random((1, 3, 64, 96)) * 255).astype(np.float32) for k in ("left", "right")}
     got17 = ort.InferenceSession(str(path17), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
-    got18 = backend.session.run(None, feeds)[0]
+    got18 = runner.session.run(None, feeds)[0]
     np.testing.assert_allclose(got17, got18, atol=1e-5, rtol=1e-6)
 
 
@@ -202,49 +203,60 @@ def test_opset17_rewrite_refuses_what_it_cannot_express():
         downgrade_to_opset17(model)
 
 
-def test_backend_matches_pytorch_infer_on_real_images(backend, model, aloe):
+def test_runner_matches_pytorch_infer_on_real_images(runner, model, aloe):
     left, right = aloe
-    assert backend.providers == ["CPUExecutionProvider"]
-    assert backend.input_size == (64, 96) and backend.iters == ITERS and backend.max_disp == 416.0
-    got = backend(left, right)
+    assert runner.providers == ["CPUExecutionProvider"]
+    assert runner.input_size == (64, 96) and runner.iters == ITERS and runner.max_disp == 416.0
+    got = runner(left, right)
     to_t = lambda a: torch.from_numpy(a).permute(2, 0, 1)[None].float()  # noqa: E731
     expected = model.infer(to_t(left), to_t(right), iters=ITERS)[0, 0].numpy()
     assert got.shape == (HEIGHT, WIDTH) and got.dtype == np.float32
     np.testing.assert_allclose(got, expected, atol=2e-3, rtol=1e-4)
-    masked = backend.compute(left, right)
+    masked = invalidate(got.copy())
     u = np.arange(WIDTH)[None, :]
     assert np.array_equal(np.isnan(masked), (expected < 0) | (u - expected < 0))
 
 
-def test_backend_accepts_any_size_that_pads_to_the_graph(backend, model):
+def test_runner_accepts_any_size_that_pads_to_the_graph(runner, model):
     rng = np.random.default_rng(2)
     left = rng.integers(0, 256, (64, 70, 3), dtype=np.uint8)  # also pads to 64x96
     right = np.roll(left, -2, axis=1)
     to_t = lambda a: torch.from_numpy(a).permute(2, 0, 1)[None].float()  # noqa: E731
     expected = model.infer(to_t(left), to_t(right), iters=ITERS)[0, 0].numpy()
-    np.testing.assert_allclose(backend(left, right), expected, atol=2e-3, rtol=1e-4)
+    np.testing.assert_allclose(runner(left, right), expected, atol=2e-3, rtol=1e-4)
 
 
-def test_backend_rejects_images_of_another_size(backend):
+def test_runner_rejects_images_of_another_size(runner):
     img = np.zeros((120, 160, 3), np.uint8)
     with pytest.raises(ValueError, match=r"exported for 64x96.*--height 120 --width 160"):
-        backend(img, img)
+        runner(img, img)
     with pytest.raises(ValueError, match="uint8"):
-        backend(img.astype(np.float32), img.astype(np.float32))
+        runner(img.astype(np.float32), img.astype(np.float32))
 
 
-def test_backend_default_providers_and_bad_files(exported, tmp_path):
-    backend = OnnxRuntimeDisparity(exported)
-    available = ort.get_available_providers()
-    assert backend.providers[0] == choose_providers(available)[0]
+@pytest.mark.parametrize("left,right,msg", [
+    (np.zeros((8, 8, 3), np.float32), np.zeros((8, 8, 3), np.uint8), "uint8"),
+    (np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8), r"\(H, W, 3\)"),
+    (np.zeros((8, 8, 3), np.uint8), np.zeros((8, 9, 3), np.uint8), "differ in size"),
+    ([[0]], np.zeros((8, 8, 3), np.uint8), "numpy array"),
+])
+def test_check_pair_rejects_bad_images(left, right, msg):
+    with pytest.raises(ValueError, match=msg):
+        check_pair(left, right)
+
+
+def test_runner_takes_the_node_providers_and_refuses_bad_files(exported, tmp_path):
+    chosen = onnx_provider_list("auto", "cuda", ort.get_available_providers())
+    runner = OnnxRunner(exported, chosen)
+    assert runner.providers[0] == chosen[0]
     with pytest.raises(ValueError, match="not found"):
-        OnnxRuntimeDisparity(tmp_path / "missing.onnx")
+        OnnxRunner(tmp_path / "missing.onnx", ["CPUExecutionProvider"])
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a model")
     with pytest.raises(ValueError, match="cannot load"):
-        OnnxRuntimeDisparity(junk, providers=["CPUExecutionProvider"])
+        OnnxRunner(junk, providers=["CPUExecutionProvider"])
     with pytest.raises(ValueError, match="not available"):
-        OnnxRuntimeDisparity(exported, providers=["NoSuchExecutionProvider"])
+        OnnxRunner(exported, providers=["NoSuchExecutionProvider"])
 
 
 _GPU_PROVIDERS = [
@@ -255,32 +267,21 @@ _GPU_PROVIDERS = [
 
 
 @pytest.mark.parametrize("provider, options, atol", _GPU_PROVIDERS)
-def test_gpu_provider_matches_the_cpu_provider(exported, backend, aloe, provider, options, atol, tmp_path):
+def test_gpu_provider_matches_the_cpu_provider(exported, runner, aloe, provider, options, atol, tmp_path):
     """The same export on ONNX Runtime's GPU providers (onnxruntime-gpu) against its CPU provider.
     Bounds: TF32 convolutions for CUDA and TensorRT fp32, half precision for TensorRT fp16."""
     if provider not in ort.get_available_providers():
         pytest.skip(f"this onnxruntime ({ort.__version__}) has no {provider} (onnxruntime-gpu brings it)")
     if provider == "TensorrtExecutionProvider":
         options = dict(options, trt_cache_dir=str(tmp_path / "trt"))
-    gpu = OnnxRuntimeDisparity(exported, providers=[provider, "CPUExecutionProvider"], **options)
+    gpu = OnnxRunner(exported, providers=[provider, "CPUExecutionProvider"], **options)
     assert gpu.providers[0] == provider  # loaded on the GPU, not silently on the CPU
     left, right = aloe
-    expected = backend(left, right)
+    expected = runner(left, right)
     got = gpu(left, right)
     diff = np.abs(got - expected)
     print(f"{provider} {options}: max {diff.max():.4g} px, mean {diff.mean():.4g} px")
     assert diff.max() < atol and diff.mean() < atol / 10
-
-
-def test_provider_preference_order():
-    everything = ["CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider", "AzureExecutionProvider"]
-    assert choose_providers(everything) == ["TensorrtExecutionProvider", "CUDAExecutionProvider",
-                                            "CPUExecutionProvider"]
-    assert choose_providers(["CPUExecutionProvider", "CUDAExecutionProvider"]) == ["CUDAExecutionProvider",
-                                                                                  "CPUExecutionProvider"]
-    assert choose_providers(everything, ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
-    with pytest.raises(ValueError, match="not available"):
-        choose_providers(["CPUExecutionProvider"], ["CUDAExecutionProvider"])
 
 
 def test_cli_rejects_bad_arguments(tmp_path, capsys):
@@ -415,7 +416,7 @@ def test_pipeline_onnx_backend_reports_what_it_cannot_do(exported, tmp_path):
 
 
 def test_onnx_provider_order_follows_the_parameters():
-    from foundation_stereo_ros.pipeline.backends import BackendError, onnx_provider_list
+    from foundation_stereo_ros.pipeline.backends import BackendError
 
     trt, cuda, cpu = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
     everything = [cpu, cuda, trt, "AzureExecutionProvider"]
@@ -427,6 +428,8 @@ def test_onnx_provider_order_follows_the_parameters():
     assert onnx_provider_list("cpu", "cuda", everything) == [cpu]
     with pytest.raises(BackendError, match="has no TensorrtExecutionProvider"):
         onnx_provider_list("tensorrt", "cuda", [cpu, cuda])
+    # Without a list: what the installed onnxruntime has.
+    assert onnx_provider_list("auto", "cuda") == onnx_provider_list("auto", "cuda", ort.get_available_providers())
 
 
 def test_node_with_the_onnx_backend_publishes_what_the_pipeline_computes(exported, aloe):

@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import json
+import mmap
 import re
+import sys
+import time
 
 import numpy as np
 import pytest
 import torch
 
-from foundation_stereo_ros.model import load_model
-from foundation_stereo_ros.analysis.stages import NETWORK_STAGES, StageClock, group_stage_times, staged_forward
 from foundation_stereo_ros.analysis.simulated import simulation_problem
+from foundation_stereo_ros.analysis.stages import NETWORK_STAGES, StageClock, group_stage_times, staged_forward
+from foundation_stereo_ros.model import load_model
+from foundation_stereo_ros.pipeline import StereoProcessor
 from foundation_stereo_ros.tools import benchmark
 
 
@@ -89,9 +93,6 @@ def test_cli_rejects_bad_modes(capsys):
 
 
 def test_rss_peak_sees_a_freed_allocation():
-    import mmap
-    import time
-
     with benchmark.RssPeak() as rss:
         # Fresh anonymous pages: malloc could reuse memory the process already holds resident.
         block = mmap.mmap(-1, 64 * 2 ** 20)
@@ -151,8 +152,7 @@ def test_cli_runs_on_the_cpu_and_writes_json(tmp_path, capsys):
 
 
 def test_node_stage_timing_runs_the_node_code_on_both_geometry_paths(monkeypatch):
-    from foundation_stereo_ros.pipeline import StereoProcessor
-    from foundation_stereo_ros.ros import conversions
+    from foundation_stereo_ros.ros import conversions  # needs the ROS 2 message packages
 
     calls = []
     real_process = StereoProcessor.process
@@ -172,8 +172,6 @@ def test_node_stage_timing_runs_the_node_code_on_both_geometry_paths(monkeypatch
 
 def test_node_stage_timing_without_ros_times_all_but_the_messages(monkeypatch, capsys):
     """A GPU machine without the ROS 2 packages still gets the pipeline's stages timed."""
-    import sys
-
     monkeypatch.setitem(sys.modules, "foundation_stereo_ros.ros.conversions", None)  # import fails
     node = benchmark.time_node_stages(48, 64, "cpu", repeats=2, geometry="host")
     stages = node["stages_ms"]

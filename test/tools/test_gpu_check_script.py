@@ -21,7 +21,7 @@ def _commands():
 
 
 def test_every_named_test_file_exists():
-    names = set(re.findall(r"test/test_\w+\.py", SCRIPT.read_text()))
+    names = set(re.findall(r"test/(?:\w+/)*test_\w+\.py", SCRIPT.read_text()))
     assert len(names) >= 5
     missing = [n for n in sorted(names) if not (SCRIPT.parents[1] / n).is_file()]
     assert not missing, missing
@@ -41,7 +41,7 @@ def test_every_test_selection_matches_tests():
     """``pytest FILE -k NAME`` in the script must select tests: a renamed test would else be
     skipped silently on the one GPU run."""
     text = SCRIPT.read_text().replace("\\\n", " ")
-    selections = re.findall(r"(test/test_\w+\.py)[^\n]*?-k (\w+)", text)
+    selections = re.findall(r"(test/(?:\w+/)*test_\w+\.py)[^\n]*?-k (\w+)", text)
     assert selections
     for path, name in selections:
         source = (SCRIPT.parents[1] / path).read_text()

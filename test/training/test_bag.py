@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from _training_helpers import synthetic_pairs
-from foundation_stereo_ros.evaluation.calibration_files import rectified_pair
-from foundation_stereo_ros.tools.make_bag import StereoFrame, write_stereo_bag
+from foundation_stereo_ros.pipeline.calibration import rectified_pair
+from foundation_stereo_ros.tools.make_bag import BagOptions, StereoFrame, write_stereo_bag
 from foundation_stereo_ros.training import DataOptions, open_dataset
 
 F_PX, BASELINE = 400.0, 0.1
@@ -27,7 +27,7 @@ def test_disparity_topic_with_principal_point_offset(tmp_path, frames, storage):
         gts.append(g)
     bag = tmp_path / f"rec_{storage}"
     write_stereo_bag(bag, [StereoFrame(l, r, gt_disparity=g) for (l, r, _), g in zip(frames, gts)], calib,
-                     storage=storage, start_ns=START_NS, rate_hz=10.0)
+                     BagOptions(storage=storage, start_ns=START_NS, rate_hz=10.0))
     logs = []
     ds = open_dataset(f"bag:{bag}", cache_dir=tmp_path / "cache", log=logs.append)
     assert len(ds) == 3

@@ -9,7 +9,8 @@ import yaml
 from _training_helpers import photometric_error, synthetic_pair, write_folder_dataset
 from foundation_stereo_ros.fileio import write_pfm, write_rgb
 from foundation_stereo_ros.training import DataOptions, detect_layout, open_dataset, read_name_list
-from foundation_stereo_ros.training.data import decode_fsd_png, decode_kitti_png, encode_fsd_png, parse_source
+from foundation_stereo_ros.training.data import decode_fsd_png, decode_kitti_png, encode_fsd_png
+from foundation_stereo_ros.training.layouts import parse_source
 
 
 @pytest.fixture(scope="module")

@@ -102,7 +102,8 @@ def test_disparity_errors_by_hand():
 
 
 def test_schedule_and_batch_order():
-    from foundation_stereo_ros.training.trainer import EpochBatches, WarmupLinearDecay
+    from foundation_stereo_ros.training.batches import EpochBatches
+    from foundation_stereo_ros.training.trainer import WarmupLinearDecay
 
     f = WarmupLinearDecay(steps=100, warmup_fraction=0.1, final=0.05)
     assert f(0) == pytest.approx(1 / 11) and f(9) == pytest.approx(10 / 11) and f(10) == 1.0

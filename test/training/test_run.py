@@ -17,7 +17,8 @@ from _training_helpers import synthetic_pairs, write_folder_dataset
 from foundation_stereo_ros.model import FoundationStereo, load_model, save_checkpoint
 from foundation_stereo_ros.training import (AugmentConfig, FineTuner, StereoAugmentor, TrainConfig, evaluate,
                                             open_dataset, predict, set_train_mode)
-from foundation_stereo_ros.training.trainer import AugmentedDataset, collate, resolve_precision
+from foundation_stereo_ros.training.batches import AugmentedDataset, collate
+from foundation_stereo_ros.training.trainer import resolve_precision
 
 ITERS = 2
 STEPS = 12

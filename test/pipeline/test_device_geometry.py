@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from foundation_stereo_ros.pipeline import geometry as host_geometry
-from foundation_stereo_ros.runtime.device_geometry import DeviceRemap, depth_to_points, disparity_to_depth
+from foundation_stereo_ros.pipeline.device_geometry import DeviceRemap, depth_to_points, disparity_to_depth
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

@@ -1,5 +1,8 @@
 """Rectification, depth and points on the network's device, so each output leaves it in one copy.
 
+PyTorch-only: :class:`~.processor.StereoProcessor` imports it when ``geometry_device`` puts the
+geometry on the network's device (an SGBM or host-geometry pipeline never loads torch).
+
 The pipeline does these steps with OpenCV/numpy on the host (``pipeline.calibration.Rectifier``,
 ``pipeline.geometry``). On a GPU node the raw images can instead be uploaded once, rectified
 with ``grid_sample`` and handed to the network without a round trip, and depth and points can
@@ -15,6 +18,8 @@ from typing import Tuple, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .geometry import check_focal_baseline, depth_and_invalid
 
 Device = Union[str, torch.device]
 
@@ -52,17 +57,10 @@ class DeviceRemap:
 
 def disparity_to_depth(disparity: torch.Tensor, f: float, baseline: float, min_depth: float = 0.0,
                        max_depth: float = 0.0) -> torch.Tensor:
-    """Depth (same shape, float32), NaN where the disparity is not > 0 or the depth is out of range
-    (``max_depth <= 0``: no upper limit)."""
-    if not (f > 0 and baseline > 0 and np.isfinite(f * baseline)):
-        raise ValueError(f"f and baseline must be positive and finite, got f={f}, baseline={baseline}")
-    d = disparity.float()
-    depth = (f * baseline) / d
-    bad = ~((depth > 0) & torch.isfinite(depth))  # NaN, non-positive and overflowing disparities, as on the host
-    if min_depth > 0:
-        bad |= depth < min_depth
-    if max_depth > 0:
-        bad |= depth > max_depth
+    """Depth (same shape, float32), NaN where invalid: the host's rule
+    (:func:`~foundation_stereo_ros.pipeline.geometry.depth_and_invalid`) on the device."""
+    check_focal_baseline(f, baseline)
+    depth, bad = depth_and_invalid(disparity.float(), f * baseline, min_depth, max_depth, torch.isfinite)
     return depth.masked_fill(bad, float("nan"))
 
 

@@ -1,0 +1,82 @@
+"""The one interface of a disparity backend, the errors of building one, and what "invalid" means.
+
+A backend turns a rectified RGB pair into the *raw* disparity ``x_left - x_right`` in pixels of
+the input resolution (float32, NaN where it has no valid match) and describes its search range,
+sub-pixel step and valid window. A network's disparity is invalid where it is negative or where
+the match would lie left of the right image (``u - d < 0``): :func:`invalidate`.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Optional, Tuple
+
+import numpy as np
+
+from ..errors import FrameError
+
+
+class BackendError(ValueError):
+    """A backend that cannot be built from the configuration (bad checkpoint, missing CUDA ...).
+
+    :class:`foundation_stereo_ros.model.CheckpointError` is raised as is (it is a ValueError too).
+    """
+
+
+class ExecutionModeError(FrameError, RuntimeError):
+    """The configured execution mode could not be prepared for the first frame's size.
+
+    Problem: ``execution_failed``. That frame is skipped and later frames run eager; the error
+    says why (a compiler missing for torch.compile, CUDA-graph capture refused ...).
+    """
+
+
+class DisparityBackend(abc.ABC):
+    """Interface of a disparity estimator (see module doc). Not thread-safe: one caller at a time."""
+
+    name: str = ""
+    #: Whether the last :meth:`compute` ran the prepared fast execution mode (None: the backend has
+    #: none configured). False means it fell back to eager for that frame (another input size).
+    last_fast: Optional[bool] = None
+    #: Things the user should know about this backend, logged once when it is built (for
+    #: example the ONNX providers chosen, or a parameter that does not apply).
+    notes: Tuple[str, ...] = ()
+    #: Resolution relative to the camera image at which the last :meth:`compute` matched (None: the
+    #: backend has no notion of scale), and how many out-of-memory retries that call needed.
+    last_scale: Optional[float] = None
+    last_oom_retries: int = 0
+
+    @abc.abstractmethod
+    def compute(self, left: np.ndarray, right: np.ndarray, grey: bool = False) -> np.ndarray:
+        """Raw disparity (H, W) float32, NaN where invalid, for rectified (H, W, 3) RGB uint8 images."""
+
+    @abc.abstractmethod
+    def search_range(self, width: int) -> Tuple[float, float]:
+        """(smallest, largest) raw disparity that the estimator can report, px."""
+
+    @property
+    @abc.abstractmethod
+    def delta_d(self) -> float:
+        """Smallest disparity increment, px (0: continuous output)."""
+
+    def valid_window(self, width: int, height: int) -> Tuple[int, int, int, int]:
+        """(x, y, width, height) of the region where valid disparities can occur."""
+        return 0, 0, width, height
+
+    def prepare(self, width: int, height: int) -> bool:
+        """Get ready for camera images of this size before the first frame (compile, capture a
+        CUDA graph, build an engine). Returns whether there was anything to do. Raises
+        :class:`BackendError` when the backend cannot run at that size."""
+        return False
+
+
+def invalidate(disparity: np.ndarray) -> np.ndarray:
+    """NaN where the disparity is negative or points left of the right image (in place)."""
+    u = np.arange(disparity.shape[1], dtype=np.float32)[None, :]
+    disparity[(disparity < 0) | (u - disparity < 0)] = np.nan
+    return disparity
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type name when the message is empty)."""
+    text = str(error)
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,201 @@
+"""The node's two-stage frame pipeline, in plain threads (no rclpy, so it is tested without DDS).
+
+:meth:`FrameHandover.offer` (the synchroniser's callback, on the executor) only stores the
+newest pair: an older pair still waiting is dropped and counted, so the executor never blocks
+on inference and stale frames never queue. The *worker* thread takes the pair and matches it;
+the *publisher* thread builds and sends the messages of the frame matched before, meanwhile.
+One matched frame waits between the two at most: frames are published in the order they were
+matched, and the worker waits rather than letting results pile up.
+
+Everything a frame is processed with is one immutable settings object: :meth:`swap_in` stores
+the next one and the worker takes it before its next frame, so no frame sees half of a change.
+
+An exception in either stage is counted as the problem ``internal_error`` and logged (throttled),
+and the thread goes on with the next frame; while stopping it ends the thread quietly instead.
+:meth:`stop` waits a bounded time for a frame in flight, whose result is then not published.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from typing import Any, Callable, Optional, Tuple
+
+from .diagnostics import Stats, ThrottledLog
+
+#: How often a waiting thread looks at the stop flag, seconds.
+POLL_S = 0.2
+
+
+class FrameHandover:
+    """The worker and publisher threads between the synchroniser and the publishers.
+
+    ``match(settings, pair)`` processes a pair with the settings of its frame and returns what
+    ``publish`` takes, or None to skip the frame; ``publish(matched)`` sends its messages.
+    ``alive()`` is False once the surroundings are shutting down (an exception is then not an
+    internal error). Frames are identified by the stamp :meth:`offer` is given with the pair.
+    """
+
+    def __init__(self, settings: Any, match: Callable[[Any, Any], Optional[Any]], publish: Callable[[Any], None],
+                 stats: Stats, log: ThrottledLog, alive: Callable[[], bool] = lambda: True,
+                 thread_prefix: str = "stereo_depth") -> None:
+        self._match = match
+        self._publish = publish
+        self._stats = stats
+        self._log = log
+        self._alive = alive
+        self._cond = threading.Condition()
+        self._settings = settings
+        self._next_settings: Optional[Any] = None  # taken by the worker before its next frame
+        self._pending: Optional[Tuple[int, Any]] = None  # (stamp, pair) the worker has not taken yet
+        self._in_flight: Optional[int] = None  # stamp of the frame the worker is matching
+        self._matched: Optional[Tuple[int, Any]] = None  # (stamp, matched) the publisher has not taken yet
+        self._publishing: Optional[int] = None  # stamp of the frame the publisher thread is publishing
+        #: True: the worker waits for each frame's publication before it takes the next pair (no
+        #: overlap), only to measure what the pipeline saves (foundation-stereo-benchmark).
+        self.serial = False
+        self._stop = threading.Event()
+        self.worker = threading.Thread(target=self._worker_loop, name=f"{thread_prefix}_worker", daemon=True)
+        self.publisher = threading.Thread(target=self._publisher_loop, name=f"{thread_prefix}_publisher",
+                                          daemon=True)
+
+    def start(self) -> None:
+        self.worker.start()
+        self.publisher.start()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def settings(self) -> Any:
+        """The settings of the frame being matched (or the last one)."""
+        with self._cond:
+            return self._settings
+
+    @property
+    def upcoming(self) -> Any:
+        """The settings the next frame will be matched with."""
+        with self._cond:
+            return self._next_settings if self._next_settings is not None else self._settings
+
+    def swap_in(self, settings: Any) -> None:
+        """Match the frames after the current one with ``settings``."""
+        with self._cond:
+            self._next_settings = settings
+
+    @property
+    def pending(self) -> Optional[int]:
+        """Stamp of the pair waiting for the worker, None if none."""
+        with self._cond:
+            return self._pending[0] if self._pending is not None else None
+
+    @property
+    def in_flight(self) -> Optional[int]:
+        """Stamp of the frame the worker is matching, None if none."""
+        with self._cond:
+            return self._in_flight
+
+    @property
+    def matched(self) -> Optional[int]:
+        """Stamp of the matched frame waiting for the publisher thread, None if none."""
+        with self._cond:
+            return self._matched[0] if self._matched is not None else None
+
+    @property
+    def publishing(self) -> Optional[int]:
+        """Stamp of the frame the publisher thread is publishing, None if none."""
+        with self._cond:
+            return self._publishing
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    # ------------------------------------------------------------------ input
+    def offer(self, stamp: int, pair: Any) -> None:
+        """Store ``pair`` for the worker; a pair still waiting is dropped (the newest wins)."""
+        with self._cond:
+            with self._stats.lock:
+                self._stats.pairs_received += 1
+                if self._pending is not None:
+                    self._stats.dropped += 1  # the waiting pair is stale
+            self._pending = (stamp, pair)
+            self._cond.notify()
+
+    # ------------------------------------------------------------------ threads
+    def _wait_until(self, ready: Callable[[], bool]) -> bool:
+        """With ``self._cond`` held: wait until ``ready()`` or stop; False when stopping."""
+        while not ready() and not self._stop.is_set():
+            self._cond.wait(POLL_S)
+        return not self._stop.is_set()
+
+    def _internal_error(self, what: str, e: Exception) -> bool:
+        """Count and log an exception a frame raised in the worker or the publisher thread; False
+        when it came from shutting down (the thread should end quietly)."""
+        if self._stop.is_set() or not self._alive():
+            return False
+        self._stats.problem("internal_error")
+        self._log.warn("internal_error", f"{what}: {type(e).__name__}: {e}\n{traceback.format_exc(limit=4)}",
+                       error=True)
+        return True
+
+    def _worker_loop(self) -> None:
+        while not self._stop.is_set():
+            with self._cond:
+                if not self._wait_until(lambda: self._pending is not None):
+                    return
+                (stamp, pair), self._pending = self._pending, None
+                if self._next_settings is not None:
+                    self._settings, self._next_settings = self._next_settings, None
+                settings = self._settings
+                self._in_flight = stamp
+            matched = None
+            try:
+                matched = self._match(settings, pair)
+            except Exception as e:  # noqa: BLE001 - the worker must survive anything a frame does
+                if not self._internal_error("frame failed", e):
+                    return
+            finally:
+                with self._cond:
+                    if matched is not None:
+                        # One frame waits for the publisher at most: this frame is published after
+                        # the one being published, and the worker goes on with the next pair.
+                        if self._wait_until(lambda: self._matched is None):
+                            entry = self._matched = (stamp, matched)
+                            self._cond.notify_all()
+                            if self.serial:
+                                self._wait_until(lambda: self._matched is not entry and self._publishing is None)
+                    self._in_flight = None
+                    self._cond.notify_all()
+
+    def _publisher_loop(self) -> None:
+        while True:
+            with self._cond:
+                if not self._wait_until(lambda: self._matched is not None):
+                    return
+                (self._publishing, matched), self._matched = self._matched, None
+                self._cond.notify_all()  # the worker may hand over the next frame
+            try:
+                self._publish(matched)
+            except Exception as e:  # noqa: BLE001 - the publisher must survive anything a frame does
+                if not self._internal_error("publishing failed", e):
+                    return
+            finally:
+                with self._cond:
+                    self._publishing = None
+                    self._cond.notify_all()
+
+    # ------------------------------------------------------------------ lifecycle
+    def stop(self, timeout_s: float, on_wait: Optional[Callable[[int], None]] = None) -> bool:
+        """Stop both threads, waiting up to ``timeout_s`` for a frame in flight (whose outputs are
+        not published); ``on_wait(stamp)`` is called first when there is one. False if a thread
+        was still running when the wait ended."""
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+            in_flight = self._in_flight if self._in_flight is not None else self._publishing
+        if in_flight is not None and on_wait is not None:
+            on_wait(in_flight)
+        deadline = time.monotonic() + timeout_s
+        for thread in (self.worker, self.publisher):
+            if thread.is_alive() and threading.current_thread() is not thread:
+                thread.join(max(deadline - time.monotonic(), 0.0))
+        return not (self.worker.is_alive() or self.publisher.is_alive())

@@ -1,0 +1,243 @@
+"""The node's two-stage frame hand-over (foundation_stereo_ros.ros.handover) with plain threads:
+no rclpy, no DDS. Stages are held and released with events; every assertion is about the state
+the threads reach, never about how long they take."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import pytest
+
+from foundation_stereo_ros.ros.diagnostics import Stats, ThrottledLog
+from foundation_stereo_ros.ros.handover import FrameHandover
+
+WAIT_S = 20.0  # only a bound on a wait for a state that must come; a slow machine never fails a test
+
+
+def eventually(condition: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
+    return True
+
+
+class Lines:
+    """A logger that keeps its lines."""
+
+    def __init__(self) -> None:
+        self.lines: List[str] = []
+
+    def warning(self, text: str) -> None:
+        self.lines.append(text)
+
+    error = warning
+
+
+class Stages:
+    """A match and a publish function for a FrameHandover; either can be held on a pair's stamp.
+
+    A pair is its stamp; the matched frame is (settings, stamp)."""
+
+    def __init__(self) -> None:
+        self.hold_match: Dict[int, threading.Event] = {}
+        self.hold_publish: Dict[int, threading.Event] = {}
+        self.fail_match: Dict[int, Exception] = {}
+        self.fail_publish: Dict[int, Exception] = {}
+        self.skip: set = set()
+        self.matched: List[Any] = []
+        self.published: List[Any] = []
+
+    def hold(self, stage: str, stamp: int) -> threading.Event:
+        event = threading.Event()
+        (self.hold_match if stage == "match" else self.hold_publish)[stamp] = event
+        return event
+
+    def match(self, settings: Any, pair: int) -> Optional[Any]:
+        self.matched.append((settings, pair))
+        if pair in self.hold_match:
+            self.hold_match[pair].wait(WAIT_S)
+        if pair in self.fail_match:
+            raise self.fail_match[pair]
+        return None if pair in self.skip else (settings, pair)
+
+    def publish(self, matched: Any) -> None:
+        stamp = matched[1]
+        if stamp in self.hold_publish:
+            self.hold_publish[stamp].wait(WAIT_S)
+        if stamp in self.fail_publish:
+            raise self.fail_publish[stamp]
+        self.published.append(matched)
+
+    def release_all(self) -> None:
+        for event in list(self.hold_match.values()) + list(self.hold_publish.values()):
+            event.set()
+
+
+@pytest.fixture
+def pipeline():
+    """(handover, stages, stats, log lines) with settings 'A'; stopped after the test."""
+    stages, stats, lines = Stages(), Stats(), Lines()
+    handover = FrameHandover("A", stages.match, stages.publish, stats, ThrottledLog(lines, 0.0),
+                             thread_prefix="test")
+    handover.start()
+    yield handover, stages, stats, lines
+    stages.release_all()
+    assert handover.stop(WAIT_S)
+
+
+def test_frames_are_published_in_order_each_with_the_settings_it_was_matched_with(pipeline):
+    handover, stages, stats, _ = pipeline
+    handover.offer(1, 1)
+    assert eventually(lambda: stages.published == [("A", 1)])
+    handover.swap_in("B")
+    assert handover.upcoming == "B"
+    handover.offer(2, 2)
+    assert eventually(lambda: stages.published == [("A", 1), ("B", 2)])
+    assert handover.settings == "B"
+    assert (stats.pairs_received, stats.dropped) == (2, 0)
+    assert eventually(lambda: handover.in_flight is None and handover.publishing is None)
+
+
+def test_only_the_newest_pair_waits_and_a_replaced_one_is_counted_as_dropped(pipeline):
+    handover, stages, stats, _ = pipeline
+    release = stages.hold("match", 1)
+    handover.offer(1, 1)
+    assert eventually(lambda: handover.in_flight == 1)
+    handover.offer(2, 2)
+    handover.offer(3, 3)
+    assert handover.pending == 3
+    assert (stats.pairs_received, stats.dropped) == (3, 1)
+    release.set()
+    assert eventually(lambda: [s for _, s in stages.published] == [1, 3])
+    assert [s for _, s in stages.matched] == [1, 3]  # pair 2 was never matched
+
+
+def test_one_matched_frame_waits_for_the_publisher_at_most_and_the_order_is_kept(pipeline):
+    handover, stages, _, _ = pipeline
+    release = stages.hold("publish", 1)
+    handover.offer(1, 1)
+    assert eventually(lambda: handover.publishing == 1)
+    handover.offer(2, 2)
+    # The second frame is matched and waits in the hand-over; the worker does not run ahead.
+    assert eventually(lambda: handover.matched == 2 and handover.pending is None)
+    handover.offer(3, 3)
+    assert eventually(lambda: handover.in_flight == 3 and [s for _, s in stages.matched] == [1, 2, 3])
+    handover.offer(4, 4)
+    # The third frame is matched and waits for the hand-over slot, the fourth pair as the pending
+    # one: nothing piles up beyond one frame per stage while the first is being published.
+    assert (handover.publishing, handover.matched, handover.in_flight, handover.pending) == (1, 2, 3, 4)
+    assert stages.published == []
+    release.set()
+    assert eventually(lambda: [s for _, s in stages.published] == [1, 2, 3, 4])
+
+
+def test_publishing_a_frame_overlaps_matching_the_next(pipeline):
+    handover, stages, _, _ = pipeline
+    release_publish = stages.hold("publish", 1)
+    release_match = stages.hold("match", 2)
+    handover.offer(1, 1)
+    assert eventually(lambda: handover.publishing == 1)
+    handover.offer(2, 2)
+    assert eventually(lambda: handover.in_flight == 2)  # matching 2 while 1 is being published
+    assert handover.publishing == 1
+    release_publish.set()
+    release_match.set()
+    assert eventually(lambda: [s for _, s in stages.published] == [1, 2])
+
+
+def test_serial_publishing_waits_for_each_publication_before_the_next_pair(pipeline):
+    handover, stages, _, _ = pipeline
+    handover.serial = True
+    release = stages.hold("publish", 1)
+    handover.offer(1, 1)
+    assert eventually(lambda: handover.publishing == 1)
+    handover.offer(2, 2)
+    # The worker still holds frame 1 (it waits for its publication) and has not taken pair 2.
+    assert (handover.in_flight, handover.pending) == (1, 2)
+    assert [s for _, s in stages.matched] == [1]
+    release.set()
+    assert eventually(lambda: [s for _, s in stages.published] == [1, 2])
+
+
+def test_a_parameter_change_during_a_frame_applies_from_the_next_frame(pipeline):
+    handover, stages, _, _ = pipeline
+    release = stages.hold("match", 1)
+    handover.offer(1, 1)
+    assert eventually(lambda: handover.in_flight == 1)
+    handover.swap_in("B")
+    assert (handover.settings, handover.upcoming) == ("A", "B")
+    handover.swap_in("C")  # the newest change wins
+    release.set()
+    assert eventually(lambda: stages.published == [("A", 1)])
+    handover.offer(2, 2)
+    assert eventually(lambda: stages.published == [("A", 1), ("C", 2)])
+
+
+def test_a_skipped_frame_is_not_published_and_the_next_one_is(pipeline):
+    handover, stages, _, _ = pipeline
+    stages.skip.add(1)
+    handover.offer(1, 1)
+    assert eventually(lambda: len(stages.matched) == 1 and handover.in_flight is None)
+    handover.offer(2, 2)
+    assert eventually(lambda: stages.published == [("A", 2)])
+
+
+def test_an_exception_in_either_stage_is_an_internal_error_and_the_threads_go_on(pipeline):
+    handover, stages, stats, lines = pipeline
+    stages.fail_match[1] = RuntimeError("a bug in matching")
+    stages.fail_publish[2] = RuntimeError("a bug in publishing")
+    for stamp in (1, 2, 3):
+        handover.offer(stamp, stamp)
+        assert eventually(lambda: handover.in_flight is None and handover.matched is None
+                          and handover.publishing is None and handover.pending is None)
+    assert stages.published == [("A", 3)]
+    assert stats.problems == {"internal_error": 2}
+    assert handover.worker.is_alive() and handover.publisher.is_alive()
+    text = " ".join(lines.lines)
+    assert "[internal_error] frame failed: RuntimeError: a bug in matching" in text
+    assert "[internal_error] publishing failed: RuntimeError: a bug in publishing" in text
+
+
+def test_an_exception_while_shutting_down_is_no_internal_error_and_ends_the_thread():
+    stages, stats, lines = Stages(), Stats(), Lines()
+    stages.fail_match[1] = RuntimeError("the context is gone")
+    handover = FrameHandover("A", stages.match, stages.publish, stats, ThrottledLog(lines, 0.0),
+                             alive=lambda: False, thread_prefix="test")
+    handover.start()
+    try:
+        handover.offer(1, 1)
+        handover.worker.join(WAIT_S)
+        assert not handover.worker.is_alive()
+        assert stats.problems == {} and lines.lines == []
+    finally:
+        assert handover.stop(WAIT_S)
+
+
+def test_stop_waits_a_bounded_time_for_the_frame_in_flight_whose_result_is_not_published(pipeline):
+    handover, stages, stats, _ = pipeline
+    release = stages.hold("match", 1)
+    handover.offer(1, 1)
+    assert eventually(lambda: handover.in_flight == 1)
+    waited_for: List[int] = []
+    assert not handover.stop(0.0, on_wait=waited_for.append)  # the frame is held: still running
+    assert waited_for == [1] and handover.stopping
+    release.set()
+    assert handover.stop(WAIT_S)
+    assert not handover.worker.is_alive() and not handover.publisher.is_alive()
+    assert stages.published == [] and stats.problems == {}
+
+
+def test_stop_waits_for_the_publisher_thread_too(pipeline):
+    handover, stages, _, _ = pipeline
+    release = stages.hold("publish", 1)
+    handover.offer(1, 1)
+    assert eventually(lambda: handover.publishing == 1)
+    waited_for: List[int] = []
+    assert not handover.stop(0.0, on_wait=waited_for.append)
+    assert waited_for == [1] and handover.publisher.is_alive()
+    release.set()
+    assert handover.stop(WAIT_S)
+    assert not handover.publisher.is_alive()
