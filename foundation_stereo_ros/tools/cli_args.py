@@ -16,15 +16,25 @@ def positive_int(text: str) -> int:
     return v
 
 
-def torch_device(name: Optional[str]) -> Tuple[Any, Optional[str]]:
-    """(torch.device, None) for a ``--device`` value (None: CUDA when available, else the CPU),
-    or (None, error message) when CUDA is asked for and PyTorch has none."""
-    import torch
+def resolve_device(name: Optional[str]) -> Any:
+    """The torch.device of a ``--device`` value; None or 'auto': CUDA when PyTorch has it, else
+    the CPU. ValueError when CUDA is asked for and PyTorch has none."""
+    import torch  # here, not at the top: the tools that can run SGBM only work without PyTorch
 
-    device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if not name or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        return None, f"device {device} requested but CUDA is not available to PyTorch"
-    return device, None
+        raise ValueError(f"--device {name}: CUDA is not available to PyTorch on this machine (use --device cpu)")
+    return device
+
+
+def default_device_name() -> str:
+    """'cuda' where PyTorch is installed and sees a GPU, else 'cpu' (also without PyTorch)."""
+    try:
+        return str(resolve_device("auto"))
+    except ImportError:
+        return "cpu"
 
 
 def parse_size(text: str) -> Tuple[int, int]:

@@ -19,7 +19,9 @@ from typing import Optional, Sequence
 from ..model import load_model
 from ..training import CurationCriteria, curate, predict, write_curation
 from ..training.augment import resize_sample
-from .finetune import LAYOUT_HELP, add_data_arguments, data_options, open_datasets, resolve_device
+from ..vocabulary import PRECISIONS
+from .cli_args import resolve_device
+from .finetune import LAYOUT_HELP, add_data_arguments, data_options, open_datasets
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -42,7 +44,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="run at this fraction of the resolution, ground truth resampled to match (default 1)")
     p.add_argument("--worst", type=int, default=8, help="pictures of the N worst samples (default 8)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp16/bf16 autocast needs CUDA (default fp32)")
     add_data_arguments(p)
     args = p.parse_args(argv)

@@ -33,6 +33,8 @@ from foundation_stereo_ros.evaluation.report import ReportPaths, ReportWriter
 from foundation_stereo_ros.evaluation.runner import (BackendRun, Evaluator, FrameEvaluation, Totals, coerce_value,
                                                      config_from_parameter_file, parse_backend_spec)
 from foundation_stereo_ros.pipeline import SPECS, ProcessorConfig
+from foundation_stereo_ros.tools.cli_args import default_device_name
+from foundation_stereo_ros.vocabulary import PRECISIONS
 
 T = TypeVar("T")
 
@@ -82,15 +84,6 @@ def progress(items: Iterable[T], total: Optional[int], desc: str, enabled: bool 
             bar.update()
     finally:
         bar.close()
-
-
-def default_device() -> str:
-    try:
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:
-        return "cpu"
 
 
 @dataclass
@@ -271,7 +264,7 @@ def _parser() -> argparse.ArgumentParser:
                    "~/.cache/foundation_stereo/<23-51-11|11-33-40>/)")
     g.add_argument("--iters", type=int, help="GRU iterations")
     g.add_argument("--scale", type=float, help="network input resolution relative to the camera")
-    g.add_argument("--precision", choices=("fp32", "fp16", "bf16"))
+    g.add_argument("--precision", choices=PRECISIONS)
     g.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default: cuda when available)")
     g.add_argument("--hierarchical", action="store_true", default=None, help="coarse-to-fine inference")
     t = p.add_argument_group("topics (default: detected from the bag)")
@@ -315,7 +308,7 @@ def build_runs(args: argparse.Namespace) -> List[BackendRun]:
         v = getattr(args, name)
         if v is not None:
             values[name] = v
-    values["device"] = default_device() if args.device == "auto" else args.device
+    values["device"] = default_device_name() if args.device == "auto" else args.device
     if not values.get("checkpoint"):
         found = find_checkpoint()
         if found is not None:

@@ -16,11 +16,10 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-import torch
-
 from ..model import load_model
 from ..training import AugmentConfig, DataOptions, FineTuner, TrainConfig, open_dataset, read_name_list
 from ..training.trainer import TRAINING_PRECISIONS, TrainingDiverged
+from .cli_args import resolve_device
 
 LAYOUT_HELP = """dataset layouts (LAYOUT:PATH, or PATH to detect):
   folder      PATH/left/*.png, PATH/right/*.png, PATH/disparity/*.{pfm,npy,png} (same stems;
@@ -71,15 +70,6 @@ def open_datasets(sources: Sequence[str], options, cache_dir: Path, log):
         ds = open_dataset(src, options, cache_dir=cache_dir, log=log)
         out = ds if out is None else out + ds
     return out
-
-
-def resolve_device(name: str):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-    return device
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from .. import fileio
 from ..model import load_model
 from ..pipeline.geometry import colorize_disparity, depth_to_points, disparity_to_depth
+from ..vocabulary import PRECISIONS
+from .cli_args import resolve_device
 
 
 class _StageTimer:
@@ -50,7 +52,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--scale", type=float, default=1.0,
                    help="network input resolution relative to the images, in (0, 1] (default 1)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="fp16/bf16 autocast needs CUDA (default fp32)")
     p.add_argument("--intrinsics", type=Path, help="K.txt: 3x3 K on line 1, baseline (m) on line 2")
     p.add_argument("--z-far", type=float, default=10.0, help="farthest point kept in cloud.ply (m)")
@@ -63,13 +65,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.z_far <= 0:
         p.error("--z-far must be positive")
     return args
-
-
-def resolve_device(name: str) -> torch.device:
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-    return device
 
 
 def predict_disparity(model, left: np.ndarray, right: np.ndarray, iters: int, hierarchical: bool,

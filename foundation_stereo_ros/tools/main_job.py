@@ -41,7 +41,8 @@ from foundation_stereo_ros.evaluation.runner import BackendRun
 from foundation_stereo_ros.fileio import read_rgb
 from foundation_stereo_ros.pipeline import ProcessorConfig
 from foundation_stereo_ros.pipeline.calibration import rectified_pair
-from foundation_stereo_ros.tools.evaluate import (EvaluationOptions, Progress, default_device, evaluate_bag,
+from foundation_stereo_ros.tools.cli_args import default_device_name
+from foundation_stereo_ros.tools.evaluate import (EvaluationOptions, Progress, evaluate_bag,
                                                   print_outcome)
 from foundation_stereo_ros.tools.make_bag import (BagOptions, StereoFrame, read_disparity_file, resize_frame,
                                                   write_stereo_bag)
@@ -166,7 +167,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def choose_backend(args: argparse.Namespace) -> Dict[str, Any]:
     """Backend, checkpoint and device, with the message for the user."""
-    device = default_device() if args.device == "auto" else args.device
+    device = default_device_name() if args.device == "auto" else args.device
     checkpoint: Optional[str] = args.checkpoint
     if checkpoint is None and args.backend != "sgbm":
         found = find_checkpoint()

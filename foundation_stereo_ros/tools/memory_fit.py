@@ -38,7 +38,8 @@ from ..analysis.simulated import (is_simulated, simulated_cuda, simulated_cuda_m
                                   simulation_problem)
 from ..model import FoundationStereo, FoundationStereoConfig
 from ..model.config import VIT_SPECS
-from .cli_args import comma_list, parse_size, positive_int, torch_device
+from ..vocabulary import PRECISIONS
+from .cli_args import comma_list, parse_size, positive_int, resolve_device
 
 DEFAULT_SAMPLES = ((240, 320), (480, 640), (720, 960))
 ASPECTS = {"4:3": 4.0 / 3.0, "16:9": 16.0 / 9.0}
@@ -299,13 +300,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 2
         print(f"note: {simulation_problem()}; tracing a real CPU pass instead", file=sys.stderr)
         simulated, args.device = False, "cpu"
-    device, problem = (torch.device("cuda"), None) if simulated else torch_device(args.device)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
+    try:
+        device = torch.device("cuda") if simulated else resolve_device(args.device)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     on_gpu = device.type == "cuda" and not simulated
     precisions = args.precisions or (["fp32", "bf16"] if device.type == "cuda" else ["fp32"])
-    bad = [v for v in args.variants if v not in VIT_SPECS] + [p for p in precisions if p not in ("fp32", "fp16", "bf16")]
+    bad = [v for v in args.variants if v not in VIT_SPECS] + [p for p in precisions if p not in PRECISIONS]
     if bad:
         print(f"error: unknown variant(s) or precision(s): {bad}", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ import torch
 
 from ...model.checkpoint import resolve_checkpoint
 from ...model.config import VIT_SPECS, FoundationStereoConfig
-from ..cli_args import comma_list, parse_size, positive_int, torch_device
+from ..cli_args import comma_list, parse_size, positive_int, resolve_device
 from .flops import add_flops, count_only
 from .live_node import print_node_rates, run_node_rates
 from .machine import machine_info, peak_tflops_for
@@ -181,9 +181,10 @@ def _measure(args: argparse.Namespace, device: torch.device, modes: Sequence[Mod
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    device, problem = torch_device(args.device)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     if args.threads > 0:
         torch.set_num_threads(args.threads)
