@@ -20,6 +20,7 @@ def vitl():
     return simulated_cuda_model("vitl")
 
 
+@pytest.mark.slow
 def test_vitl_480x640_matches_the_reference_counts(vitl):
     totals = {iters: count_flops(vitl, 480, 640, iters) for iters in (8, 16, 32)}
     for iters, reference in ((8, 8.1), (16, 10.8), (32, 16.3)):
@@ -32,6 +33,7 @@ def test_vitl_480x640_matches_the_reference_counts(vitl):
     assert totals[32]["total"] - totals[16]["total"] == 16 * totals[16]["gru_iteration"]
 
 
+@pytest.mark.slow
 def test_vitl_736x1280_matches_the_reference_counts(vitl):
     for iters, reference in ((8, 27.0), (16, 36.0), (32, 53.0)):
         assert count_flops(vitl, 736, 1280, iters)["total"] / T == pytest.approx(reference, rel=0.02), iters
@@ -79,6 +81,7 @@ def test_benchmark_counts_only_when_asked(tmp_path, capsys):
     assert "median" not in printed  # nothing was timed
 
 
+@pytest.mark.slow
 def test_device_ops_grow_by_a_fixed_count_per_iteration_and_autocast_adds_casts():
     model = simulated_cuda_model("vits")
     one, three = count_flops(model, 64, 96, 1), count_flops(model, 64, 96, 3)

@@ -68,6 +68,7 @@ def _save_png(path: Path, chw: np.ndarray) -> None:
     cv2.imwrite(str(path), rgb.astype(np.uint8)[:, :, ::-1])
 
 
+@pytest.mark.slow
 def test_cli_reproduces_fixture(fixture, vits_checkpoint, tmp_path):
     """The installed console script, end to end, from PNG files to disparity.npy."""
     _save_png(tmp_path / "left.png", fixture["left"])

@@ -45,6 +45,7 @@ def test_odd_size_equals_padded_result_cropped(model):
     torch.testing.assert_close(got, full[..., 13:83, 14:114], atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_hierarchical_follows_its_definition(model):
     left, right = _pair(1, 100, 150)
     got = model.infer(left, right, iters=ITERS, hierarchical=True, small_ratio=0.5)

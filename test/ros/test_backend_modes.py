@@ -63,6 +63,7 @@ def _close(a: np.ndarray, b: np.ndarray) -> None:
     assert diff.mean() <= mean_tol and diff.max() <= max_tol, (diff.mean(), diff.max())
 
 
+@pytest.mark.slow
 def test_compiled_mode_is_prepared_once_and_matches_eager(eager, scene, monkeypatch):
     fast = FoundationStereoBackend(config("unused", execution="compile"), model=eager.model)
     calls = []
@@ -84,6 +85,7 @@ def test_compiled_mode_is_prepared_once_and_matches_eager(eager, scene, monkeypa
     assert calls == [] and fast.prepared_size == (H, W) and fast.last_fast is False
 
 
+@pytest.mark.slow
 def test_first_frame_prepares_when_no_warmup_size_is_given(eager, scene):
     fast = FoundationStereoBackend(config("unused", execution="compile"), model=eager.model)
     left, right = scene
@@ -194,6 +196,7 @@ def _publish_and_compare(h: NodeHarness, eager: FoundationStereoBackend, seed: i
     _close(disparity_from_msg(msg), eager.compute(left, right))
 
 
+@pytest.mark.slow
 def test_node_prepares_the_mode_at_start_and_publishes_the_same_disparity(vits_checkpoint, eager, capfd):
     params = dict(backend="foundation_stereo", checkpoint=str(vits_checkpoint), device="cpu", iters=ITERS,
                   execution="compile", warmup_width=W, warmup_height=H)
@@ -238,6 +241,7 @@ def test_node_refuses_to_start_when_the_mode_cannot_be_prepared(vits_checkpoint,
         rclpy.try_shutdown(context=context)
 
 
+@pytest.mark.slow
 def test_switching_the_mode_at_runtime_prepares_it_on_the_next_frame(vits_checkpoint, eager):
     from _ros_helpers import set_params
 

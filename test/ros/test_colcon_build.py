@@ -24,8 +24,9 @@ REPO = Path(__file__).resolve().parents[2]
 PACKAGE = "foundation_stereo_ros"
 COLCON = Path(sys.executable).with_name("colcon")
 
-pytestmark = pytest.mark.skipif(not COLCON.is_file(), reason=f"colcon is not installed beside {sys.executable} "
-                                                              f"(scripts/setup_env.sh installs it)")
+pytestmark = [pytest.mark.slow,  # colcon builds of the package
+              pytest.mark.skipif(not COLCON.is_file(), reason=f"colcon is not installed beside {sys.executable} "
+                                                              f"(scripts/setup_env.sh installs it)")]
 
 # Top-level entries of a working copy that are not part of the source (build outputs, caches).
 _NOT_SOURCE = {".git", ".venv", "build", "install", "log", "output", "gpu_results", ".gpu_parity", ".pytest_cache"}

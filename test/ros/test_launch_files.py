@@ -189,6 +189,7 @@ def _start_node(generic, config: str, tmp_path: Path, extra_values: dict):
     return proc, namespace, remaps, log
 
 
+@pytest.mark.slow
 def test_node_runs_with_each_config(generic, tmp_path, monkeypatch):
     """Start the node with every camera config and its remaps (all at once, sgbm backend as
     backend:=sgbm would select), then check its topics and parameters through the ROS graph."""

@@ -86,6 +86,7 @@ def test_live_replay_pairs_like_offline_with_approximate_sync(tmp_path, opencv_d
     assert_same(live, off)
 
 
+@pytest.mark.slow
 def test_looped_bag_pairs_like_the_node(tmp_path, opencv_data):
     """A recording whose stamps jump back by 10 s halfway (a bag played in a loop, a restarted
     driver): node and offline reader both drop the pair at the jump and go on with the rest."""

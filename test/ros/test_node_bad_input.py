@@ -165,6 +165,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,spoil,problem", CASES, ids=[c[0] for c in CASES])
 def test_bad_frame_is_logged_counted_skipped_and_good_frames_follow(node, name, spoil, problem):
     send_good(node)  # the node works before
@@ -190,6 +191,7 @@ def assert_logged_and_reported(node, problem, before, name=""):
         f"{name}: problem.{problem} not in /diagnostics"
 
 
+@pytest.mark.slow
 def test_log_lines_are_throttled_per_problem(node):
     lines = lambda: [x for x in node.rosout_lines() if "[unknown_encoding]" in x]  # noqa: E731
     send_good(node)
@@ -229,6 +231,7 @@ def approximate_node():
     h.close()
 
 
+@pytest.mark.slow
 def test_images_outside_the_sync_tolerance_are_reported(approximate_node):
     node = approximate_node
     send_good(node)

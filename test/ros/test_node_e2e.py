@@ -215,6 +215,7 @@ def test_only_outputs_with_subscribers_are_computed():
         h.close()
 
 
+@pytest.mark.slow
 def test_slow_inference_drops_old_pairs_and_keeps_the_newest():
     # 640x480 with 256 disparities keeps SGBM busy long enough for pairs to pile up.
     h = harness(dict(backend="sgbm", sgbm_num_disparities=256, sgbm_mode="sgbm", qos_reliability="reliable",

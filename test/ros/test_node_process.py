@@ -21,6 +21,8 @@ from foundation_stereo_ros.ros.stereo_depth_node import SHUTDOWN_WAIT_S
 
 from _ros_helpers import InputFeeder, domain_id_for_tests, rectified_infos, textured_scene
 
+pytestmark = pytest.mark.slow  # each starts the node as its own process
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -63,6 +63,7 @@ def chessboard_corners(grey: np.ndarray):
     return cv2.cornerSubPix(grey, corners, (11, 11), (-1, -1), CRITERIA).reshape(-1, 2)
 
 
+@pytest.mark.slow
 def test_real_chessboard_calibration_rectifies_corners_onto_shared_rows(opencv_data: Path):
     pairs = [(p, p.with_name(p.name.replace("left", "right"))) for p in sorted(opencv_data.glob("left[0-9][0-9].jpg"))]
     pairs = [(l, r) for l, r in pairs if r.is_file()]

@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import pytest
 import os
 import signal
 import subprocess
@@ -32,6 +33,8 @@ from foundation_stereo_ros.ros.conversions import numpy_to_image
 
 from _ros_helpers import (Collector, NodeHarness, diagnostic_values, domain_id_for_tests, rectified_infos, stamp_msg,
                           stamp_of, textured_scene, wait_for)
+
+pytestmark = pytest.mark.slow  # load and soak runs of several seconds each
 
 REPO = Path(__file__).resolve().parents[2]
 

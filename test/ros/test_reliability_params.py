@@ -26,6 +26,7 @@ def setting_of(disparity_msg, cloud_msg):
     return from_disparity, from_cloud
 
 
+@pytest.mark.slow
 def test_parameter_changes_apply_between_frames_never_half_way(monkeypatch):
     original = StereoProcessor.process
 

@@ -53,6 +53,7 @@ def _backend(execution: str) -> str:
     return "cudagraphs" if execution == "compile-cudagraph" else "aot_eager"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("execution,precision", MODES, ids=[f"{e}-{p}" for e, p in MODES])
 def test_mode_matches_eager_fp32(model, pair, reference, execution, precision):
     reason = mode_unavailable_reason(execution, precision, DEVICE)

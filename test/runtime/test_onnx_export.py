@@ -23,6 +23,8 @@ from foundation_stereo_ros.pipeline.backends import invalidate, onnx_provider_li
 from foundation_stereo_ros.runtime.onnx_runner import OnnxRunner, check_pair, read_export_metadata
 from foundation_stereo_ros.tools import export_onnx as export_cli
 
+pytestmark = pytest.mark.slow  # one module-wide ViT-S export (about 30 s) feeds these
+
 HEIGHT, WIDTH, ITERS = 60, 90, 2  # pads to 64x96
 
 

@@ -106,6 +106,7 @@ def test_rss_peak_sees_a_freed_allocation():
     assert quiet.peak_mib - quiet.start_mib < 32
 
 
+@pytest.mark.slow
 def test_cli_runs_on_the_cpu_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     code = benchmark.main(["--device", "cpu", "--variants", "vits", "--sizes", "60x90", "--iters", "2",
@@ -182,6 +183,7 @@ def test_node_stage_timing_without_ros_times_all_but_the_messages(monkeypatch, c
     assert "n/a" in table and "message_building not measured" in table
 
 
+@pytest.mark.slow
 def test_node_rate_runs_the_live_node_and_relates_its_period_to_the_network(tmp_path, capsys):
     """--node-rate: a live node (rclpy, a second process publishing and subscribing) whose network is
     a wait; it can never be faster than that wait, and its rows say what it adds."""

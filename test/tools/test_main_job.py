@@ -24,6 +24,7 @@ def isolated(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
 
 
+@pytest.mark.slow
 def test_without_checkpoint_runs_sgbm_and_says_so(tmp_path, opencv_data, capsys):
     out = tmp_path / "demo"
     assert main_job.main(["-o", str(out), "--frames", "3", "--image-scale", "0.125", "--device", "cpu",
@@ -66,6 +67,7 @@ def test_without_checkpoint_runs_sgbm_and_says_so(tmp_path, opencv_data, capsys)
     assert [int(round((1281 / 2 + 0.5) * 0.125 - 0.5 - np.asarray(i.k)[2])) for i in infos] == [0, 16, 32]
 
 
+@pytest.mark.slow
 def test_with_checkpoint_uses_the_network_live_and_offline(tmp_path, opencv_data, capsys):
     # The documented cache folder holds a published-format ViT-S checkpoint with deterministic
     # weights; max_disp 64 (instead of 416) keeps its random-weight disparities inside these small

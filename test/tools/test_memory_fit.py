@@ -184,6 +184,7 @@ def test_cuda_peak_is_measured_and_grows_with_size():
     assert method == "cuda max_memory_allocated" and 0 < small < large
 
 
+@pytest.mark.slow
 @needs_simulation
 def test_cli_simulates_cuda_without_a_gpu(tmp_path, capsys):
     out = tmp_path / "memory.json"

@@ -20,6 +20,8 @@ from foundation_stereo_ros.training import (AugmentConfig, FineTuner, StereoAugm
 from foundation_stereo_ros.training.batches import AugmentedDataset, collate
 from foundation_stereo_ros.training.trainer import resolve_precision
 
+pytestmark = pytest.mark.slow  # a short real fine-tuning run (about 20 s) feeds these
+
 ITERS = 2
 STEPS = 12
 SIZE = (64, 96)
