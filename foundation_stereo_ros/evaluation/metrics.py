@@ -25,6 +25,8 @@ from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..pipeline.geometry import check_focal_baseline
+
 DEFAULT_BAD_THRESHOLDS: Tuple[float, ...] = (1.0, 2.0, 3.0)
 # KITTI 2015 devkit: a pixel is an outlier when its error exceeds both 3 px and 5 % of the truth.
 D1_ABS_PX = 3.0
@@ -185,8 +187,7 @@ def total(counts: Iterable[ErrorCounts]) -> ErrorCounts:
 
 def depth_to_disparity(depth: np.ndarray, focal_px: float, baseline_m: float) -> np.ndarray:
     """d = f * B / Z where Z is valid, 0 (unknown) elsewhere, as disparity ground truth is stored."""
-    if not (np.isfinite(focal_px) and np.isfinite(baseline_m)) or focal_px <= 0 or baseline_m <= 0:
-        raise ValueError(f"focal length and baseline must be positive, got f={focal_px}, B={baseline_m}")
+    check_focal_baseline(focal_px, baseline_m)
     z = _as_map("depth", depth)
     out = np.zeros(z.shape, dtype=np.float32)
     v = valid_mask(z)
