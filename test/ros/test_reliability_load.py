@@ -89,6 +89,22 @@ def test_cameras_faster_than_inference_keep_latency_bounded_and_memory_flat(monk
         left, right, _ = textured_scene(h, w, seed=6)
         infos = rectified_infos(w, h, 300.0, 0.1, w / 2, w / 2, h / 2)
         arrivals = {}  # stamp -> receive time, from the output callback
+        # Newest pair wins, seen from inside the node: as the worker starts on a pair, how many
+        # newer pairs had the node already taken in? (A queue would answer: most of them.)
+        frames, offered, newer_at_start = node.node._frames, [], []
+        real_offer, real_match = frames.offer, frames._match
+
+        def offer(stamp, pair):
+            offered.append(stamp)
+            real_offer(stamp, pair)
+
+        def match(settings, pair):
+            current = frames.in_flight
+            newer_at_start.append(sum(1 for s in list(offered) if s > current))
+            return real_match(settings, pair)
+
+        monkeypatch.setattr(frames, "offer", offer)
+        monkeypatch.setattr(frames, "_match", match)
         node.subs.append(node.tester.create_subscription(
             DisparityImage, "/load/disparity", lambda m: arrivals.setdefault(stamp_of(m), time.time_ns()),
             QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)))
@@ -126,19 +142,20 @@ def test_cameras_faster_than_inference_keep_latency_bounded_and_memory_flat(monk
         assert published + dropped == received and set(st.problems) <= {"unpaired"}
         assert dropped >= 0.5 * received
         assert len(out) == published and out[-1] == sent[-1]
-        # Newest pair wins: outputs in stamp order, each at most ~2 processing times old when it
-        # arrives. Age is counted in camera pairs sent after the output's pair and before its
-        # arrival: in seconds it would also count the moments when this one process (cameras,
-        # node and subscriber on two cores) starves itself, which a robot's separate processes
-        # do not share. 2 processing times are 2 * delay * rate_hz = 9 pairs; a FIFO backlog
-        # would reach most of the pairs sent.
+        # Newest pair wins: outputs in stamp order, and the worker always starts on the newest
+        # pair the node has taken in (one or two more may arrive between its taking the pair and
+        # the probe, when this process starves its threads). This is measured
+        # inside the node: the outputs' age on arrival here also counts the moments when this one
+        # process (cameras, node and subscriber on two cores, after the rest of the suite) starves
+        # itself, which a robot's separate processes do not share; it is printed, and it must not
+        # grow over the run as a queue's would (by ~rate * delay - 1 pairs per processed frame).
+        assert list(out) == sorted(out)
+        print(f"load: pairs newer than the one being matched when matching started: {newer_at_start}")
+        assert len(newer_at_start) >= published and max(newer_at_start) <= 2, newer_at_start
         sent_ns = np.array(sent)
         latencies = np.array([(arrivals[s] - s) / 1e9 for s in out])
         age = np.array([np.count_nonzero((sent_ns > s) & (sent_ns <= arrivals[s])) for s in out])
-        print(f"load: output age {age.max()} pairs at most, latency {latencies.max():.3f} s at most")
-        assert list(out) == sorted(out)
-        assert age.max() <= 3 * delay * rate_hz + 10, (age, latencies)
-        # A queue would grow by ~(rate * delay - 1) pairs per processed frame; these do not grow.
+        print(f"load: output age on arrival {age.max()} pairs at most, latency {latencies.max():.3f} s at most")
         half = len(age) // 2
         assert age[half:].mean() < age[:half].mean() + 0.5 * delay * rate_hz, age
         # Memory: a backlog of the pairs dropped here would be ~0.5 MB each.
