@@ -11,10 +11,16 @@ parameters (section ``/**/stereo_depth_node``) and, in the section ``foundation_
 (a node that does not exist, so ROS ignores it), the topic remappings, the default namespace and
 the camera driver to start. Launch arguments left empty keep the config file's values.
 
+A config may offer other topic names chosen by a launch argument (``remap_choices``: argument ->
+value -> input -> topic; ZED wrappers before 5.1 use other names), and driver parameters that the
+driver's launch file reads from a flat YAML file (``driver.parameters``; written at launch time,
+its path is ``{driver_parameters}`` in the driver's arguments).
+
 The module imports ``launch`` only inside :func:`generate_launch_description`, so its pure
 helpers (:func:`launch_settings`, :func:`parameter_overrides`) are testable without ROS.
 """
 import os
+import tempfile
 from typing import Any, Dict, List, Optional, Tuple
 
 PACKAGE = "foundation_stereo_ros"
@@ -41,6 +47,10 @@ ARGUMENTS: Tuple[Tuple[str, str, str], ...] = (
     ("warmup_height", "", "Camera image height to compile / capture / build the engine for at start."),
     ("geometry_device", "", "Where rectification, depth and points run: 'auto' (the GPU when the network "
                             "runs on CUDA), 'network' or 'host'."),
+    ("image_transport", "", "Transport of the camera images: 'raw' (sensor_msgs/Image) or 'compressed' "
+                            "(sensor_msgs/CompressedImage on <image topic>/compressed, decoded by the node)."),
+    ("depth_format", "", "Depth image encoding: '32FC1' (metres, NaN invalid) or '16UC1' (millimetres, 0 "
+                         "invalid; REP 118)."),
     ("checkpoint", "", "FoundationStereo checkpoint (.pth or its folder). Empty: $FOUNDATION_STEREO_CHECKPOINT, "
                        "else ~/.cache/foundation_stereo/<model_variant>/model_best_bp2.pth."),
     ("model_variant", "", "Published model to look for in ~/.cache/foundation_stereo when no checkpoint is "
@@ -61,7 +71,8 @@ ARGUMENTS: Tuple[Tuple[str, str, str], ...] = (
 #: Launch arguments that become node parameters, with their parameter type.
 PARAMETER_ARGUMENTS = {"backend": str, "checkpoint": str, "iters": int, "scale": float, "precision": str,
                        "device": str, "hierarchical": bool, "onnx_model": str, "execution": str,
-                       "warmup_width": int, "warmup_height": int, "geometry_device": str}
+                       "warmup_width": int, "warmup_height": int, "geometry_device": str, "image_transport": str,
+                       "depth_format": str}
 
 
 def package_share() -> str:
@@ -99,12 +110,22 @@ def launch_settings(path: str) -> Dict[str, Any]:
     unknown = sorted(set(remap) - set(INPUTS))
     if unknown:
         raise ValueError(f"{path}: unknown remap entries {unknown}; expected {list(INPUTS)}")
+    choices = section.get("remap_choices") or {}
+    for argument, by_value in choices.items():
+        for value, topics in (by_value or {}).items():
+            bad = sorted(set(topics or {}) - set(INPUTS))
+            if bad:
+                raise ValueError(f"{path}: remap_choices.{argument}.{value}: unknown entries {bad}; "
+                                 f"expected {list(INPUTS)}")
     driver = section.get("driver") or {}
     if driver and not (driver.get("package") and driver.get("launch_file")):
         raise ValueError(f"{path}: driver needs 'package' and 'launch_file'")
     return {"remappings": {k: str(v) for k, v in remap.items() if v}, "namespace": str(section.get("namespace", "")),
+            "remap_choices": {str(a): {str(v): {k: str(t) for k, t in (topics or {}).items() if t}
+                                       for v, topics in (by_value or {}).items()} for a, by_value in choices.items()},
             "driver": {"package": driver.get("package", ""), "launch_file": driver.get("launch_file", ""),
-                       "arguments": [str(a) for a in driver.get("arguments") or []]} if driver else {}}
+                       "arguments": [str(a) for a in driver.get("arguments") or []],
+                       "parameters": dict(driver.get("parameters") or {})} if driver else {}}
 
 
 def node_parameters(path: str) -> Dict[str, Any]:
@@ -174,26 +195,73 @@ def parameter_overrides(values: Dict[str, str], config_parameters: Optional[Dict
 
 
 def remappings(settings: Dict[str, Any], values: Dict[str, str]) -> List[Tuple[str, str]]:
-    """(node input, topic) pairs: launch arguments win over the config's remappings."""
+    """(node input, topic) pairs: launch arguments win over the topics a ``remap_choices`` argument
+    selects, which win over the config's remappings."""
     topics = dict(settings.get("remappings", {}))
+    for argument, by_value in settings.get("remap_choices", {}).items():
+        chosen = (values.get(argument) or "").strip()
+        if chosen in by_value:
+            topics.update(by_value[chosen])
+        elif chosen:
+            raise ValueError(f"launch argument {argument}:={chosen!r}: expected one of {sorted(by_value)} or empty")
     topics.update({k: values[k] for k in INPUTS if values.get(k)})
     return [(NODE_INPUTS[k], topics[k]) for k in INPUTS if k in topics]
 
 
-def driver_arguments(settings: Dict[str, Any], values: Dict[str, str], config: str) -> List[Tuple[str, str]]:
+def _fill(text: str, values: Dict[str, str], what: str) -> str:
+    try:
+        return text.format(**values)
+    except KeyError as exc:
+        raise ValueError(f"{what} refers to unknown launch argument {exc}") from None
+
+
+def driver_parameters(settings: Dict[str, Any], values: Dict[str, str]) -> Dict[str, Any]:
+    """The config's ``driver.parameters`` with ``{name}`` placeholders filled from the launch arguments;
+    a filled value is read as YAML, so ``'{emitter}'`` with emitter:=1 gives the integer 1."""
+    import yaml
+
+    out = {}
+    for name, value in settings.get("driver", {}).get("parameters", {}).items():
+        if isinstance(value, str):
+            value = yaml.safe_load(_fill(value, values, f"driver parameter {name}")) if value else value
+        out[str(name)] = value
+    return out
+
+
+def driver_arguments(settings: Dict[str, Any], values: Dict[str, str], config: str,
+                     parameters_file: str = "") -> List[Tuple[str, str]]:
     """The driver's launch arguments; ``{name}`` in the config is replaced by the launch argument
-    ``name`` (``{config}`` by the config file's path)."""
+    ``name``, ``{config}`` by the config file's path and ``{driver_parameters}`` by ``parameters_file``."""
     out = []
     for item in settings.get("driver", {}).get("arguments", []):
         key, sep, value = item.partition(":=")
         if not sep:
             raise ValueError(f"driver argument {item!r} must read name:=value")
-        try:
-            value = value.format(**{**values, "config": config})
-        except KeyError as exc:
-            raise ValueError(f"driver argument {item!r} refers to unknown launch argument {exc}") from None
-        out.append((key, value))
+        out.append((key, _fill(value, {**values, "config": config, "driver_parameters": parameters_file},
+                                f"driver argument {item!r}")))
     return out
+
+
+def write_driver_parameters(parameters: Dict[str, Any]) -> str:
+    """``parameters`` as a flat YAML file for the driver's launch file; its path."""
+    import yaml
+
+    fd, path = tempfile.mkstemp(prefix="foundation_stereo_driver_", suffix=".yaml")
+    with os.fdopen(fd, "w") as fh:
+        yaml.safe_dump(parameters, fh)
+    return path
+
+
+def driver_share(package: str) -> str:
+    """The driver package's share directory, or ValueError with one line saying what is missing."""
+    from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+
+    try:
+        return get_package_share_directory(package)
+    except PackageNotFoundError:
+        raise ValueError(f"start_camera:=true needs the camera driver package '{package}', which is not installed "
+                         f"(not in AMENT_PREFIX_PATH); install and source it, or start the camera yourself and "
+                         f"leave start_camera:=false") from None
 
 
 def declare_arguments(defaults: Optional[Dict[str, str]] = None, extra: Tuple[Tuple[str, str, str], ...] = ()):
@@ -206,8 +274,16 @@ def declare_arguments(defaults: Optional[Dict[str, str]] = None, extra: Tuple[Tu
             for name, default, description in ARGUMENTS + tuple(extra)]
 
 
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
 def _launch_setup(context, *args, **kwargs):
-    from launch.actions import IncludeLaunchDescription, LogInfo
+    from launch.actions import IncludeLaunchDescription, LogInfo, RegisterEventHandler
+    from launch.event_handlers import OnShutdown
     from launch.launch_description_sources import PythonLaunchDescriptionSource
     from launch_ros.actions import Node
 
@@ -222,11 +298,15 @@ def _launch_setup(context, *args, **kwargs):
         if not driver:
             actions.append(LogInfo(msg=f"start_camera:=true but {config} names no camera driver; start it yourself"))
         else:
-            from ament_index_python.packages import get_package_share_directory
-
-            source = os.path.join(get_package_share_directory(driver["package"]), "launch", driver["launch_file"])
-            actions.append(IncludeLaunchDescription(PythonLaunchDescriptionSource(source),
-                                                    launch_arguments=driver_arguments(settings, values, config)))
+            source = os.path.join(driver_share(driver["package"]), "launch", driver["launch_file"])
+            parameters = driver_parameters(settings, values)
+            parameters_file = write_driver_parameters(parameters) if parameters else ""
+            if parameters_file:
+                actions.append(RegisterEventHandler(OnShutdown(
+                    on_shutdown=lambda event, context, path=parameters_file: _remove(path))))
+            actions.append(IncludeLaunchDescription(
+                PythonLaunchDescriptionSource(source),
+                launch_arguments=driver_arguments(settings, values, config, parameters_file)))
     actions.append(Node(
         package=PACKAGE, executable=NODE_NAME, name=NODE_NAME, namespace=namespace, output="screen",
         parameters=[config, parameter_overrides(values, node_parameters(config))],

@@ -3,7 +3,7 @@
     ros2 launch foundation_stereo_ros isaac_sim.launch.py
 
 Defaults to the front stereo camera of Isaac Sim's Nova Carter scenes
-(/front_stereo_camera/{left,right}/image_rect_color + camera_info) and simulation time; remap
+(/front_stereo_camera/{left,right}/image_raw + camera_info) and simulation time; remap
 other cameras with left_image:=... etc. Isaac Sim itself is started from its own launcher, so
 start_camera has nothing to start. Topics and settings are in config/isaac_sim.yaml.
 """

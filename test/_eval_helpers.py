@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -74,8 +74,9 @@ def aloe_gt(opencv_data: Path, scale: float) -> np.ndarray:
 
 
 def make_aloe_bag(path: Path, opencv_data: Path, scale: float, repeat: int = 1, gt: bool = True,
-                  storage: str = "sqlite3", rate: float = 5.0) -> Path:
-    """A bag of the Aloe pair through the make-bag CLI (simple YAML calibration, f = 3740 px full size)."""
+                  storage: str = "sqlite3", rate: float = 5.0, extra: Sequence[str] = ()) -> Path:
+    """A bag of the Aloe pair through the make-bag CLI (simple YAML calibration, f = 3740 px full size);
+    ``extra``: more make-bag arguments (``--compressed png`` ...)."""
     calib = path.parent / (path.name + "_calib.yaml")
     w, h = ALOE_SIZE
     calib.write_text(f"fx: {FX_FULL}\ncx: {(w - 1) / 2}\ncy: {(h - 1) / 2}\nbaseline: {BASELINE}\n")
@@ -84,7 +85,7 @@ def make_aloe_bag(path: Path, opencv_data: Path, scale: float, repeat: int = 1, 
             "--start-time", "100", "--storage", storage]
     if gt:
         args += ["--gt-disparity", str(opencv_data / "aloeGT.png")]
-    if make_bag.main(args) != 0:
+    if make_bag.main(args + list(extra)) != 0:
         raise RuntimeError("make-bag failed")
     return path
 
@@ -137,3 +138,17 @@ def write_plan_bag(path: Path, left: np.ndarray, right: np.ndarray, plan, storag
                 n += 1
                 wr.write(names[role], msg, base + 1000 * n)
     return topics
+
+
+def copy_bag(src: Path, dst: Path, change=lambda topic, index, msg: msg, storage: str = "sqlite3") -> Path:
+    """A new bag with ``src``'s messages at their log times; ``change(topic, index on the topic, msg)``
+    returns the message to write (the same one, a modified one, or None to leave it out)."""
+    counts: Dict[str, int] = {}
+    with B.StereoBagWriter(dst, storage=storage) as wr:
+        for topic, items in read_messages(src).items():
+            for t, msg in items:
+                out = change(topic, counts.get(topic, 0), msg)
+                counts[topic] = counts.get(topic, 0) + 1
+                if out is not None:
+                    wr.write(topic, out, t)
+    return dst

@@ -29,7 +29,7 @@ from rcl_interfaces.msg import Log  # noqa: E402
 from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
 from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import SetParametersAtomically  # noqa: E402
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2  # noqa: E402
 from stereo_msgs.msg import DisparityImage  # noqa: E402
 
 from foundation_stereo_ros.ros.conversions import numpy_to_image  # noqa: E402
@@ -170,9 +170,12 @@ class NodeHarness:
         self.tester = rclpy.create_node("stereo_tester", context=self.context)
         self.received = Collector()
         qos = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
-        self.pubs = {name: self.tester.create_publisher(t, f"{namespace}/{name}", qos)
-                     for name, t in (("left/image_rect", Image), ("left/camera_info", CameraInfo),
-                                     ("right/image_rect", Image), ("right/camera_info", CameraInfo))}
+        # image_transport 'compressed': the images are CompressedImage on <topic>/compressed (same keys).
+        image = ((CompressedImage, "/compressed") if parameters.get("image_transport", "raw") == "compressed"
+                 else (Image, ""))
+        self.pubs = {name: self.tester.create_publisher(t, f"{namespace}/{name}{suffix}", qos)
+                     for name, (t, suffix) in (("left/image_rect", image), ("left/camera_info", (CameraInfo, "")),
+                                               ("right/image_rect", image), ("right/camera_info", (CameraInfo, "")))}
         self.subs = []
         for name in subscribe:
             self.subscribe(name)

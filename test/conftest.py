@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from _colcon import COLCON, colcon_build
+
 REPO = Path(__file__).resolve().parents[1]
 OPENCV_DATA = Path(os.environ.get("OPENCV_SAMPLE_DATA", "/usr/share/doc/opencv-doc/examples/data"))
 
@@ -51,6 +53,14 @@ def vits_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def colcon_install(tmp_path_factory) -> Path:
+    """``install/`` of a plain ``colcon build`` of a copy of this source tree, built once per session."""
+    if not COLCON.is_file():
+        pytest.skip(f"colcon is not installed beside the test interpreter ({COLCON}); scripts/setup_env.sh installs it")
+    return colcon_build(tmp_path_factory.mktemp("colcon_install"))
+
+
+@pytest.fixture(scope="session")
 def opencv_data() -> Path:
     if not (OPENCV_DATA / "aloeL.jpg").is_file():
         pytest.skip(f"Debian's opencv-doc sample data is not installed ({OPENCV_DATA}); "
@@ -74,3 +84,20 @@ def pytest_collection_modifyitems(config, items) -> None:
             if not cuda:
                 item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU; PyTorch sees none here "
                                                         "(./scripts/gpu_check.sh runs these on a GPU machine)"))
+
+
+@pytest.fixture(scope="module")
+def fp32_without_tf32():
+    """fp32 parity on a GPU means fp32: PyTorch runs cuDNN convolutions in TF32 by default
+    (``torch.backends.cudnn.allow_tf32``), rounding their inputs to a 10-bit mantissa. Module
+    scope, so that modules using it (``pytestmark = pytest.mark.usefixtures(...)``) have TF32
+    off before their own fp32 reference is made. Yields PyTorch's settings as they were."""
+    import torch
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield saved
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

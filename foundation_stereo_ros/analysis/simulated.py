@@ -140,13 +140,15 @@ def count_flops(config: Union[str, FoundationStereoConfig, FoundationStereo], he
     simulated device: ``total``, ``stages`` (as the model's ``on_stage`` hook names them;
     ``gru`` summed over the iterations) and ``gru_iteration``; also ``device_ops``, the number
     of non-view ops the pass dispatches at ``precision`` (about one kernel launch each in eager
-    mode; fp16/bf16 add autocast's casts), in total and per GRU iteration."""
+    mode; fp16/bf16 add autocast's casts of activations), in total and per GRU iteration. Counted
+    as every pass after the first runs: the fp16/bf16 weight copies are made before counting."""
     if height % 32 or width % 32:
         raise ValueError(f"count_flops takes a padded size (multiples of 32), got {height}x{width}")
     model = config if isinstance(config, FoundationStereo) else simulated_cuda_model(config)
     marks = []
     ops = _OpCounter()
     with simulated_cuda(next(model.parameters()).fake_mode):
+        model.prepare(precision)
         left, right = simulated_inputs(height, width)
         counter = FlopCounterMode(display=False)
         with torch.no_grad(), counter, ops.mode:

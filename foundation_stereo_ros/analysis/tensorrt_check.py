@@ -149,3 +149,81 @@ def _einsum_problems(node: Any, where: str, shapes: Dict[str, List[int]]) -> Lis
     if broadcast:
         problems.append(f"{where}: broadcasting on {broadcast} in {equation!r}")
     return problems
+
+
+# ------------------------------------------------------------------ layers an fp16 engine must keep in fp32
+#: Ops the fp32 region extends through: coordinate arithmetic, shape ops and the lookup itself.
+#: Everything else (convolutions, matrix products, softmax, normalisation, activations) computes
+#: features, where fp16 is what makes the engine fast, and ends the region.
+_POSITION_OPS = frozenset({
+    "Add", "Sub", "Mul", "Div", "Neg", "Abs", "Floor", "Ceil", "Round", "Clip", "Min", "Max", "Cast", "Where",
+    "Reshape", "Unsqueeze", "Squeeze", "Expand", "Transpose", "Concat", "Slice", "Split", "Gather", "Pad", "Tile",
+    "Identity", "Flatten", "ReduceSum", "GatherElements",
+})
+_FLOAT_TYPES = frozenset({1, 10, 11, 16})  # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
+
+
+def fp32_position_layers(model: Union[Any, str, os.PathLike]) -> List[str]:
+    """Names of the nodes an fp16 TensorRT engine must keep in fp32, as the PyTorch path does.
+
+    In fp16 the sampling positions of the geometry lookup have steps of 0.125 px from 128 px on
+    (quarter resolution, so 0.5 px at full resolution) and ``disp + delta`` loses the small
+    updates of the last iterations; the upsampled output (x4) has 0.25-0.5 px steps from 256 px.
+    The region: backwards from each GatherElements' indices, from the interpolation weights it
+    is multiplied by, and from the graph's output, through coordinate arithmetic and shape ops
+    (:data:`_POSITION_OPS`, and nearest-neighbour Resize, which copies values: the convex
+    upsampling's), so it takes in the disparity accumulated over the iterations and
+    the lookup positions, and stops at the layers that compute features. Only nodes with a
+    floating-point output are named (integer layers have no precision to set). TensorRT's ONNX
+    parser names each layer after its node, so the names go to ``trtexec --layerPrecisions``
+    (:func:`trtexec_precision_flags`).
+    """
+    import onnx  # optional, as in tensorrt_problems
+    from onnx import shape_inference
+
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(os.fspath(model), load_external_data=False)
+    try:
+        typed = shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:  # noqa: BLE001 - fall back to the types the file records
+        typed = model
+    graph = model.graph
+    elem_type = {vi.name: vi.type.tensor_type.elem_type
+                 for vi in list(typed.graph.value_info) + list(graph.input) + list(graph.output)}
+    producer = {out: node for node in graph.node for out in node.output}
+    consumers: Dict[str, List[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    region: Dict[int, Any] = {}
+    stack: List[str] = [o.name for o in graph.output]
+    for gather in (n for n in graph.node if n.op_type == "GatherElements"):
+        region[id(gather)] = gather
+        stack.append(gather.input[1])  # the indices: positions
+        for mul in (m for m in consumers.get(gather.output[0], []) if m.op_type == "Mul"):
+            region[id(mul)] = mul  # value x interpolation weight
+            stack += [i for i in mul.input if i != gather.output[0]]
+            for add in (a for a in consumers.get(mul.output[0], []) if a.op_type == "Add"):
+                region[id(add)] = add  # v0 + v1
+    seen = set()
+    while stack:
+        name = stack.pop()
+        node = producer.get(name)
+        nearest = node is not None and node.op_type == "Resize" and _attr(node, "mode", "nearest") == "nearest"
+        if name in seen or node is None or (node.op_type not in _POSITION_OPS and not nearest):
+            continue
+        seen.add(name)
+        region[id(node)] = node
+        stack += [node.input[0]] if nearest else [i for i in node.input if i]  # not its sizes
+    order = {id(n): k for k, n in enumerate(graph.node)}
+    names = [n.name for n in sorted(region.values(), key=lambda n: order[id(n)])
+             if n.name and elem_type.get(n.output[0], 1) in _FLOAT_TYPES]
+    return names
+
+
+def trtexec_precision_flags(layers: List[str]) -> str:
+    """``trtexec`` options that keep ``layers`` in fp32 in an ``--fp16`` build."""
+    if not layers:
+        return ""
+    return "--precisionConstraints=obey --layerPrecisions=" + ",".join(f"{name}:fp32" for name in layers)

@@ -12,7 +12,10 @@ Topic layout written by ``foundation-stereo-make-bag`` (``<ns>`` defaults to ``/
 ``<ns>/right/camera_info`` (``image_raw`` instead of ``image_rect`` for images that still need
 rectification), ``<ns>/gt/disparity`` (stereo_msgs/DisparityImage, NaN = unknown) and
 ``<ns>/gt/depth`` (sensor_msgs/Image 32FC1 metres, NaN = unknown). These are the node's own
-input names under the namespace ``<ns>``, so a replay needs no remapping.
+input names under the namespace ``<ns>``, so a replay needs no remapping. With ``--compressed``
+the images are ``sensor_msgs/CompressedImage`` on ``<image topic>/compressed``, as
+compressed_image_transport publishes them (:func:`compressed_image_msg`); the reader takes either
+kind and prefers a raw image topic where a camera has both.
 """
 from __future__ import annotations
 
@@ -26,10 +29,13 @@ from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from foundation_stereo_ros.evaluation.bag_pairing import (CAMERA_INFO, DISPARITY, IMAGE, POINTCLOUD2, BagRecord,
+from foundation_stereo_ros.evaluation.bag_pairing import (CAMERA_INFO, COMPRESSED_IMAGE, COMPRESSED_SUFFIX,
+                                                          DISPARITY, IMAGE, IMAGE_TYPES, POINTCLOUD2, BagRecord,
                                                           StereoPairer, StereoRecord, StereoTopics, detect_topics,
-                                                          pair_stereo_records)
+                                                          image_topic_of, pair_stereo_records)
 from foundation_stereo_ros.pipeline.calibration import CameraModel
+from foundation_stereo_ros.pipeline.compressed import CODECS as COMPRESSED_CODECS  # what the pipeline decodes
+from foundation_stereo_ros.pipeline.compressed import compress_image
 from foundation_stereo_ros.pipeline.geometry import pack_rgb
 from foundation_stereo_ros.ros import messages
 from foundation_stereo_ros.ros.messages import (MessageClasses, disparity_from_msg, image_layout, image_to_array,
@@ -39,10 +45,12 @@ PathLike = Union[str, os.PathLike]
 
 STORAGES = ("sqlite3", "mcap")
 
-__all__ = ["CAMERA_INFO", "DISPARITY", "IMAGE", "POINTCLOUD2", "STORAGES", "BagRecord", "StereoBagReader",
-           "StereoBagWriter", "StereoPairer", "StereoRecord", "StereoTopics", "camera_info_msg", "detect_topics",
-           "disparity_array", "disparity_msg", "gt_depth_array", "header", "image_msg", "image_to_array",
-           "message_classes", "pair_stereo_records", "pointcloud2_msg", "stamp_to_ns", "typestore"]
+__all__ = ["CAMERA_INFO", "COMPRESSED_CODECS", "COMPRESSED_IMAGE", "COMPRESSED_SUFFIX", "DISPARITY", "IMAGE",
+           "IMAGE_TYPES", "POINTCLOUD2", "STORAGES", "BagRecord", "StereoBagReader", "StereoBagWriter",
+           "StereoPairer", "StereoRecord", "StereoTopics", "camera_info_msg", "compress_image",
+           "compressed_image_msg", "detect_topics", "disparity_array", "disparity_msg", "gt_depth_array", "header",
+           "image_msg", "image_to_array", "image_topic_of", "message_classes", "pair_stereo_records",
+           "pointcloud2_msg", "stamp_to_ns", "typestore"]
 
 
 @lru_cache(maxsize=None)
@@ -71,6 +79,14 @@ def image_msg(array: np.ndarray, encoding: str, stamp_ns: int, frame_id: str):
     dtype, _ = image_layout(encoding)
     return messages.image_msg(message_classes(), np.asarray(array).astype(dtype, copy=False), encoding,
                               header(stamp_ns, frame_id))
+
+
+def compressed_image_msg(array: np.ndarray, encoding: str, stamp_ns: int, frame_id: str, codec: str = "jpeg",
+                         jpeg_quality: int = 95, png_level: int = 3):
+    """sensor_msgs/CompressedImage of an rgb8, bgr8 or mono8 image (see
+    :func:`foundation_stereo_ros.pipeline.compressed.compress_image`)."""
+    return messages.compressed_image_msg(message_classes(), array, encoding, header(stamp_ns, frame_id), codec,
+                                         jpeg_quality, png_level)
 
 
 def camera_info_msg(cam: CameraModel, stamp_ns: int, frame_id: str):
@@ -234,6 +250,11 @@ class StereoBagReader:
         for role, topic in values.items():
             if topic and topic not in self.types:
                 raise ValueError(f"topic {topic} ({role}) is not in {self.path}; it has: {', '.join(sorted(self.types))}")
+        for role, kinds in (("left_image", IMAGE_TYPES), ("right_image", IMAGE_TYPES), ("left_info", (CAMERA_INFO,)),
+                            ("right_info", (CAMERA_INFO,))):
+            if self.types[values[role]] not in kinds:
+                raise ValueError(f"topic {values[role]} ({role}) carries {self.types[values[role]]}, expected "
+                                 f"{' or '.join(kinds)}")
         return StereoTopics(**values)
 
     def close(self) -> None:

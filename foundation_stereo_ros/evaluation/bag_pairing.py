@@ -4,10 +4,13 @@
 (:class:`foundation_stereo_ros.ros.sync.TimeSynchronizer`) with the node's sync parameters and
 time-jump handling; :func:`detect_topics` guesses the stereo and ground-truth topics of a bag.
 No rosbags and no rclpy here: records are any deserialised messages with a ``header``.
+
+Images may be ``sensor_msgs/Image`` or, as robots usually record them, ``sensor_msgs/CompressedImage``
+on image_transport's ``<image topic>/compressed``; the pipeline decodes both.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -15,6 +18,10 @@ import numpy as np
 from foundation_stereo_ros.ros.messages import stamp_to_ns
 
 IMAGE = "sensor_msgs/msg/Image"
+COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
+IMAGE_TYPES = (IMAGE, COMPRESSED_IMAGE)
+#: The last name of image_transport's compressed transport topic: ``<image topic>/compressed``.
+COMPRESSED_SUFFIX = "compressed"
 CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
 DISPARITY = "stereo_msgs/msg/DisparityImage"
 POINTCLOUD2 = "sensor_msgs/msg/PointCloud2"
@@ -39,6 +46,11 @@ class StereoTopics:
 
     def stereo(self) -> Tuple[str, str, str, str]:
         return (self.left_image, self.left_info, self.right_image, self.right_info)
+
+    def compressed(self) -> "StereoTopics":
+        """These topics with the images on image_transport's ``<image topic>/compressed``."""
+        return replace(self, left_image=image_topic_of(self.left_image) + "/" + COMPRESSED_SUFFIX,
+                       right_image=image_topic_of(self.right_image) + "/" + COMPRESSED_SUFFIX)
 
 
 @dataclass
@@ -141,38 +153,61 @@ def pair_stereo_records(records: Iterable[BagRecord], topics: StereoTopics,
     return out, pairer.unpaired()
 
 
+def image_topic_of(topic: str) -> str:
+    """The image topic a transport topic belongs to: ``/cam/left/image_raw`` for
+    ``/cam/left/image_raw/compressed``; any other topic is returned as it is."""
+    head, _, last = topic.rpartition("/")
+    return head if last == COMPRESSED_SUFFIX and head else topic
+
+
+def camera_info_topic_of(image_topic: str) -> str:
+    """Where a camera driver publishes the CameraInfo of ``image_topic`` (raw or compressed):
+    ``camera_info`` beside the image topic."""
+    return image_topic_of(image_topic).rsplit("/", 1)[0] + "/camera_info"
+
+
 def _pick(candidates: Sequence[str], prefer: Sequence[str]) -> Optional[str]:
     for p in prefer:
-        hits = [c for c in candidates if c.rsplit("/", 1)[-1] == p]
+        hits = [c for c in candidates if image_topic_of(c).rsplit("/", 1)[-1] == p]
         if len(hits) == 1:
             return hits[0]
     return candidates[0] if len(candidates) == 1 else None
 
 
 def detect_topics(types: Dict[str, str]) -> StereoTopics:
-    """Guess the stereo topics from a bag's topic -> type table: an Image topic under a ``left`` (or
+    """Guess the stereo topics from a bag's topic -> type table: an image topic under a ``left`` (or
     ``infra1``) and a ``right`` (or ``infra2``) namespace, CameraInfo next to each, ground truth under
-    a ``gt``/``ground_truth`` namespace. Raises ValueError listing the topics when unsure."""
-    images = [t for t, ty in types.items() if ty == IMAGE]
+    a ``gt``/``ground_truth`` namespace. Per side a raw ``sensor_msgs/Image`` topic is taken when
+    there is one, else a ``sensor_msgs/CompressedImage`` on ``<image topic>/compressed``
+    (``compressedDepth`` and other transports are not stereo images). Raises ValueError listing the
+    topics when unsure."""
+    raw = [t for t, ty in types.items() if ty == IMAGE]
+    compressed = [t for t, ty in types.items()
+                  if ty == COMPRESSED_IMAGE and t.rsplit("/", 1)[-1] == COMPRESSED_SUFFIX]
     gt_words = ("gt", "ground_truth", "groundtruth")
 
     def parts(t: str) -> List[str]:
         return [p for p in t.split("/") if p]
 
-    def side(word_set: Tuple[str, ...]) -> List[str]:
-        return [t for t in images if any(w in parts(t) for w in word_set)
+    def side(images: List[str], word_set: Tuple[str, ...]) -> List[str]:
+        return [t for t in images if any(w in parts(image_topic_of(t)) for w in word_set)
                 and not any(g in parts(t) for g in gt_words) and "depth" not in parts(t)]
 
     prefer = ("image_rect", "image_rect_color", "image_rect_raw", "image_raw", "image_color", "image")
-    left = _pick(side(("left", "infra1")), prefer)
-    right = _pick(side(("right", "infra2")), prefer)
+
+    def pick(word_set: Tuple[str, ...]) -> Optional[str]:
+        # A raw topic beside its compressed twin is the same camera without the JPEG loss.
+        candidates = side(raw, word_set) or side(compressed, word_set)
+        return _pick(candidates, prefer) if candidates else None
+
+    left, right = pick(("left", "infra1")), pick(("right", "infra2"))
     listing = "\n  ".join(f"{t} [{ty}]" for t, ty in sorted(types.items()))
     if left is None or right is None:
         raise ValueError("cannot tell the left and right image topics apart; pass --left-topic and --right-topic "
                          f"(and --left-info/--right-info). Topics in the bag:\n  {listing}")
     infos = {}
     for name, img in (("left", left), ("right", right)):
-        info = img.rsplit("/", 1)[0] + "/camera_info"
+        info = camera_info_topic_of(img)
         if types.get(info) != CAMERA_INFO:
             raise ValueError(f"no CameraInfo next to {img} (looked for {info}); pass --{name}-info. "
                              f"Topics in the bag:\n  {listing}")

@@ -21,6 +21,7 @@ from .features import SideTuningFeatures
 from .geometry import GeometryEncodingVolume
 from .layers import BiasFreeResidualBlock, ConvNormLeakyReLU, UpsampleConcatConv
 from .padding import InputPadder
+from .precision import CastWeights, compiling
 from .update import SelectiveMultiLevelUpdate
 from .upsample import convex_upsample, image_stem
 from ..vocabulary import PRECISIONS
@@ -69,6 +70,10 @@ class StereoOutput:
     iterations: Optional[List[torch.Tensor]] = None  # (B, 1, H, W) after each GRU iteration
 
 
+def _refresh_cast_weights(model: "FoundationStereo", incompatible_keys) -> None:
+    model.cast_weights.refresh_existing(model)  # new weights reach captured graphs too
+
+
 class FoundationStereo(nn.Module):
     def __init__(self, cfg: FoundationStereoConfig):
         super().__init__()
@@ -106,6 +111,9 @@ class FoundationStereo(nn.Module):
         # ImageNet statistics of the DINOv2 / EdgeNeXt inputs.
         self.register_buffer("rgb_mean", torch.tensor([0.485, 0.456, 0.406]).reshape(1, 3, 1, 1), persistent=False)
         self.register_buffer("rgb_std", torch.tensor([0.229, 0.224, 0.225]).reshape(1, 3, 1, 1), persistent=False)
+        # fp16/bf16 copies of the convolution and linear weights, made once (model/precision.py).
+        self.cast_weights = CastWeights()
+        self.register_load_state_dict_post_hook(_refresh_cast_weights)
 
     # ------------------------------------------------------------------ helpers
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
@@ -118,9 +126,27 @@ class FoundationStereo(nn.Module):
             return contextlib.nullcontext()
         if device.type != "cuda":
             raise ValueError(f"precision {precision!r} needs a CUDA device; use fp32 on {device.type}")
-        # No weight-cast cache: each autocast region here ends within one forward pass anyway, and
-        # CUDA-graph capture must not keep casts from a region that ends outside the graph.
+        # Autocast's own cast cache stays off: the weights arrive cast (``cast_weights``), and a
+        # cache is not allowed in CUDA-graph capture.
         return torch.autocast("cuda", dtype=dtype, cache_enabled=False)
+
+    def _weights_at(self, precision: str):
+        """The convolution and linear weights in the autocast dtype of ``precision`` while the
+        block runs (nothing to do for fp32, or while torch.compile traces)."""
+        dtype = PRECISION_DTYPES[precision]
+        if dtype is None or compiling():
+            return contextlib.nullcontext()
+        return self.cast_weights.swapped_in(self, dtype)
+
+    def prepare(self, precision: str) -> None:
+        """Makes the weight copies that ``forward`` runs with at ``precision`` now (the first
+        pass makes them otherwise): before timing, counting or capturing a CUDA graph."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        dtype = PRECISION_DTYPES[precision]
+        if dtype is not None:
+            with torch.no_grad():  # the copies of inference: of every weight
+                self.cast_weights.refresh(self, dtype)
 
     def hybrid_cost_volume(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
         """Group-wise correlation and projected-feature concatenation of the 1/4 features. Its
@@ -153,8 +179,10 @@ class FoundationStereo(nn.Module):
         stage = on_stage if on_stage is not None else _no_stage
         left_n, right_n = self.normalize(left), self.normalize(right)
         stage("normalize")
-        amp = self._autocast(left.device, precision)
-        with amp:
+        compute_dtype = PRECISION_DTYPES[precision] or torch.float32
+        # One autocast region for the whole pass, the weights already in its dtype; the geometry
+        # lookup, the disparity and its updates stay float32.
+        with self._autocast(left.device, precision), self._weights_at(precision):
             features, mono = self.feature(torch.cat([left_n, right_n], dim=0), on_stage=stage)
             feat_l = [f[:b] for f in features]
             feat_r = [f[b:] for f in features]
@@ -175,23 +203,21 @@ class FoundationStereo(nn.Module):
             att = [self.sam(x) for x in inp]
             stage("context")
 
-        lookup = GeometryEncodingVolume(feat_l[0], feat_r[0], volume, cfg.corr_levels, cfg.corr_radius)
-        stage("geometry_volume")
-        disp = init.float()
-        outputs: List[torch.Tensor] = []
-        up = disp
-        for i in range(iters):
-            disp = disp.detach()  # as in training: each update is supervised on its own
-            geo = lookup(disp)
-            with amp:
+            lookup = GeometryEncodingVolume(feat_l[0], feat_r[0], volume, cfg.corr_levels, cfg.corr_radius)
+            stage("geometry_volume")
+            disp = init.float()
+            outputs: List[torch.Tensor] = []
+            up = disp
+            for i in range(iters):
+                disp = disp.detach()  # as in training: each update is supervised on its own
+                geo = lookup(disp, compute_dtype)  # sampled in float32, handed on in the convs' dtype
                 net, mask_features, delta = self.update_block(net, inp, geo, disp, att)
-            disp = disp + delta.float()
-            stage("gru")
-            if all_iterations or i == iters - 1:
-                with amp:
-                    up = self.upsample_disparity(disp, mask_features.float(), stem.float())
-                outputs.append(up)
-                stage("upsample")
+                disp = disp + delta  # float32: type promotion, without a copy of delta
+                stage("gru")
+                if all_iterations or i == iters - 1:
+                    up = self.upsample_disparity(disp, mask_features, stem)
+                    outputs.append(up)
+                    stage("upsample")
         return StereoOutput(disparity=up, init_disparity=init.float(),
                             iterations=outputs if all_iterations else None)
 

@@ -5,7 +5,8 @@ the filtered cost volume (B, C, D, H, W) along its disparity axis, and an all-pa
 cosine correlation of the 1/4 features along the right image's columns. Each level halves
 the disparity/column axis by average pooling. Sampling is 1-D linear interpolation with
 zeros outside the axis (``grid_sample(align_corners=True)`` semantics), written as two
-gathers so that it never needs a host-device synchronisation.
+gathers so that it never needs a host-device synchronisation. Both the tables and the lookups
+are float32, inside an autocast region too.
 """
 from __future__ import annotations
 
@@ -47,6 +48,10 @@ class GeometryEncodingVolume:
     """Lookup tables built once per pair, sampled once per GRU iteration."""
 
     def __init__(self, left: torch.Tensor, right: torch.Tensor, volume: torch.Tensor, levels: int, radius: int):
+        with torch.autocast(volume.device.type, enabled=False):  # float32 tables
+            self._build(left, right, volume, levels, radius)
+
+    def _build(self, left: torch.Tensor, right: torch.Tensor, volume: torch.Tensor, levels: int, radius: int) -> None:
         b, c, d, h, w = volume.shape
         self.levels = levels
         self.offsets = torch.arange(-radius, radius + 1, device=volume.device, dtype=torch.float32)  # (K,)
@@ -59,8 +64,13 @@ class GeometryEncodingVolume:
             self.corr_pyramid.append(F.avg_pool1d(self.corr_pyramid[-1], 2, stride=2))
         self.columns = torch.arange(w, device=volume.device, dtype=torch.float32).repeat(b * h)  # x of each pixel
 
-    def __call__(self, disp: torch.Tensor) -> torch.Tensor:
-        """disp (B, 1, H, W) at 1/4 resolution -> features (B, levels*(C+1)*(2r+1), H, W)."""
+    def __call__(self, disp: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """disp (B, 1, H, W) at 1/4 resolution -> features (B, levels*(C+1)*(2r+1), H, W),
+        sampled in float32 and returned in ``dtype`` (that of the convolutions reading them)."""
+        with torch.autocast(disp.device.type, enabled=False):
+            return self._lookup(disp, dtype)
+
+    def _lookup(self, disp: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         b, _, h, w = disp.shape
         d = disp.float().reshape(-1, 1)  # (BHW, 1)
         out = []
@@ -71,4 +81,5 @@ class GeometryEncodingVolume:
             corr = linear_sample_1d(self.corr_pyramid[i], x_right)  # (BHW, 1, K)
             out.append(geo.reshape(b, h, w, -1))
             out.append(corr.reshape(b, h, w, -1))
-        return torch.cat(out, dim=-1).permute(0, 3, 1, 2).contiguous()
+        # One copy makes it contiguous and casts it. (B, levels*(C+1)*(2r+1), H, W)
+        return torch.cat(out, dim=-1).permute(0, 3, 1, 2).to(dtype, memory_format=torch.contiguous_format)

@@ -15,7 +15,8 @@ API
     proc = StereoProcessor(config)            # loads the network / builds the matcher; raises
                                               # CheckpointError / BackendError (ValueErrors)
 
-    # From messages (rclpy or rosbags objects with the sensor_msgs field names):
+    # From messages (rclpy or rosbags objects with the sensor_msgs field names; the images may be
+    # Image or CompressedImage (JPEG, PNG), decoded here, in the caller's thread):
     try:
         result = proc.process_messages(left_img, right_img, left_info, right_info,
                                        outputs=Outputs(depth=True, points=True, disparity_color=False))
@@ -61,7 +62,10 @@ stable key (listed in :mod:`.errors`) for counting and reporting: bad input a
 :class:`CalibrationError`, :class:`PairMismatchError` -, and a network that runs out of memory
 even at the smallest allowed resolution an :class:`InferenceMemoryError` (a RuntimeError).
 ``process_messages`` also checks that each image and its own CameraInfo name the same frame
-(``check_frame_ids``).
+(``check_frame_ids``), and that a compressed image decodes to its CameraInfo's size
+(``compressed_size``). With ``Outputs(disparity_without_baseline=True)`` a calibration whose right
+P[0,3] is 0 gives the disparity (``t`` 0) and no depth or points, ``result.depth_problem`` holding
+the ``zero_baseline`` error; otherwise such a frame raises it.
 
 Out of memory: the FoundationStereo backend retries a frame at half the resolution (down to
 ``oom_min_scale_factor * scale``) and returns to the configured scale when memory allows; the
@@ -72,21 +76,23 @@ from .backends import (BackendError, DisparityBackend, ExecutionModeError, Found
 from .calibration import (RECTIFY_MODES, CameraModel, Rectifier, RectificationMaps, StereoCalibration,
                           camera_info_values, make_camera_model, rectification_maps)
 from .config import PROCESSOR_PARAMETERS, SPECS, ParamSpec, ProcessorConfig, config_problems
-from .errors import (CalibrationError, FrameError, ImageDecodeError, InferenceMemoryError, PairMismatchError,
-                     StereoInputError)
+from .compressed import decode_compressed, decode_compressed_msg, is_compressed
+from .errors import (CalibrationError, CompressedImageError, FrameError, ImageDecodeError, InferenceMemoryError,
+                     PairMismatchError, StereoInputError)
 from .geometry import (PointProjector, colorize_disparity, depth_to_points, disparity_to_depth, pack_rgb,
                        project_points, unpack_rgb)
 from .image import (ENCODINGS, DecodedPair, auto_max16, decode_image, decode_image_msg, decode_stereo_pair,
-                    encoding_info, image_to_numpy, to_rgb8)
+                    encoding_info, image_to_numpy, message_pixels, to_rgb8)
 from .processor import ALL_OUTPUTS, Outputs, StereoProcessor, StereoResult, check_frame_ids
 
 __all__ = [
-    "ALL_OUTPUTS", "BackendError", "CalibrationError", "CameraModel", "DecodedPair", "DisparityBackend", "ENCODINGS", "ExecutionModeError",
+    "ALL_OUTPUTS", "BackendError", "CalibrationError", "CameraModel", "CompressedImageError", "DecodedPair", "DisparityBackend", "ENCODINGS", "ExecutionModeError",
     "FoundationStereoBackend", "FrameError", "ImageDecodeError", "InferenceMemoryError", "OnnxBackend", "Outputs", "PROCESSOR_PARAMETERS", "PairMismatchError",
     "ParamSpec", "PointProjector", "ProcessorConfig", "RECTIFY_MODES", "RectificationMaps", "Rectifier",
     "SGBMBackend", "SPECS", "StereoCalibration", "StereoInputError", "StereoProcessor", "StereoResult",
     "auto_max16", "camera_info_values", "check_frame_ids", "is_out_of_memory", "colorize_disparity", "config_problems", "decode_image",
-    "decode_image_msg", "decode_stereo_pair", "depth_to_points", "disparity_to_depth", "encoding_info",
+    "decode_compressed", "decode_compressed_msg", "decode_image_msg", "decode_stereo_pair", "is_compressed",
+    "message_pixels", "depth_to_points", "disparity_to_depth", "encoding_info",
     "image_to_numpy", "make_backend", "make_camera_model", "pack_rgb", "project_points", "rectification_maps",
     "to_rgb8", "unpack_rgb",
 ]

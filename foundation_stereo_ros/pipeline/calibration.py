@@ -212,11 +212,17 @@ class CameraModel:
 
 @dataclass(frozen=True, eq=False)
 class StereoCalibration:
-    """A validated left/right pair. Build with :meth:`from_camera_info` or directly from models."""
+    """A validated left/right pair. Build with :meth:`from_camera_info` or directly from models.
+
+    ``require_baseline=False`` accepts a zero baseline (right P[0,3] = 0, as calibrations that only
+    rectify publish): such a calibration gives a disparity but no depth, and :attr:`depth_problem`
+    says why. Everything else is validated the same way.
+    """
 
     left: CameraModel
     right: CameraModel
     key: bytes = field(init=False, repr=False)
+    require_baseline: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", self.left.key + b"||" + self.right.key)
@@ -226,9 +232,8 @@ class StereoCalibration:
         if l.size != r.size:
             raise CalibrationError("calibration_size", f"left camera_info is {l.width}x{l.height}, right is "
                                                        f"{r.width}x{r.height}")
-        if abs(self.baseline) < 1e-9:
-            raise CalibrationError("zero_baseline", "right camera_info P[0,3] (-fx * baseline) is 0: the "
-                                                    "baseline is unknown; is this the right camera's CameraInfo?")
+        if self.require_baseline and self.depth_problem is not None:
+            raise self.depth_problem
         if abs(r.P[1, 3]) > 1e-3 * abs(r.P[0, 3]):
             raise CalibrationError("vertical_stereo", "right camera_info P has a vertical translation "
                                                       f"(P[1,3]={r.P[1, 3]:g}); only horizontal stereo is supported")
@@ -257,6 +262,14 @@ class StereoCalibration:
         return -float(self.right.P[0, 3]) / float(self.right.P[0, 0])
 
     @property
+    def depth_problem(self) -> Optional[CalibrationError]:
+        """Why this calibration gives no depth (``zero_baseline``), or None."""
+        if abs(self.baseline) < 1e-9:
+            return CalibrationError("zero_baseline", "right camera_info P[0,3] (-fx * baseline) is 0: the baseline "
+                                                     "is unknown; is this the right camera's CameraInfo?")
+        return None
+
+    @property
     def delta_cx(self) -> float:
         """cx_left - cx_right of the rectified images: raw disparity minus published disparity."""
         return self.left.cx - self.right.cx
@@ -281,14 +294,17 @@ class StereoCalibration:
 
     def scaled(self, factor: float) -> "StereoCalibration":
         """The calibration of both images resized by ``factor`` (see :meth:`CameraModel.scaled`)."""
-        return StereoCalibration(self.left.scaled(factor), self.right.scaled(factor))
+        return StereoCalibration(self.left.scaled(factor), self.right.scaled(factor),
+                                 require_baseline=self.require_baseline)
 
     def cropped(self, x0: int, y0: int, width: int, height: int) -> "StereoCalibration":
         """The calibration of the same window of both images."""
-        return StereoCalibration(self.left.cropped(x0, y0, width, height), self.right.cropped(x0, y0, width, height))
+        return StereoCalibration(self.left.cropped(x0, y0, width, height), self.right.cropped(x0, y0, width, height),
+                                 require_baseline=self.require_baseline)
 
     def with_size(self, width: int, height: int) -> "StereoCalibration":
-        return StereoCalibration(self.left.with_size(width, height), self.right.with_size(width, height))
+        return StereoCalibration(self.left.with_size(width, height), self.right.with_size(width, height),
+                                 require_baseline=self.require_baseline)
 
     def check_image_size(self, width: int, height: int) -> None:
         """Raise ``calibration_mismatch`` if the images are not the size the calibration is for."""

@@ -115,6 +115,9 @@ PROCESSOR_PARAMETERS: Tuple[ParamSpec, ...] = (
               min=0.0, max=1.0e4),
     ParamSpec("max_depth", 0.0, "Depths above this (metres) are invalid (NaN) in depth and points2; 0: no limit.",
               min=0.0, max=1.0e4),
+    ParamSpec("edge_filter", 0.0, "Flying-pixel filter: a pixel whose depth differs from one of its 4 neighbours' "
+              "by more than this fraction of the nearer of the two (0.05: 5 %) lies on a depth discontinuity and is "
+              "invalid in disparity, depth and points2; 0: off.", min=0.0, max=10.0),
     ParamSpec("sgbm_num_disparities", 128, "SGBM disparity search range in px (multiple of 16).", min=16, max=1024,
               step=16),
     ParamSpec("sgbm_min_disparity", 0, "SGBM smallest disparity searched, px.", min=-512, max=512, step=1),
@@ -168,6 +171,7 @@ class ProcessorConfig:
     rectify: str = SPECS["rectify"].default
     min_depth: float = SPECS["min_depth"].default
     max_depth: float = SPECS["max_depth"].default
+    edge_filter: float = SPECS["edge_filter"].default
     sgbm_num_disparities: int = SPECS["sgbm_num_disparities"].default
     sgbm_min_disparity: int = SPECS["sgbm_min_disparity"].default
     sgbm_block_size: int = SPECS["sgbm_block_size"].default

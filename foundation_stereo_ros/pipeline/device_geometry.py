@@ -9,7 +9,8 @@ with ``grid_sample`` and handed to the network without a round trip, and depth a
 be computed beside the disparity; each result then comes back with a single device-to-host
 copy. Conventions follow the pipeline: depth ``f * B / d`` in the baseline's units, NaN where
 the disparity is not positive (or NaN), the depth overflows or is out of range; points
-``((u - cx) Z / fx, (v - cy) Z / fy, Z)`` in the left rectified optical frame.
+``((u - cx) Z / fx, (v - cy) Z / fy, Z)`` in the left rectified optical frame; the edge filter
+marks the host's pixels exactly (one definition, :func:`~.geometry.depth_edges`).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .geometry import check_focal_baseline, depth_and_invalid
+from .geometry import check_focal_baseline, depth_and_invalid, depth_edges
 
 Device = Union[str, torch.device]
 
@@ -62,6 +63,15 @@ def disparity_to_depth(disparity: torch.Tensor, f: float, baseline: float, min_d
     check_focal_baseline(f, baseline)
     depth, bad = depth_and_invalid(disparity.float(), f * baseline, min_depth, max_depth, torch.isfinite)
     return depth.masked_fill(bad, float("nan"))
+
+
+def remove_depth_edges(disparity: torch.Tensor, max_jump: float) -> torch.Tensor:
+    """The disparity with NaN where :func:`~foundation_stereo_ros.pipeline.geometry.depth_edges`
+    finds a discontinuity (the host's mask, bit for bit); ``max_jump <= 0``: ``disparity`` itself."""
+    if max_jump <= 0:
+        return disparity
+    disparity = disparity.float()
+    return disparity.masked_fill(depth_edges(disparity, max_jump, torch), float("nan"))
 
 
 def depth_to_points(depth: torch.Tensor, fx: float, fy: float, cx: float, cy: float) -> torch.Tensor:

@@ -47,6 +47,18 @@ class ImageDecodeError(StereoInputError):
     """
 
 
+class CompressedImageError(ImageDecodeError):
+    """A sensor_msgs/CompressedImage that does not decode into the picture it announces
+    (:mod:`.compressed`).
+
+    Problems: ``compressed_truncated`` (no data, or data that ends before the JPEG end-of-image
+    marker or the PNG IEND chunk), ``compressed_corrupt`` (data that is not the codec the format
+    names, a broken JPEG marker structure, data OpenCV cannot decode), ``compressed_format`` (a
+    format that names neither jpeg nor png, or the compressedDepth transport), ``compressed_size``
+    (the image is not the size its CameraInfo gives).
+    """
+
+
 class CalibrationError(StereoInputError):
     """CameraInfo values that cannot describe a rectified stereo pair.
 
@@ -56,7 +68,10 @@ class CalibrationError(StereoInputError):
     ``calibration_size`` (zero width/height, or left and right CameraInfo of different sizes),
     ``calibration_shape`` (K/R/P with the wrong number of values), ``distortion_model``
     (a model OpenCV cannot undistort), ``calibration_binning`` (binning or ROI, not supported),
-    ``zero_baseline``, ``negative_baseline`` (left and right swapped?), ``vertical_stereo``,
+    ``zero_baseline`` (right P[0,3] = 0: no baseline; the disparity needs none, so a processor asked
+    for ``Outputs(disparity_without_baseline=True)`` returns it and names this problem in
+    ``StereoResult.depth_problem`` instead of raising), ``negative_baseline`` (left and right
+    swapped?), ``vertical_stereo``,
     ``not_rectified`` (left and right P disagree on focal length or principal row),
     ``calibration_mismatch`` (CameraInfo size differs from the image size),
     ``frame_id_mismatch`` (an image and its own CameraInfo carry different non-empty frame ids:

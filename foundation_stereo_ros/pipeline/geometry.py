@@ -37,6 +37,42 @@ def depth_and_invalid(disparity: Any, fb: Any, min_depth: float, max_depth: floa
     return depth, bad
 
 
+def depth_edges(disparity: Any, max_jump: float, xp: Any) -> Any:
+    """(H, W) bool: pixels on a depth discontinuity ("flying pixels"), for a numpy array or torch
+    tensor alike (``xp`` is ``numpy`` or ``torch``): the one definition of the edge filter.
+
+    Two 4-neighbours form a discontinuity when the farther one's depth exceeds the nearer one's by
+    more than ``max_jump`` times the nearer one's (``|Z - Z_n| / min(Z, Z_n) > max_jump``; 0.05 =
+    5 %); both are marked. With ``Z = f * B / d`` that is ``max(d, d_n) > (1 + max_jump) * min(d, d_n)``
+    on the disparity itself, so neither the calibration nor the depth limits enter. Pairs with a
+    NaN or non-positive disparity are no discontinuity (an invalid neighbour invalidates nothing).
+    """
+    d = disparity
+    # Rounded to float32 once, so numpy and torch (CPU or CUDA) compare against the same number.
+    factor = float(np.float32(1.0 + max_jump))
+
+    def jumps(a: Any, b: Any) -> Any:
+        near, far = xp.maximum(a, b), xp.minimum(a, b)  # larger disparity: nearer; NaN propagates
+        return (far > 0) & (near > far * factor)
+
+    across = jumps(d[:, 1:], d[:, :-1])  # (H, W-1): each pixel and its right neighbour
+    down = jumps(d[1:], d[:-1])  # (H-1, W): each pixel and the one below it
+    edges = xp.zeros_like(d, dtype=bool)
+    edges[:, 1:] |= across
+    edges[:, :-1] |= across
+    edges[1:] |= down
+    edges[:-1] |= down
+    return edges
+
+
+def remove_depth_edges(disparity: np.ndarray, max_jump: float) -> np.ndarray:
+    """NaN (invalid) in place where :func:`depth_edges` finds a discontinuity; ``max_jump <= 0``:
+    unchanged. Returns ``disparity`` (float32, published convention)."""
+    if max_jump > 0:
+        disparity[depth_edges(disparity, max_jump, np)] = np.nan
+    return disparity
+
+
 def disparity_to_depth(disparity: np.ndarray, f: float, baseline: float, min_depth: float = 0.0,
                        max_depth: float = 0.0) -> np.ndarray:
     """Depth in the units of ``baseline`` (float32), NaN where invalid (see :func:`depth_and_invalid`)."""

@@ -1,4 +1,4 @@
-"""Decoding raw sensor_msgs/Image fields into numpy, and into the RGB 8-bit form the matchers use.
+"""Decoding sensor_msgs/Image fields into numpy, and into the RGB 8-bit form the matchers use.
 
 Two steps, both pure functions of the message fields, so the node and the offline tools (which
 read rosbags messages with the same field names) decode a frame identically:
@@ -12,6 +12,9 @@ read rosbags messages with the same field names) decode a frame identically:
   scaled linearly so that ``max16`` maps to 255; :func:`decode_stereo_pair` picks one ``max16``
   for both images of a pair so that left and right keep the same brightness mapping.
 
+:func:`message_pixels`, :func:`decode_image_msg` and :func:`decode_stereo_pair` also take
+sensor_msgs/CompressedImage-like messages (JPEG, PNG), decoded by :mod:`.compressed`.
+
 Every malformed message raises :class:`~.errors.ImageDecodeError` with a ``problem`` key.
 """
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any, Dict, Optional, Tuple
 import cv2
 import numpy as np
 
+from .compressed import decode_compressed_msg, is_compressed
 from .errors import ImageDecodeError, PairMismatchError
 
 
@@ -206,9 +210,23 @@ def image_fields(msg: Any) -> Tuple[str, int, int, int, int, Any]:
     return msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian, msg.data
 
 
+def message_pixels(msg: Any, expected_size: Optional[Tuple[int, int]] = None) -> Tuple[np.ndarray, str]:
+    """``(pixels, encoding)`` of an Image-like or CompressedImage-like object (rclpy, rosbags): the
+    pixels as :func:`image_to_numpy` gives them and the encoding they are in.
+
+    ``expected_size`` (width, height, from the CameraInfo) is checked for compressed images only
+    (``compressed_size``), whose size is known only once decoded; a raw image's size is checked
+    against its calibration by the processor (``calibration_mismatch``).
+    """
+    if is_compressed(msg):
+        return decode_compressed_msg(msg, expected_size)
+    return image_to_numpy(*image_fields(msg)), msg.encoding
+
+
 def decode_image_msg(msg: Any, max16: Optional[float] = None) -> np.ndarray:
-    """:func:`decode_image` on an Image-like object."""
-    return decode_image(*image_fields(msg), max16=max16)
+    """:func:`decode_image` on an Image-like or CompressedImage-like object."""
+    pixels, encoding = message_pixels(msg)
+    return to_rgb8(pixels, encoding, max16)
 
 
 @dataclass(frozen=True)
@@ -220,15 +238,15 @@ class DecodedPair:
     grey: bool  # True when the camera gave grey (mono/IR) images: the three channels are equal
 
 
-def decode_stereo_pair(left_msg: Any, right_msg: Any) -> DecodedPair:
+def decode_stereo_pair(left_msg: Any, right_msg: Any, expected_size: Optional[Tuple[int, int]] = None) -> DecodedPair:
     """Decode both images of a pair with one 16-bit scale; checks that they belong together.
 
-    Raises :class:`ImageDecodeError` for a malformed image and :class:`PairMismatchError` when the
-    sizes differ or one image is grey and the other colour.
+    Each message may be an Image or a CompressedImage (see :func:`message_pixels`, also for
+    ``expected_size``). Raises :class:`ImageDecodeError` for a malformed image and
+    :class:`PairMismatchError` when the sizes differ or one image is grey and the other colour.
     """
-    l_enc, r_enc = left_msg.encoding, right_msg.encoding
-    left = image_to_numpy(*image_fields(left_msg))
-    right = image_to_numpy(*image_fields(right_msg))
+    left, l_enc = message_pixels(left_msg, expected_size)
+    right, r_enc = message_pixels(right_msg, expected_size)
     if left.shape[:2] != right.shape[:2]:
         raise PairMismatchError("size_mismatch", f"left image is {left.shape[1]}x{left.shape[0]}, right image is "
                                                  f"{right.shape[1]}x{right.shape[0]}; they must have the same size")

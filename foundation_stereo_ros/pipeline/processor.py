@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Optional, Tuple
 
 import cv2
@@ -15,8 +15,8 @@ import numpy as np
 from .backends import DisparityBackend, FoundationStereoBackend, make_backend
 from .calibration import CameraModel, Rectifier, StereoCalibration
 from .config import ProcessorConfig
-from .errors import CalibrationError, PairMismatchError
-from .geometry import PointProjector, colorize_disparity, disparity_to_depth, pack_rgb_channels
+from .errors import CalibrationError, FrameError, PairMismatchError
+from .geometry import PointProjector, colorize_disparity, disparity_to_depth, pack_rgb_channels, remove_depth_edges
 from .image import DecodedPair, decode_stereo_pair
 
 
@@ -30,6 +30,10 @@ class Outputs:
     #: ``left_rect`` / ``right_rect`` on the host. Only the network-device path can leave them out
     #: (``None``), saving the copy of the rectified pair back from the GPU; elsewhere they exist anyway.
     rectified_images: bool = True
+    #: A calibration that can match but has no baseline (right P[0,3] = 0, problem ``zero_baseline``)
+    #: still gives the disparity (``t`` 0); depth and points are left out and the result's
+    #: ``depth_problem`` says why. False: such a frame raises ``zero_baseline``, as any unusable one.
+    disparity_without_baseline: bool = False
 
 
 ALL_OUTPUTS = Outputs(depth=True, points=True, disparity_color=True)
@@ -54,7 +58,7 @@ class StereoResult:
     camera: CameraModel  # rectified left camera: CameraInfo of depth, disparity and left_rect
     right_camera: CameraModel  # rectified right camera (P with its -fx * baseline): CameraInfo of right_rect
     f: float  # DisparityImage.f: focal length, px (right P)
-    t: float  # DisparityImage.t: baseline (right P), metres
+    t: float  # DisparityImage.t: baseline (right P), metres; 0 when the calibration has none (depth_problem)
     delta_cx: float  # cx_left - cx_right, px (raw disparity = disparity + delta_cx)
     min_disparity: float  # DisparityImage.min_disparity (published convention)
     max_disparity: float  # DisparityImage.max_disparity (published convention)
@@ -72,6 +76,9 @@ class StereoResult:
     #: The network ran its prepared fast execution mode (None: eager configured; False: this frame's
     #: size differs from the prepared one and ran eager).
     fast_execution: Optional[bool] = None
+    #: Why this frame has no depth and points whatever was asked (``zero_baseline``: the calibration
+    #: has no baseline, see ``Outputs.disparity_without_baseline``); None when its calibration gives depth.
+    depth_problem: Optional[FrameError] = None
 
     def set_cloud(self, cloud: np.ndarray) -> None:
         """Store an (H, W, 4) x, y, z, colour-bits buffer and expose ``points`` and ``colors`` as views."""
@@ -124,14 +131,15 @@ class StereoProcessor:
         return self.backend.prepare(width, height)
 
     # ------------------------------------------------------------------ calibration
-    def calibration(self, left_info: Any, right_info: Any) -> StereoCalibration:
-        """Validated calibration of two CameraInfo-like objects, cached by content."""
+    def calibration(self, left_info: Any, right_info: Any, require_baseline: bool = True) -> StereoCalibration:
+        """Validated calibration of two CameraInfo-like objects, cached by content
+        (``require_baseline``: see :class:`StereoCalibration`)."""
         left = CameraModel.from_camera_info(left_info, "left")
         right = CameraModel.from_camera_info(right_info, "right")
-        key = left.key + b"||" + right.key
+        key = left.key + b"||" + right.key + (b"" if require_baseline else b"|no-baseline")
         calib = self._calibrations.get(key)
         if calib is None:
-            calib = StereoCalibration(left, right)  # validates; raises CalibrationError
+            calib = StereoCalibration(left, right, require_baseline=require_baseline)  # validates; raises
             self._calibrations[key] = calib
             while len(self._calibrations) > 4:
                 self._calibrations.popitem(last=False)
@@ -140,14 +148,15 @@ class StereoProcessor:
     # ------------------------------------------------------------------ processing
     def process_messages(self, left_image: Any, right_image: Any, left_info: Any, right_info: Any,
                          outputs: Outputs = Outputs()) -> StereoResult:
-        """Decode two Image-like and two CameraInfo-like objects (rclpy or rosbags messages) and
-        :meth:`process` them. Raises :class:`StereoInputError` subclasses for bad input."""
+        """Decode two Image-like (or CompressedImage-like) and two CameraInfo-like objects (rclpy or
+        rosbags messages) and :meth:`process` them. Raises :class:`StereoInputError` subclasses for
+        bad input."""
         t0 = time.perf_counter()
         if self.config.check_frame_ids:
             check_frame_ids(left_image, left_info, "left")
             check_frame_ids(right_image, right_info, "right")
-        calib = self.calibration(left_info, right_info)
-        pair = decode_stereo_pair(left_image, right_image)
+        calib = self.calibration(left_info, right_info, require_baseline=not outputs.disparity_without_baseline)
+        pair = decode_stereo_pair(left_image, right_image, expected_size=calib.left.size)
         decode_s = time.perf_counter() - t0
         result = self.process(pair, calib, outputs)
         result.timings["decode"] = decode_s
@@ -156,7 +165,12 @@ class StereoProcessor:
 
     def process(self, pair: DecodedPair, calibration: StereoCalibration,
                 outputs: Outputs = Outputs()) -> StereoResult:
-        """Process a decoded pair (RGB uint8, equal sizes) with its calibration."""
+        """Process a decoded pair (RGB uint8, equal sizes) with its calibration. A calibration
+        without a baseline (built with ``require_baseline=False``) gives the disparity only, and
+        ``depth_problem`` names what is missing."""
+        depth_problem = calibration.depth_problem
+        if depth_problem is not None:
+            outputs = replace(outputs, depth=False, points=False)
         timings: Dict[str, float] = {}
         t_start = t = time.perf_counter()
         left, right = pair.left, pair.right
@@ -181,14 +195,18 @@ class StereoProcessor:
             t = _lap(timings, "match", t)
             if delta_cx:
                 disparity -= np.float32(delta_cx)
+            if self.config.edge_filter > 0:
+                remove_depth_edges(disparity, self.config.edge_filter)
+                t = _lap(timings, "edge_filter", t)
         lo, hi = backend.search_range(w)
         result = StereoResult(
             disparity=disparity, left_rect=left, right_rect=right, grey=pair.grey, rectified=rectified,
-            camera=cam, right_camera=calibration.rectified_right, f=calibration.f, t=calibration.baseline,
+            camera=cam, right_camera=calibration.rectified_right, f=calibration.f,
+            t=0.0 if depth_problem is not None else calibration.baseline,
             delta_cx=delta_cx,
             min_disparity=lo - delta_cx, max_disparity=hi - delta_cx, delta_d=backend.delta_d,
             valid_window=backend.valid_window(w, h), timings=timings, network_scale=backend.last_scale,
-            oom_retries=backend.last_oom_retries, fast_execution=backend.last_fast)
+            oom_retries=backend.last_oom_retries, fast_execution=backend.last_fast, depth_problem=depth_problem)
 
         if on_device:
             result.depth = depth
@@ -246,7 +264,7 @@ class StereoProcessor:
         # PyTorch only here: this module is also imported by SGBM users who have no torch.
         import torch
 
-        from .device_geometry import depth_to_points, disparity_to_depth as depth_on_device
+        from .device_geometry import depth_to_points, disparity_to_depth as depth_on_device, remove_depth_edges
 
         backend = self.backend
         left, right = pair.left, pair.right
@@ -272,8 +290,11 @@ class StereoProcessor:
             disparity = backend.compute_on_device(images)  # (H, W) raw, NaN invalid
             if calibration.delta_cx:
                 disparity = disparity - calibration.delta_cx
-            wanted["disparity"] = disparity
             t = lap("match", t)
+            if self.config.edge_filter > 0:
+                disparity = remove_depth_edges(disparity, self.config.edge_filter)
+                t = lap("edge_filter", t)
+            wanted["disparity"] = disparity
             if outputs.depth or outputs.points:
                 depth_t = depth_on_device(disparity, calibration.f, calibration.baseline, self.config.min_depth,
                                           self.config.max_depth)

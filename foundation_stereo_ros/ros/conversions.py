@@ -16,17 +16,17 @@ from typing import Any, Optional
 
 import numpy as np
 from builtin_interfaces.msg import Time
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField, RegionOfInterest
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField, RegionOfInterest
 from std_msgs.msg import Header
 from stereo_msgs.msg import DisparityImage
 
 from ..pipeline.calibration import CameraModel
 from . import messages
-from .messages import POINT_FIELDS, disparity_from_msg, image_to_array, pointcloud2_to_array
+from .messages import DEPTH_FORMATS, POINT_FIELDS, disparity_from_msg, image_to_array, pointcloud2_to_array
 
-__all__ = ["POINT_FIELDS", "RCLPY_CLASSES", "camera_info_msg", "camera_model", "disparity_from_msg",
-           "disparity_image_msg", "image_to_array", "numpy_to_image", "payload", "pointcloud2_msg",
-           "pointcloud2_to_array"]
+__all__ = ["DEPTH_FORMATS", "POINT_FIELDS", "RCLPY_CLASSES", "camera_info_msg", "camera_model", "depth_image_msg",
+           "disparity_from_msg", "disparity_image_msg", "image_to_array", "numpy_to_image", "payload",
+           "pointcloud2_msg", "pointcloud2_to_array"]
 
 
 def payload(a: np.ndarray) -> "array.array[int]":
@@ -38,7 +38,8 @@ def payload(a: np.ndarray) -> "array.array[int]":
 
 #: rclpy's message classes, for the builders of :mod:`.messages`.
 RCLPY_CLASSES = messages.MessageClasses(
-    Time=Time, Header=Header, Image=Image, CameraInfo=CameraInfo, RegionOfInterest=RegionOfInterest,
+    Time=Time, Header=Header, Image=Image, CompressedImage=CompressedImage, CameraInfo=CameraInfo,
+    RegionOfInterest=RegionOfInterest,
     DisparityImage=DisparityImage, PointCloud2=PointCloud2, PointField=PointField, bytes_field=payload,
     float64_field=lambda v: array.array("d", np.asarray(v, dtype=np.float64).reshape(-1).tolist()))
 
@@ -46,6 +47,12 @@ RCLPY_CLASSES = messages.MessageClasses(
 def numpy_to_image(array_: np.ndarray, encoding: str, header: Optional[Header] = None) -> Image:
     """An Image holding ``array_`` ((H, W) or (H, W, C), dtype matching ``encoding``), dense rows."""
     return messages.image_msg(RCLPY_CLASSES, array_, encoding, header if header is not None else Header())
+
+
+def depth_image_msg(depth: np.ndarray, header: Header, depth_format: str = "32FC1") -> Image:
+    """The depth image of a result (metres, NaN invalid) as 32FC1 metres or 16UC1 millimetres
+    (0 invalid or beyond 65.535 m); see :func:`.messages.depth_image_msg`."""
+    return messages.depth_image_msg(RCLPY_CLASSES, depth, header, depth_format)
 
 
 def camera_info_msg(model: CameraModel, header: Optional[Header] = None) -> CameraInfo:

@@ -1,4 +1,5 @@
-"""The one set of message builders and readers: Image, CameraInfo, DisparityImage, PointCloud2.
+"""The one set of message builders and readers: Image, CompressedImage, CameraInfo, DisparityImage,
+PointCloud2.
 
 The builders take a :class:`MessageClasses`, which says where the message classes come from:
 rclpy's generated classes for the live node (:mod:`.conversions`), or a `rosbags` typestore for
@@ -15,6 +16,7 @@ from typing import Any, Callable, Optional, Tuple
 import numpy as np
 
 from ..pipeline.calibration import CameraModel
+from ..pipeline.compressed import compress_image
 from ..pipeline.image import ENCODINGS, image_fields, image_to_numpy
 
 NS_PER_S = 1_000_000_000
@@ -41,6 +43,7 @@ class MessageClasses:
     Time: Any
     Header: Any
     Image: Any
+    CompressedImage: Any
     CameraInfo: Any
     RegionOfInterest: Any
     DisparityImage: Any
@@ -54,7 +57,8 @@ class MessageClasses:
         """The classes of a `rosbags` typestore (their arrays are numpy arrays)."""
         t = typestore.types
         return cls(Time=t["builtin_interfaces/msg/Time"], Header=t["std_msgs/msg/Header"],
-                   Image=t["sensor_msgs/msg/Image"], CameraInfo=t["sensor_msgs/msg/CameraInfo"],
+                   Image=t["sensor_msgs/msg/Image"], CompressedImage=t["sensor_msgs/msg/CompressedImage"],
+                   CameraInfo=t["sensor_msgs/msg/CameraInfo"],
                    RegionOfInterest=t["sensor_msgs/msg/RegionOfInterest"],
                    DisparityImage=t["stereo_msgs/msg/DisparityImage"], PointCloud2=t["sensor_msgs/msg/PointCloud2"],
                    PointField=t["sensor_msgs/msg/PointField"],
@@ -111,6 +115,16 @@ def image_msg(classes: MessageClasses, array_: np.ndarray, encoding: str, header
                          data=classes.bytes_field(a))
 
 
+def compressed_image_msg(classes: MessageClasses, array_: np.ndarray, encoding: str, header: Any,
+                         codec: str = "jpeg", jpeg_quality: int = 95, png_level: int = 3) -> Any:
+    """sensor_msgs/CompressedImage of an rgb8, bgr8 or mono8 image, with the format string and
+    data compressed_image_transport's publisher writes (see
+    :func:`foundation_stereo_ros.pipeline.compressed.compress_image`)."""
+    fmt, data = compress_image(array_, encoding, codec, jpeg_quality, png_level)
+    return classes.CompressedImage(header=header, format=fmt,
+                                   data=classes.bytes_field(np.frombuffer(data, dtype=np.uint8)))
+
+
 def image_to_array(msg: Any) -> np.ndarray:
     """Pixels of an Image as numpy (any encoding of :data:`ENCODINGS` or 32FC1/64FC1/16SC1/32SC1)."""
     if msg.encoding in _EXTRA_ENCODINGS:
@@ -125,6 +139,35 @@ def image_to_array(msg: Any) -> np.ndarray:
         rows = np.ascontiguousarray(raw.reshape(msg.height, msg.step)[:, :row])
         return rows.view(dtype.newbyteorder(">" if msg.is_bigendian else "<")).astype(dtype)
     return image_to_numpy(*image_fields(msg))
+
+
+# --------------------------------------------------------------------------------------- depth
+
+#: Depth image encodings: 32FC1 metres with NaN invalid, or 16UC1 millimetres with 0 invalid
+#: (REP 118; what RealSense-style consumers and recorders take).
+DEPTH_FORMATS = ("32FC1", "16UC1")
+_MAX_MILLIMETRES = np.iinfo(np.uint16).max  # 65.535 m
+
+
+def depth_to_millimetres(depth: np.ndarray) -> np.ndarray:
+    """uint16 millimetres (rounded) of a depth in metres; 0 where the depth is NaN (invalid) or does
+    not fit (over 65.535 m), as REP 118 wants for 16UC1 depth."""
+    mm = np.asarray(depth, dtype=np.float32) * np.float32(1000.0)
+    out = np.zeros(mm.shape, np.uint16)
+    with np.errstate(invalid="ignore"):
+        fits = mm < _MAX_MILLIMETRES + 0.5  # NaN compares false; rounds to at most 65535
+        fits &= mm >= 0.0
+    out[fits] = np.rint(mm[fits])
+    return out
+
+
+def depth_image_msg(classes: MessageClasses, depth: np.ndarray, header: Any, depth_format: str = "32FC1") -> Any:
+    """sensor_msgs/Image of a depth in metres (NaN invalid) in ``depth_format`` (:data:`DEPTH_FORMATS`)."""
+    if depth_format == "32FC1":
+        return image_msg(classes, np.asarray(depth, dtype=np.float32), "32FC1", header)
+    if depth_format == "16UC1":
+        return image_msg(classes, depth_to_millimetres(depth), "16UC1", header)
+    raise ValueError(f"depth_format must be one of {', '.join(DEPTH_FORMATS)}, got {depth_format!r}")
 
 
 # --------------------------------------------------------------------------------------- CameraInfo

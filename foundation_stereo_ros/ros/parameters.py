@@ -17,6 +17,9 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 
 from ..pipeline import ProcessorConfig, StereoProcessor
 from ..pipeline.config import PROCESSOR_PARAMETERS, ParamSpec, config_problems
+from .messages import DEPTH_FORMATS
+
+IMAGE_TRANSPORTS = ("raw", "compressed")
 
 #: Parameters of the node itself (the processing ones are PROCESSOR_PARAMETERS).
 NODE_PARAMETERS: Tuple[ParamSpec, ...] = (
@@ -31,6 +34,14 @@ NODE_PARAMETERS: Tuple[ParamSpec, ...] = (
               choices=("best_effort", "reliable")),
     ParamSpec("qos_depth", 5, "History depth of the input subscriptions and output publishers. Read-only at "
               "runtime.", min=1, max=100, step=1),
+    ParamSpec("image_transport", "raw", "Transport of the input images: 'raw' (sensor_msgs/Image on left/image_rect "
+              "and right/image_rect) or 'compressed' (sensor_msgs/CompressedImage, JPEG or PNG as "
+              "compressed_image_transport publishes it, on <image topic>/compressed: remap the image topics as for "
+              "'raw'); compressed images are decoded in the worker thread. Read-only at runtime.",
+              choices=IMAGE_TRANSPORTS),
+    ParamSpec("depth_format", "32FC1", "Encoding of the depth image: '32FC1' (metres, NaN where invalid) or '16UC1' "
+              "(millimetres, 0 where invalid or beyond 65.535 m; REP 118, as RealSense-style consumers take).",
+              choices=DEPTH_FORMATS),
     ParamSpec("points_organized", True, "points2 as an organised H x W cloud with NaN for invalid pixels (true) "
               "or a dense 1 x N cloud of valid points only (false)."),
     ParamSpec("diagnostics_period_s", 1.0, "Period of the /diagnostics status, seconds. Read-only at runtime.",
@@ -39,7 +50,7 @@ NODE_PARAMETERS: Tuple[ParamSpec, ...] = (
               "seconds (with a count of the suppressed ones).", min=0.0, max=3600.0),
 )
 READ_ONLY = frozenset({"approximate_sync", "sync_tolerance_s", "queue_size", "qos_reliability", "qos_depth",
-                       "diagnostics_period_s"})
+                       "image_transport", "diagnostics_period_s"})
 ALL_PARAMETERS: Tuple[ParamSpec, ...] = PROCESSOR_PARAMETERS + NODE_PARAMETERS
 _PROCESSOR_NAMES = frozenset(s.name for s in PROCESSOR_PARAMETERS)
 _NODE_SPECS = {s.name: s for s in NODE_PARAMETERS}
@@ -55,6 +66,7 @@ class FrameSettings:
 
     processor: StereoProcessor
     points_organized: bool
+    depth_format: str = DEPTH_FORMATS[0]
 
 
 @dataclass(frozen=True)
@@ -110,7 +122,7 @@ def initial_settings(values: Mapping[str, Any]) -> FrameSettings:
         processor = StereoProcessor(config)
     except ValueError as e:  # CheckpointError, BackendError
         raise StartupError(f"{config.backend} backend: {e}") from None
-    return FrameSettings(processor, bool(values["points_organized"]))
+    return FrameSettings(processor, bool(values["points_organized"]), str(values["depth_format"]))
 
 
 def change_parameters(base: FrameSettings, values: Mapping[str, Any], changes: Mapping[str, Any]) -> ParameterChange:
@@ -144,7 +156,8 @@ def change_parameters(base: FrameSettings, values: Mapping[str, Any], changes: M
                 and getattr(processor.backend, "prepared_size", None) is None):
             notes.append(f"execution {cfg.execution!r} will be prepared on the next frame, which will be slow "
                          f"(frames arriving meanwhile are dropped, newest kept)")
-    settings = replace(base, processor=processor, points_organized=bool(merged["points_organized"]))
+    settings = replace(base, processor=processor, points_organized=bool(merged["points_organized"]),
+                       depth_format=str(merged["depth_format"]))
     return ParameterChange(settings=settings, notes=tuple(notes))
 
 

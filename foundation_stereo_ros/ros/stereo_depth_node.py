@@ -7,8 +7,12 @@ this module only moves messages.
 Topics (relative, so namespaces and remaps work):
 
 * subscribes ``left/image_rect``, ``left/camera_info``, ``right/image_rect``, ``right/camera_info``
-  (sensor-data QoS: best effort, keep last ``qos_depth``; ``qos_reliability`` overrides);
-* publishes ``disparity`` (stereo_msgs/DisparityImage), ``depth`` (32FC1 metres, NaN invalid) and
+  (sensor-data QoS: best effort, keep last ``qos_depth``; ``qos_reliability`` overrides); with
+  ``image_transport: compressed`` the images come as sensor_msgs/CompressedImage from
+  ``<image topic>/compressed``, the image topic resolved first (remaps of ``left/image_rect`` apply,
+  as with image_transport), and are decoded by the pipeline in the worker thread;
+* publishes ``disparity`` (stereo_msgs/DisparityImage), ``depth`` (``depth_format``: 32FC1 metres,
+  NaN invalid, or 16UC1 millimetres, 0 invalid) and
   ``depth/camera_info``, ``points2`` (x y z + packed rgb), ``left_rect/image`` and
   ``left_rect/camera_info`` (the left image that was matched, registered with depth), and
   ``disparity_color`` (rgb8 colour map), all stamped and framed like the left image; plus
@@ -23,6 +27,9 @@ messages and the first pair at the new time are discarded, pairing restarts with
 and ``internal_error``; each is logged at most once per ``log_throttle_s`` as ``[<key>] ...``.
 A frame the network could only match at a reduced resolution because the GPU ran out of memory
 is published (coarser, not wrong) and counted in ``oom_retries`` / ``reduced_resolution_frames``.
+A calibration that can match but has no baseline (right P[0,3] = 0, as image_pipeline's own
+stereo test fixture publishes) gives the disparity (``t`` 0) and no depth or points: the frame is
+counted and logged as ``zero_baseline``, its disparity published.
 
 Threading (:mod:`.handover`): the synchroniser callback only stores the newest pair (an older
 pair still waiting is dropped and counted), so the executor never blocks on inference. Two
@@ -56,11 +63,11 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from stereo_msgs.msg import DisparityImage
 
 from ..pipeline import FrameError, Outputs, StereoProcessor
-from .conversions import camera_info_msg, disparity_image_msg, numpy_to_image, pointcloud2_msg
+from .conversions import camera_info_msg, depth_image_msg, disparity_image_msg, numpy_to_image, pointcloud2_msg
 from .diagnostics import Stats, StatsSnapshot, ThrottledLog, diagnose, resident_memory_mb
 from .handover import FrameHandover
 from .parameters import (ALL_PARAMETERS, FrameSettings, StartupError, change_parameters, declare_parameters,
@@ -75,6 +82,15 @@ SHUTDOWN_WAIT_S = 4.0
 
 INPUTS = (("left/image_rect", Image), ("left/camera_info", CameraInfo),
           ("right/image_rect", Image), ("right/camera_info", CameraInfo))
+
+
+def input_topics(node: Node, image_transport: str) -> Tuple[Tuple[str, type], ...]:
+    """(topic, type) of the four inputs: :data:`INPUTS`, or with ``compressed`` the images'
+    CompressedImage topics, ``<resolved image topic>/compressed`` as image_transport names them."""
+    if image_transport == "raw":
+        return INPUTS
+    return tuple((f"{node.resolve_topic_name(name)}/compressed", CompressedImage) if t is Image else (name, t)
+                 for name, t in INPUTS)
 
 
 @dataclass(frozen=True)
@@ -95,8 +111,8 @@ class _Matched:
 
     settings: FrameSettings
     result: Any  # StereoResult
-    left_img: Image
-    right_img: Image
+    left_img: Any  # Image or CompressedImage: only its header is used
+    right_img: Any
     wanted: _Wanted
     t0: float  # perf_counter when the worker took the pair
 
@@ -134,8 +150,9 @@ class StereoDepthNode(Node):
         sync = SyncOptions(queue_size=int(values["queue_size"]), approximate=bool(values["approximate_sync"]),
                            tolerance_s=float(values["sync_tolerance_s"]))
         self._time_jumps = TimeJumpGuard(sync.approximate, sync.tolerance_s)
-        self._sync = subscribe_synchronized(self, [(t, name) for name, t in INPUTS], qos_in, self._on_pair, sync,
-                                            on_message=self._on_message, on_unpaired=self._on_unpaired)
+        self._inputs = input_topics(self, str(values["image_transport"]))
+        self._sync = subscribe_synchronized(self, [(t, name) for name, t in self._inputs], qos_in, self._on_pair,
+                                            sync, on_message=self._on_message, on_unpaired=self._on_unpaired)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self._diag_previous = self._stats.snapshot()
@@ -143,7 +160,7 @@ class StereoDepthNode(Node):
         self._frames.start()
         config = settings.processor.config
         self.get_logger().info(
-            f"ready: backend {config.backend}, rectify {config.rectify}, "
+            f"ready: backend {config.backend}, rectify {config.rectify}, {values['image_transport']} images, "
             f"{'approximate' if sync.approximate else 'exact'} sync on "
             f"{', '.join(self._sync.topic_names())}"
             f"{' (message_filters)' if self._sync.uses_message_filters else ''}")
@@ -227,27 +244,26 @@ class StereoDepthNode(Node):
             # pairing of the new ones until they age out. The pair at the jump is discarded too
             # (in _on_pair), so consumers see a clean break rather than a frame from before their reset.
             self._stats.problem("time_jump_back")
-            self._log.warn("time_jump_back", f"{INPUTS[index][0]} stamp went back by {back_ns / 1e9:.3f} s "
+            self._log.warn("time_jump_back", f"{self._inputs[index][0]} stamp went back by {back_ns / 1e9:.3f} s "
                                              f"(bag loop? restarted driver?); discarding queued newer messages and "
                                              f"the pair stamped {t / 1e9:.6f}, resuming with the next pair")
             self._sync.discard_newer_than(t)
 
     def _on_unpaired(self, index: int, msg: Any) -> None:
         self._stats.problem("unpaired")
-        name = INPUTS[index][0]
+        name = self._inputs[index][0]
         self._log.warn("unpaired", f"{name} stamped {stamp_ns(msg) / 1e9:.6f} found no partner on the other "
                                    f"inputs (exact sync needs equal stamps; set approximate_sync / "
                                    f"sync_tolerance_s for unsynchronised cameras)")
 
-    def _on_pair(self, left_img: Image, left_info: CameraInfo, right_img: Image, right_info: CameraInfo) -> None:
+    def _on_pair(self, left_img: Any, left_info: CameraInfo, right_img: Any, right_info: CameraInfo) -> None:
         stamp = stamp_ns(left_img)
         if not self._time_jumps.accept_pair(stamp):
             return  # the pair at a backward time jump (counted and logged in _on_message)
         self._frames.offer(stamp, (left_img, left_info, right_img, right_info))
 
     # ------------------------------------------------------------------ worker thread
-    def _match(self, settings: FrameSettings, pair: Tuple[Image, CameraInfo, Image, CameraInfo]
-               ) -> Optional[_Matched]:
+    def _match(self, settings: FrameSettings, pair: Tuple[Any, CameraInfo, Any, CameraInfo]) -> Optional[_Matched]:
         """Process one pair for the outputs that have subscribers; None when the frame is skipped."""
         def wanted(*pubs: Any) -> bool:
             return any(p.get_subscription_count() > 0 for p in pubs)
@@ -262,7 +278,7 @@ class StereoDepthNode(Node):
                 self._stats.skipped_no_subscribers += 1
             return None
         outputs = Outputs(depth=want.depth, points=want.points, disparity_color=want.color,
-                          rectified_images=want.left or want.right)
+                          rectified_images=want.left or want.right, disparity_without_baseline=True)
         t0 = time.perf_counter()
         stamp = stamp_ns(left_img)
         self.get_logger().debug(f"frame {stamp / 1e9:.6f}: processing")
@@ -274,6 +290,16 @@ class StereoDepthNode(Node):
             return None
         if self._frames.stopping:
             return None  # shutting down: the publishers are going away
+        if result.depth_problem is not None:
+            # A disparity needs no baseline: it is published; depth and points cannot be.
+            problem = result.depth_problem
+            self._stats.problem(problem.problem)
+            published = "disparity published (t = 0)" if want.disparity else "no depth"
+            self._log.warn(problem.problem, f"frame {stamp / 1e9:.6f}: {published}, depth and points skipped: "
+                                            f"{problem}")
+            want = replace(want, depth=False, points=False)
+            if not (want.disparity or want.left or want.right or want.color):
+                return None
         with self._stats.lock:
             self._stats.network_scale = result.network_scale
             if result.oom_retries:
@@ -305,7 +331,7 @@ class StereoDepthNode(Node):
             self._pub_disparity.publish(disparity_image_msg(result, header))
         cam_info = camera_info_msg(result.camera, header) if (want.depth or want.left) else None
         if want.depth:
-            self._pub_depth.publish(numpy_to_image(result.depth, "32FC1", header))
+            self._pub_depth.publish(depth_image_msg(result.depth, header, matched.settings.depth_format))
             self._pub_depth_info.publish(cam_info)
         if want.points:
             self._pub_points.publish(pointcloud2_msg(result.points, result.colors, header,

@@ -3,7 +3,8 @@ disparity, and the upload that feeds them.
 
 - :class:`NetworkRunner` (``fastpath``): the PyTorch network in one execution mode (eager,
   torch.compile, CUDA graphs) on padded device tensors.
-- :class:`OnnxRunner` (``onnx_runner``): an ONNX export in an ONNX Runtime session on numpy images.
+- :class:`OnnxRunner` (``onnx_runner``): an ONNX export in an ONNX Runtime session on numpy images,
+  with the GPU providers' memory options chosen by :func:`memory_plan` for the device (Jetson boards).
 - :class:`PinnedUpload` (``upload``): the pair to the device through one reused pinned buffer.
 
 The pipeline's *backends* (:mod:`foundation_stereo_ros.pipeline.backends`) build on these; the
@@ -14,8 +15,8 @@ lives in :mod:`foundation_stereo_ros.analysis`. Importing this package imports t
 onnxruntime (those load on first use).
 """
 from .fastpath import EXECUTIONS, NetworkRunner, mode_unavailable_reason
-from .onnx_runner import OnnxRunner, read_export_metadata
+from .onnx_runner import MemoryPlan, OnnxRunner, memory_plan, read_export_metadata
 from .upload import PinnedUpload
 
-__all__ = ["EXECUTIONS", "NetworkRunner", "OnnxRunner", "PinnedUpload", "mode_unavailable_reason",
-           "read_export_metadata"]
+__all__ = ["EXECUTIONS", "MemoryPlan", "NetworkRunner", "OnnxRunner", "PinnedUpload", "memory_plan",
+           "mode_unavailable_reason", "read_export_metadata"]

@@ -5,18 +5,25 @@ Usage::
     foundation-stereo-eval BAG [--backend sgbm --backend foundation_stereo:iters=16] \\
         [--checkpoint PATH] [--params config/zed.yaml] [--output DIR] [--output-bag DIR]
 
-Pairs left/right images and CameraInfo as the node does, runs every pair through the node's
+Pairs left/right images (sensor_msgs/Image, or CompressedImage on ``<image topic>/compressed``
+as robots record them) and CameraInfo as the node does, runs every pair through the node's
 processing code (:class:`foundation_stereo_ros.pipeline.StereoProcessor`) with each backend,
 scores the outputs against the ground-truth topic when the bag has one, and writes a report
 folder (frames.csv, summary.json, report.md, report.html, pictures/). ``--output-bag`` also
 writes the outputs (disparity, depth, depth/camera_info, points2, left/image_rect) to a new bag
-for RViz or Foxglove. Exit status: 0 done, 2 bad input (bag, options, checkpoint).
+for RViz or Foxglove. Several bags: one report folder each, DIR/<bag name>/, and DIR/bags.json
+with every bag's summary; ``--jobs N`` evaluates them in N processes (under torchrun, the ranks
+share them and rank 0 writes bags.json), with the results of one process. Exit status: 0 done, 2
+bad input (bag, options, checkpoint).
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime
 import json
+import multiprocessing
+import os
 import platform
 import re
 import sys
@@ -27,7 +34,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optio
 from foundation_stereo_ros.evaluation import bag_io as B
 from foundation_stereo_ros.evaluation import metrics as M
 from foundation_stereo_ros.evaluation.bag_io import STORAGES, StereoBagReader, StereoBagWriter
-from foundation_stereo_ros.evaluation.bag_pairing import StereoTopics
+from foundation_stereo_ros.evaluation.bag_pairing import StereoTopics, image_topic_of
 from foundation_stereo_ros.evaluation.checkpoint_search import HOW_TO_GET, find_checkpoint
 from foundation_stereo_ros.evaluation.report import ReportPaths, ReportWriter
 from foundation_stereo_ros.evaluation.runner import (BackendRun, Evaluator, FrameEvaluation, Totals, coerce_value,
@@ -234,8 +241,9 @@ def topic_token(label: str) -> str:
 
 
 def _output_namespace(topics: StereoTopics) -> str:
-    """The camera namespace of the input (``/stereo`` for ``/stereo/left/image_rect``)."""
-    parts = topics.left_image.split("/")
+    """The camera namespace of the input (``/stereo`` for ``/stereo/left/image_rect`` and for
+    ``/stereo/left/image_raw/compressed``)."""
+    parts = image_topic_of(topics.left_image).split("/")
     return "/".join(parts[:-2]) if len(parts) > 2 else ""
 
 
@@ -250,7 +258,7 @@ def _config_summary(config: Any) -> Dict[str, Any]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="foundation-stereo-eval", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("bag", type=Path, help="rosbag2 folder (sqlite3 or mcap)")
+    p.add_argument("bag", type=Path, nargs="+", help="rosbag2 folder (sqlite3 or mcap); several: a report each")
     p.add_argument("--backend", action="append", metavar="SPEC",
                    help="backend to evaluate, repeatable: 'sgbm', 'foundation_stereo', or with overrides "
                         "'foundation_stereo:iters=8,scale=0.5' (default: foundation_stereo when a checkpoint is "
@@ -268,7 +276,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default: cuda when available)")
     g.add_argument("--hierarchical", action="store_true", default=None, help="coarse-to-fine inference")
     t = p.add_argument_group("topics (default: detected from the bag)")
-    for name, helptext in (("left-topic", "left image"), ("right-topic", "right image"), ("left-info", "left "
+    for name, helptext in (("left-topic", "left image: Image, or CompressedImage (.../compressed)"),
+                           ("right-topic", "right image, as --left-topic"), ("left-info", "left "
                            "CameraInfo"), ("right-info", "right CameraInfo"), ("gt-disparity-topic",
                            "ground-truth disparity (DisparityImage or 32FC1)"), ("gt-depth-topic",
                            "ground-truth depth (32FC1 m or 16UC1 mm)")):
@@ -282,6 +291,8 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--warmup", type=int, default=1, help="untimed runs of the first pair per backend (default 1)")
     o.add_argument("--bad-thresholds", default="1,2,3", help="bad-pixel thresholds in px (default 1,2,3)")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
+    o.add_argument("--jobs", type=int, default=1,
+                   help="processes that share several bags (default 1); under torchrun the ranks share them")
     return p
 
 
@@ -322,12 +333,64 @@ def build_runs(args: argparse.Namespace) -> List[BackendRun]:
     return [parse_backend_spec(s, base) for s in specs]
 
 
+def _under_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _summary_of(bag: Path, runs: Sequence[BackendRun], output: Path, options: EvaluationOptions) -> Dict[str, Any]:
+    """One bag's summary (a module-level function: --jobs runs it in spawned processes)."""
+    return evaluate_bag(bag, runs, output, options).summary
+
+
+def evaluate_bags(bags: Sequence[Path], runs: Sequence[BackendRun], output: Path, options: EvaluationOptions,
+                  jobs: int = 1) -> Optional[Dict[str, Dict[str, Any]]]:
+    """Evaluate each bag into ``output/<bag name>/`` in ``jobs`` processes (or over torchrun's
+    ranks) and write ``output/bags.json``; returns {bag name: summary} in the order given (None on
+    ranks other than 0)."""
+    names = [b.name for b in bags]
+    if len(set(names)) != len(names):
+        raise ValueError(f"several bags share a folder name ({', '.join(names)}): their reports would collide")
+    if options.output_bag is not None:
+        raise ValueError("--output-bag takes one bag")
+    work = [(b, runs, output / b.name, options) for b in bags]
+    if _under_torchrun():
+        import torch  # here: without torchrun the SGBM evaluation runs without PyTorch
+
+        from foundation_stereo_ros.training import distributed
+
+        ctx, _ = distributed.init_from_environment(torch.device("cpu"))
+        try:
+            mine = {k: _summary_of(*work[k]) for k in range(ctx.rank, len(work), ctx.world_size)}
+            shares = distributed.gather_objects(mine, ctx)
+        finally:
+            distributed.shutdown()
+        if not ctx.is_main:
+            return None
+        done = {k: v for share in shares for k, v in share.items()}
+        summaries = [done[k] for k in range(len(work))]
+    elif jobs > 1:
+        with concurrent.futures.ProcessPoolExecutor(min(jobs, len(work)),
+                                                    mp_context=multiprocessing.get_context("spawn")) as pool:
+            summaries = list(pool.map(_summary_of, *zip(*work)))
+    else:
+        summaries = [_summary_of(*w) for w in work]
+    result = dict(zip(names, summaries))
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "bags.json").write_text(json.dumps({"bags": result}, indent=2))
+    return result
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    if args.jobs < 1:
+        print("foundation-stereo-eval: error: --jobs must be >= 1", file=sys.stderr)
+        return 2
     try:
         thresholds = tuple(float(v) for v in args.bad_thresholds.split(",") if v.strip())
         runs = build_runs(args)
-        output = args.output or Path(f"eval_{args.bag.name}_{datetime.datetime.now():%Y%m%d_%H%M%S}")
+        several = len(args.bag) > 1 or _under_torchrun()
+        stem = "bags" if several else args.bag[0].name
+        output = args.output or Path(f"eval_{stem}_{datetime.datetime.now():%Y%m%d_%H%M%S}")
         overrides = {"left_image": args.left_topic, "right_image": args.right_topic, "left_info": args.left_info,
                      "right_info": args.right_info, "gt_disparity": args.gt_disparity_topic,
                      "gt_depth": args.gt_depth_topic}
@@ -335,12 +398,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                     sync=sync_settings(args), output_bag=args.output_bag,
                                     output_storage=args.output_storage, max_frames=args.max_frames,
                                     pictures=args.pictures, warmup=args.warmup, thresholds=thresholds,
-                                    show_progress=not args.no_progress)
-        outcome = evaluate_bag(args.bag, runs, output, options)
+                                    show_progress=not args.no_progress and args.jobs == 1)
+        if several:
+            summaries = evaluate_bags(args.bag, runs, output, options, args.jobs)
+        else:
+            outcome = evaluate_bag(args.bag[0], runs, output, options)
     except ValueError as exc:  # also CheckpointError, BackendError, bad bags
         print(f"foundation-stereo-eval: error: {exc}", file=sys.stderr)
         return 2
-    print_outcome(outcome)
+    if not several:
+        print_outcome(outcome)
+    elif summaries is not None:
+        for name in summaries:
+            print(f"{name}: {(output / name / 'report.html').resolve()}")
+        print(f"summary: {(output / 'bags.json').resolve()}")
     return 0
 
 

@@ -63,6 +63,25 @@ def check_against_pytorch(model, path: Path, input_height: int, input_width: int
                 max_disparity_px=float(np.abs(expected).max()))
 
 
+def fp32_layers_path(onnx_path: Path) -> Path:
+    """Where the export writes the trtexec options that keep the position layers in fp32."""
+    return onnx_path.with_name(onnx_path.name + ".fp32_layers.txt")
+
+
+def write_fp32_layers(onnx_path: Path) -> None:
+    """Write the ``trtexec`` options that keep the lookup positions, the disparity accumulation
+    and the upsampled output in fp32 in an ``--fp16`` engine, as the PyTorch path does."""
+    try:
+        layers = tensorrt_check.fp32_position_layers(onnx_path)
+    except Exception as e:  # noqa: BLE001 - the export itself is fine; say what could not be done
+        print(f"warning: the fp32 position layers could not be listed: {type(e).__name__}: {e}", file=sys.stderr)
+        return
+    path = fp32_layers_path(onnx_path)
+    path.write_text(tensorrt_check.trtexec_precision_flags(layers) + "\n")
+    print(f"{len(layers)} position layers must stay fp32 in an fp16 TensorRT engine: trtexec --fp16 $(cat {path}) "
+          f"(docs/deployment.md)")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.opset < 17:
@@ -101,6 +120,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"  {problem}", file=sys.stderr)
     elif problems is not None:
         print(f"TensorRT {trt} ONNX parser rules (ops, opset, Resize, Einsum): nothing found that it refuses")
+    write_fp32_layers(out)
     if args.no_check:
         return 0
     try:

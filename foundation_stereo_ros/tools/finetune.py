@@ -8,6 +8,10 @@ DepthAnything branch stays frozen; the rest trains with the paper's sequence los
 DIR/last are published-format checkpoints (model_best_bp2.pth + cfg.yaml) that the node and
 foundation-stereo-infer load unchanged; DIR/train_log.csv and DIR/val_log.csv hold the losses and
 validation metrics; DIR/state.pt lets --resume continue an interrupted run exactly.
+
+Several GPUs or machines: start the same command with torchrun, e.g.
+``torchrun --nproc_per_node 4 -m foundation_stereo_ros.tools.finetune ...`` (DistributedDataParallel;
+--batch-size is per process). DIR must be a folder every machine sees.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from typing import List, Optional, Sequence
 
 from ..model import load_model
 from ..training import AugmentConfig, DataOptions, FineTuner, TrainConfig, open_dataset, read_name_list
+from ..training import distributed
 from ..training.trainer import TRAINING_PRECISIONS, TrainingDiverged
 from .cli_args import resolve_device
 
@@ -91,7 +96,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its state.pt")
     o = p.add_argument_group("optimisation")
     o.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps (default {d.steps})")
-    o.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
+    o.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help=f"samples per process and forward pass (default {d.batch_size}); the global batch is "
+                        f"batch size x processes x --accumulate")
+    o.add_argument("--accumulate", type=int, default=d.accumulate,
+                   help="gradient accumulation: forward passes per optimizer step (default 1)")
     o.add_argument("--lr", type=float, default=d.lr, help=f"peak AdamW learning rate (default {d.lr:g})")
     o.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"default {d.weight_decay:g}")
     o.add_argument("--warmup", type=float, default=d.warmup_fraction,
@@ -112,6 +121,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="auto = bf16 (or fp16) autocast on CUDA, fp32 on the CPU")
     o.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     o.add_argument("--seed", type=int, default=d.seed)
+    o.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                   help="under torchrun: how long a process waits for the others before it stops with an error "
+                        f"(default {distributed.DEFAULT_TIMEOUT_S:g}; rank 0 validates while the others wait)")
     o.add_argument("--workers", type=int, default=d.num_workers,
                    help=f"data-loading processes (default {d.num_workers})")
     a = p.add_argument_group("augmentation")
@@ -140,9 +152,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def build(args: argparse.Namespace, log):
+def build(args: argparse.Namespace, log, device):
     """(model, train set, val set, TrainConfig, AugmentConfig) from the arguments."""
-    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr,
+                         weight_decay=args.weight_decay,
                          warmup_fraction=args.warmup, grad_clip=args.grad_clip, train_iters=args.train_iters,
                          valid_iters=args.valid_iters, gamma=args.gamma, precision=args.precision,
                          freeze=tuple(args.freeze), freeze_batchnorm=not args.train_batchnorm_stats,
@@ -173,36 +186,55 @@ def build(args: argparse.Namespace, log):
     else:
         val = None
         log("no validation data: only training losses are logged")
-    device = resolve_device(args.device)
     model = load_model(args.checkpoint, device=device)
     return model, train, val, config, augment
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    ctx = distributed.SINGLE
 
     def log(msg: str) -> None:
-        print(f"[foundation-stereo-finetune] {msg}", file=sys.stderr, flush=True)
+        if ctx.is_main:
+            print(f"[foundation-stereo-finetune] {msg}", file=sys.stderr, flush=True)
+
+    def error(msg: str) -> None:
+        where = f"rank {ctx.rank}: " if ctx.world_size > 1 else ""
+        print(f"foundation-stereo-finetune: error: {where}{msg}", file=sys.stderr, flush=True)
 
     try:
+        ctx, device = distributed.init_from_environment(resolve_device(args.device), args.dist_timeout)
         if args.resume and not (args.output / "state.pt").is_file():
             raise ValueError(f"--resume: {args.output / 'state.pt'} does not exist")
-        model, train, val, config, augment = build(args, log)
+        if not ctx.is_main:
+            distributed.barrier(ctx)  # rank 0 fills the data cache (bags) first
+        model, train, val, config, augment = build(args, log, device)
+        if ctx.is_main:
+            distributed.barrier(ctx)
         info = {"checkpoint": str(args.checkpoint), "train": list(args.train), "val": list(args.val),
-                "exclude": [str(e) for e in args.exclude]}
-        result = FineTuner(model, train, val, config, args.output, augment=augment, log=log, run_info=info).run(
-            resume=args.resume)
+                "exclude": [str(e) for e in args.exclude], "processes": ctx.world_size}
+        result = FineTuner(model, train, val, config, args.output, augment=augment, log=log, run_info=info,
+                           distributed=ctx).run(resume=args.resume)
     except ValueError as e:  # CheckpointError included: one clear line, no traceback
-        print(f"foundation-stereo-finetune: error: {e}", file=sys.stderr)
+        error(str(e))
         return 2
     except TrainingDiverged as e:
-        print(f"foundation-stereo-finetune: error: {e}", file=sys.stderr)
+        error(str(e))
         return 1
     except KeyboardInterrupt:
         return 130
-    print(result["last_checkpoint"])
-    if result["validation"]:
-        print(result["best_checkpoint"])
+    except RuntimeError as e:
+        if ctx.world_size == 1 or not distributed.lost_contact(e):
+            raise
+        # a peer died or stopped answering: gloo reports a closed connection, NCCL and gloo a timeout
+        error(f"lost contact with the other processes (one died or stalled longer than --dist-timeout "
+              f"{args.dist_timeout:g} s): {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        return 1
+    distributed.shutdown()
+    if ctx.is_main:
+        print(result["last_checkpoint"])
+        if result["validation"]:
+            print(result["best_checkpoint"])
     return 0
 
 

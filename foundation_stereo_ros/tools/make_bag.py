@@ -3,10 +3,12 @@
 Usage::
 
     foundation-stereo-make-bag OUT_BAG --left 'data/left/*.png' --right 'data/right/*.png' \\
-        --calib calib.yaml [--gt-disparity 'data/disp/*.pfm'] [--rate 10] [--storage mcap]
+        --calib calib.yaml [--gt-disparity 'data/disp/*.pfm'] [--rate 10] [--storage mcap] [--compressed jpeg]
 
 The bag carries, for every pair, ``<ns>/left/image_rect``, ``<ns>/right/image_rect`` (or
-``image_raw`` with ``--raw``, for images the node must still rectify), both ``camera_info`` and,
+``image_raw`` with ``--raw``, for images the node must still rectify; with ``--compressed jpeg|png``
+sensor_msgs/CompressedImage on ``<image topic>/compressed``, as compressed_image_transport
+publishes them and robots record them), both ``camera_info`` and,
 when given, ``<ns>/gt/disparity`` (stereo_msgs/DisparityImage, NaN = unknown) and
 ``<ns>/gt/depth`` (32FC1 metres, NaN = unknown); ``<ns>`` is ``/stereo`` by default, which is what
 the node subscribes to when started in that namespace. Frames are stamped and logged at ``--rate``
@@ -31,8 +33,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from foundation_stereo_ros.evaluation.bag_io import (STORAGES, StereoBagWriter, StereoTopics, camera_info_msg,
-                                                     disparity_msg, image_msg)
+from foundation_stereo_ros.evaluation.bag_io import (COMPRESSED_CODECS, STORAGES, StereoBagWriter, StereoTopics,
+                                                     camera_info_msg, compressed_image_msg, disparity_msg, image_msg)
 from foundation_stereo_ros.evaluation.calibration_files import load_stereo_calibration
 from foundation_stereo_ros.fileio import read_pfm, read_rgb
 from foundation_stereo_ros.pipeline.calibration import StereoCalibration
@@ -86,6 +88,16 @@ class BagOptions:
     frame_id: str = "stereo_left_optical_frame"
     right_frame_id: str = "stereo_right_optical_frame"
     version: int = 8  # rosbag2 metadata version: 8 for Humble and newer, 9 Jazzy and newer
+    compressed: Optional[str] = None  # one of COMPRESSED_CODECS: CompressedImage on <image topic>/compressed
+    jpeg_quality: int = 95  # compressed_image_transport's parameters and defaults
+    png_level: int = 3
+
+    def image_msg(self, array: np.ndarray, stamp_ns: int, frame_id: str):
+        """The image message of an array already in ``encoding``: Image, or CompressedImage."""
+        if self.compressed:
+            return compressed_image_msg(array, self.encoding, stamp_ns, frame_id, self.compressed,
+                                        self.jpeg_quality, self.png_level)
+        return image_msg(array, self.encoding, stamp_ns, frame_id)
 
 
 def write_stereo_bag(path: Path, frames: Iterable[StereoFrame], calibration: StereoCalibration,
@@ -96,7 +108,13 @@ def write_stereo_bag(path: Path, frames: Iterable[StereoFrame], calibration: Ste
         raise ValueError(f"rate must be positive, got {options.rate_hz} Hz")
     if options.encoding not in ENCODINGS:
         raise ValueError(f"encoding must be one of {ENCODINGS}, got {options.encoding!r}")
-    options = replace(options, topics=options.topics or StereoTopics.under(),
+    if options.compressed is not None and options.compressed not in COMPRESSED_CODECS:
+        raise ValueError(f"compression must be one of {COMPRESSED_CODECS}, got {options.compressed!r}")
+    if not 1 <= options.jpeg_quality <= 100 or not 0 <= options.png_level <= 9:
+        raise ValueError(f"JPEG quality must be 1..100 and PNG level 0..9, got {options.jpeg_quality} and "
+                         f"{options.png_level}")
+    topics = options.topics or StereoTopics.under()
+    options = replace(options, topics=topics.compressed() if options.compressed else topics,
                       start_ns=time.time_ns() if options.start_ns is None else int(options.start_ns))
     period = int(round(1e9 / options.rate_hz))
     writer = StereoBagWriter(path, storage=options.storage, version=options.version)
@@ -128,9 +146,9 @@ def _write_frames(writer: StereoBagWriter, frames: Iterable[StereoFrame], calibr
                 raise ValueError(f"frame {i}: images are {w}x{h}, the calibration is for "
                                  f"{calib.left.width}x{calib.left.height}")
             stamp = options.start_ns + i * period
-            writer.write(topics.left_image, image_msg(_convert(left, encoding), encoding, stamp, frame_id))
+            writer.write(topics.left_image, options.image_msg(_convert(left, encoding), stamp, frame_id))
             writer.write(topics.left_info, camera_info_msg(calib.left, stamp, frame_id))
-            writer.write(topics.right_image, image_msg(_convert(right, encoding), encoding, stamp, right_frame_id))
+            writer.write(topics.right_image, options.image_msg(_convert(right, encoding), stamp, right_frame_id))
             writer.write(topics.right_info, camera_info_msg(calib.right, stamp, right_frame_id))
             _write_ground_truth(writer, fr, calib, topics, i, stamp, frame_id)
             n += 1
@@ -268,6 +286,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", action="store_true", help="name the image topics image_raw: the images are not "
                    "rectified and the node must rectify them with the calibration")
     p.add_argument("--encoding", choices=ENCODINGS, default="rgb8", help="image encoding (default rgb8)")
+    p.add_argument("--compressed", choices=COMPRESSED_CODECS, help="write sensor_msgs/CompressedImage on "
+                   "<image topic>/compressed, as compressed_image_transport publishes them (default: raw Image)")
+    p.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality 1..100 (default 95, as "
+                   "compressed_image_transport)")
+    p.add_argument("--png-level", type=int, default=3, help="PNG compression level 0..9 (default 3)")
     p.add_argument("--frame-id", default="stereo_left_optical_frame", help="frame_id of the left camera")
     p.add_argument("--right-frame-id", default="stereo_right_optical_frame", help="frame_id of the right camera")
     p.add_argument("--translation-unit", choices=("m", "cm", "mm"), default="m",
@@ -309,7 +332,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         topics = StereoTopics.under(args.namespace, "image_raw" if args.raw else "image_rect")
         options = BagOptions(rate_hz=args.rate, start_ns=start, storage=args.storage, topics=topics,
                              encoding=args.encoding, frame_id=args.frame_id, right_frame_id=args.right_frame_id,
-                             version=args.bag_version)
+                             version=args.bag_version, compressed=args.compressed, jpeg_quality=args.jpeg_quality,
+                             png_level=args.png_level)
         summary = write_stereo_bag(args.output, frames(), calib.scaled(args.scale), options)
     except ValueError as exc:
         print(f"foundation-stereo-make-bag: error: {exc}", file=sys.stderr)

@@ -108,9 +108,16 @@ def padded_pixels(height: int, width: int) -> int:
 
 def measure_peak_mib(model: Any, height: int, width: int, precision: str, hierarchical: bool, iters: int
                      ) -> Tuple[Optional[float], str]:
-    """(peak MiB of one inference including the weights, method); None when it ran out of memory."""
+    """(peak MiB of one inference including the weights and, for fp16/bf16, the model's copies of
+    its convolution and linear weights in that dtype), method); None when it ran out of memory."""
     param = next(model.parameters())
+    if is_simulated(param):
+        with simulated_cuda(param.fake_mode):
+            model.prepare(precision)  # the copies live as long as the model: weights, not peak
+    else:
+        model.prepare(precision)
     weights = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    weights += model.cast_weights.nbytes()
     if is_simulated(param):
         with simulated_cuda(param.fake_mode):
             left, right = simulated_inputs(height, width)
@@ -140,7 +147,7 @@ def measure_peak_mib(model: Any, height: int, width: int, precision: str, hierar
 def _traced_peak(model: Any, left: Any, right: Any, precision: str, hierarchical: bool, iters: int) -> int:
     """Bytes of the inputs plus the peak of storage made during one inference."""
     tracker = StoragePeak()
-    tracker.ignore(list(model.parameters()) + list(model.buffers()) + [left, right])
+    tracker.ignore(list(model.parameters()) + list(model.buffers()) + model.cast_weights.tensors() + [left, right])
     with torch.no_grad(), tracker:
         model.infer(left, right, iters=iters, hierarchical=hierarchical, precision=precision)
     return tracker.peak + left.nbytes + right.nbytes

@@ -16,16 +16,20 @@ API
 
 Modules: :mod:`.data` (samples, ground-truth readers, the dataset), :mod:`.layouts` (dataset
 folders, ``open_dataset``), :mod:`.bag` (rosbag extraction), :mod:`.augment`, :mod:`.loss`,
-:mod:`.metrics`, :mod:`.batches` (reproducible batches), :mod:`.trainer`, :mod:`.curation`.
-PyTorch is imported by :mod:`.loss`, :mod:`.batches` and :mod:`.trainer` only.
+:mod:`.metrics`, :mod:`.batches` (reproducible batches), :mod:`.inference` (the network on samples),
+:mod:`.logs` (the run's CSV logs), :mod:`.trainer`, :mod:`.curation`, :mod:`.distributed` (torchrun:
+the process group, timeouts, collectives).
+PyTorch is imported by :mod:`.loss`, :mod:`.batches`, :mod:`.distributed`, :mod:`.inference` and
+:mod:`.trainer` only.
 """
 from .augment import AugmentConfig, StereoAugmentor
 from .curation import CurationCriteria, CurationResult, SampleScore, curate, write_curation
 from .data import SampleSpec, StereoDataset, StereoSample, read_name_list
 from .layouts import LAYOUTS, DataOptions, detect_layout, open_dataset
 from .loss import LossTerms, sequence_loss, upsample_init_disparity
+from .inference import evaluate, predict
 from .metrics import disparity_errors, mean_metrics
-from .trainer import FineTuner, TrainConfig, evaluate, freeze_modules, predict, set_train_mode
+from .trainer import FineTuner, TrainConfig, freeze_modules, set_train_mode
 
 __all__ = [
     "AugmentConfig", "CurationCriteria", "CurationResult", "DataOptions", "FineTuner", "LAYOUTS", "LossTerms",

@@ -6,7 +6,9 @@ left/right/CameraInfo pairing as the node, ground truth attached by the left ima
 each pair is decoded and rectified with the node's own pipeline code
 (:func:`~foundation_stereo_ros.pipeline.decode_stereo_pair`,
 :class:`~foundation_stereo_ros.pipeline.Rectifier`), so the network is trained on exactly the
-images it sees at run time.
+images it sees at run time. Images may be raw ``sensor_msgs/Image`` or ``CompressedImage`` (JPEG,
+PNG) as robots record them; a pair the pipeline cannot decode is skipped and counted by its
+problem key in the manifest's ``skipped``.
 
 Ground truth must be registered to the rectified left image at its resolution (what the node
 publishes): a ``stereo_msgs/DisparityImage`` (or 32FC1 image) in the published convention

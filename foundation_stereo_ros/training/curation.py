@@ -18,7 +18,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -115,12 +115,15 @@ def judge(score: SampleScore, criteria: CurationCriteria) -> SampleScore:
 
 
 def curate(predict: Predictor, dataset: StereoDataset, criteria: CurationCriteria = CurationCriteria(),
-           worst: int = 8, progress: Optional[Callable[[int, int, SampleScore], None]] = None) -> CurationResult:
-    """Score every sample of ``dataset`` with ``predict`` and judge it; keeps the ``worst``
+           worst: int = 8, progress: Optional[Callable[[int, int, SampleScore], None]] = None,
+           indices: Optional[Sequence[int]] = None) -> CurationResult:
+    """Score every sample of ``dataset`` (or those at ``indices``: one share of a run over several
+    processes, joined by :func:`merge_results`) with ``predict`` and judge it; keeps the ``worst``
     scored samples (with their prediction) for the report's pictures."""
     scores: List[SampleScore] = []
     heap: List[Tuple[Tuple[float, float], int, Tuple[SampleScore, StereoSample, np.ndarray]]] = []
-    for i in range(len(dataset)):
+    todo = range(len(dataset)) if indices is None else indices
+    for done, i in enumerate(todo, start=1):
         name = dataset.specs[i].name
         try:
             sample = dataset[i]
@@ -128,7 +131,7 @@ def curate(predict: Predictor, dataset: StereoDataset, criteria: CurationCriteri
             score = SampleScore(name, kept=False, reason=f"unreadable: {e}")
             scores.append(score)
             if progress:
-                progress(i + 1, len(dataset), score)
+                progress(done, len(todo), score)
             continue
         pred = np.asarray(predict(sample.left, sample.right), dtype=np.float32)
         if pred.shape != sample.disparity.shape:
@@ -145,8 +148,25 @@ def curate(predict: Predictor, dataset: StereoDataset, criteria: CurationCriteri
                 heapq.heapreplace(heap, item)
         if progress:
             progress(i + 1, len(dataset), score)
-    ranked = [entry for _, _, entry in sorted(heap, key=lambda it: (it[0], -it[1]), reverse=True)]
-    return CurationResult(criteria, scores, ranked)
+    return CurationResult(criteria, scores, _rank([(sev, i, entry) for sev, i, entry in heap], worst))
+
+
+def _rank(items: List[Tuple[Tuple[float, float], int, Tuple[SampleScore, StereoSample, np.ndarray]]], worst: int
+          ) -> List[Tuple[SampleScore, StereoSample, np.ndarray]]:
+    """The ``worst`` items by (severity, index), listed worst first and, at equal severity, by index."""
+    chosen = sorted(items, key=lambda it: it[:2], reverse=True)[:max(0, worst)]
+    return [entry for _, _, entry in sorted(chosen, key=lambda it: (it[0], -it[1]), reverse=True)]
+
+
+def merge_results(parts: Sequence[CurationResult], names: Sequence[str], worst: int = 8) -> CurationResult:
+    """One result from the shares of a dataset (sample names ``names``, in dataset order) that
+    several processes curated: the same as one process curating it all."""
+    if not parts:
+        raise ValueError("merge_results needs at least one part")
+    order = {n: i for i, n in enumerate(names)}
+    scores = sorted((s for p in parts for s in p.scores), key=lambda s: order[s.name])
+    items = [(e[0].severity, order[e[0].name], e) for p in parts for e in p.worst]
+    return CurationResult(parts[0].criteria, scores, _rank(items, worst))
 
 
 # ------------------------------------------------------------------------- report

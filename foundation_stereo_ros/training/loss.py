@@ -11,6 +11,9 @@ bilinear upsampling with pixel-centre alignment (``align_corners=False``: 1/4-re
 covers full-resolution pixels 4i .. 4i+3, which is how the strided encoder and the convex
 upsampling of the iterations place it). Each term is the mean over the valid pixels of the whole
 batch (as RAFT-Stereo and IGEV-Stereo do), so batches with more valid pixels do not weigh more.
+When a batch is one part of a larger one (gradient accumulation, one process's share under
+DistributedDataParallel), ``pixels`` is the whole batch's count: the parts' terms then add up to
+the whole batch's mean.
 Ground truth at or above ``max_disp`` is excluded: the cost volume cannot represent it.
 """
 from __future__ import annotations
@@ -49,9 +52,11 @@ def loss_mask(gt: torch.Tensor, valid: torch.Tensor, max_disp: Optional[float] =
 
 
 def sequence_loss(init_disparity: torch.Tensor, iterations: Sequence[torch.Tensor], gt: torch.Tensor,
-                  valid: torch.Tensor, gamma: float = 0.9, max_disp: Optional[float] = None) -> LossTerms:
+                  valid: torch.Tensor, gamma: float = 0.9, max_disp: Optional[float] = None,
+                  pixels: Optional[float] = None) -> LossTerms:
     """The loss above. ``iterations``: the K full-resolution (B, 1, H, W) predictions in order;
-    ``gt``/``valid``: (B, 1, H, W). With no valid pixel the loss is a differentiable zero."""
+    ``gt``/``valid``: (B, 1, H, W); ``pixels``: the valid-pixel count to average over (default:
+    this batch's). With no valid pixel the loss is a differentiable zero."""
     if not iterations:
         raise ValueError("sequence_loss needs at least one iteration output")
     if not 0 < gamma <= 1:
@@ -66,9 +71,13 @@ def sequence_loss(init_disparity: torch.Tensor, iterations: Sequence[torch.Tenso
         zero = init_up.sum() * 0.0 + sum(p.sum() for p in iterations) * 0.0
         z = zero.detach()
         return LossTerms(zero, z, z, z, 0)
+    if pixels is not None and not pixels >= n:
+        raise ValueError(f"pixels ({pixels}) must count at least this batch's {n} valid pixels")
+    denom = float(n if pixels is None else pixels)
     target = gt[mask].float()
-    init_term = F.smooth_l1_loss(init_up[mask], target, reduction="mean")
+    init_term = F.smooth_l1_loss(init_up[mask], target, reduction="sum") / denom
     k = len(iterations)
-    seq = sum(gamma ** (k - 1 - i) * (pred[mask].float() - target).abs().mean() for i, pred in enumerate(iterations))
-    final_epe = (iterations[-1][mask].float() - target).abs().mean()
+    seq = sum(gamma ** (k - 1 - i) * (pred[mask].float() - target).abs().sum() / denom
+              for i, pred in enumerate(iterations))
+    final_epe = (iterations[-1][mask].float() - target).abs().sum() / denom
     return LossTerms(init_term + seq, init_term.detach(), seq.detach(), final_epe.detach(), n)

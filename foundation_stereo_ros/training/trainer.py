@@ -17,6 +17,13 @@ A run lives in one output folder::
 Data order and augmentation are functions of (seed, epoch, sample index) (:mod:`.batches`), so a
 resumed run sees the same batches as an uninterrupted one.
 
+Under torchrun (:mod:`.distributed`) every process runs this trainer on its shard of the data,
+with the model wrapped in ``DistributedDataParallel``: the frozen monocular branch has no
+gradients, so DDP neither registers nor reduces it. One optimizer step takes ``accumulate``
+batches of ``batch_size`` samples on each process; the loss is averaged over the valid pixels of
+the whole global batch. Only rank 0 logs, validates and writes files; ``state.pt`` also holds
+every rank's RNG state and the sampler's position.
+
 Known difference from the reference: its GRU loop detaches the disparity at the start of each
 iteration (RAFT-style), so each iteration's loss trains only that iteration's update; this
 package's ``FoundationStereo.forward`` does not, so gradients also flow back through earlier
@@ -24,7 +31,7 @@ iterations' updates and lookups.
 """
 from __future__ import annotations
 
-import csv
+import contextlib
 import dataclasses
 import math
 import os
@@ -34,21 +41,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 import yaml
 
 from ..model import save_checkpoint
 from ..vocabulary import PRECISIONS
 from .augment import AugmentConfig, StereoAugmentor
-from .batches import AugmentedDataset, EpochBatches, collate
+from .batches import AugmentedDataset, ShardedBatches, collate
 from .data import StereoDataset
-from .loss import sequence_loss
-from .metrics import BAD_THRESHOLDS, bad_key, disparity_errors, mean_metrics
+from .distributed import SINGLE, DistributedContext, all_sum, gather_objects
+from .inference import evaluate
+from .logs import TRAIN_FIELDS, VAL_FIELDS, CsvLog
+from .loss import loss_mask, sequence_loss
 
 MONOCULAR_BRANCH = "feature.dino"
 STATE_NAME = "state.pt"
-STATE_FORMAT = 1
+STATE_FORMAT = 1  # format 1 states without "rank_rng" or "sampler" (single-process runs) still resume
 #: Training precisions: "auto" (bf16 where the GPU has it, else fp16 with loss scaling) or a network precision.
 TRAINING_PRECISIONS = ("auto",) + PRECISIONS
 
@@ -63,7 +71,8 @@ class TrainConfig:
     rate, short warm-up); the paper's pre-training used far larger batches and more steps."""
 
     steps: int = 10000
-    batch_size: int = 2
+    batch_size: int = 2  # per process; the global batch is batch_size x processes x accumulate
+    accumulate: int = 1  # batches whose gradients add up before one optimizer step
     lr: float = 2e-5  # peak learning rate (AdamW)
     weight_decay: float = 1e-5
     warmup_fraction: float = 0.05  # linear warm-up over this share of the steps, then linear decay
@@ -85,8 +94,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "freeze", tuple(self.freeze))
-        for name in ("steps", "batch_size", "train_iters", "valid_iters", "val_every", "save_every", "log_every",
-                     "max_bad_steps"):
+        for name in ("steps", "batch_size", "accumulate", "train_iters", "valid_iters", "val_every", "save_every",
+                     "log_every", "max_bad_steps"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -165,65 +174,6 @@ class WarmupLinearDecay:
         return 1.0 - (1.0 - self.final) * min(1.0, (step - self.warmup) / span)
 
 
-# ------------------------------------------------------------------------- evaluation
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, left: np.ndarray, right: np.ndarray, iters: int, precision: str = "fp32",
-            hierarchical: bool = False) -> np.ndarray:
-    """(H, W) float32 disparity for uint8 RGB images of any size (padded inside ``infer``)."""
-    device = next(model.parameters()).device
-
-    def t(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].float().to(device)
-
-    out = model.infer(t(left), t(right), iters=iters, hierarchical=hierarchical, precision=precision)
-    return out[0, 0].float().cpu().numpy()
-
-
-def evaluate(model: torch.nn.Module, dataset: StereoDataset, iters: int, precision: str = "fp32",
-             max_samples: Optional[int] = None) -> Dict[str, float]:
-    """Mean per-sample metrics of ``model`` on ``dataset`` at full resolution. Leaves the
-    model in eval mode; the caller restores training mode."""
-    model.eval()
-    n = len(dataset) if max_samples is None else min(len(dataset), max_samples)
-    rows = []
-    for i in range(n):
-        s = dataset[i]
-        rows.append(disparity_errors(predict(model, s.left, s.right, iters, precision), s.disparity, s.valid))
-    return mean_metrics(rows)
-
-
-# ------------------------------------------------------------------------- logging
-
-class CsvLog:
-    """Append-only CSV with a fixed header; on resume, rows after the resumed step are dropped
-    (they belong to work that was not checkpointed)."""
-
-    def __init__(self, path: Path, fields: Sequence[str], resume_step: Optional[int] = None):
-        self.path, self.fields = path, list(fields)
-        if resume_step is not None and path.is_file():
-            with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if r.get("step") and int(r["step"]) <= resume_step]
-            self._write(rows, "w")
-        elif not path.is_file() or resume_step is None:
-            self._write([], "w")
-
-    def _write(self, rows: Sequence[Dict[str, object]], mode: str) -> None:
-        with open(self.path, mode, newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
-            if mode == "w":
-                w.writeheader()
-            w.writerows(rows)
-
-    def append(self, row: Dict[str, object]) -> None:
-        self._write([{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}], "a")
-
-
-TRAIN_FIELDS = ("step", "epoch", "lr", "loss", "loss_init", "loss_sequence", "train_epe", "grad_norm",
-                "valid_pixels", "skipped_steps", "sec_per_step")
-VAL_FIELDS = ("step", "epoch", "epe", *(bad_key(t) for t in BAD_THRESHOLDS), "d1", "samples")
-
-
 # ------------------------------------------------------------------------- the trainer
 
 class FineTuner:
@@ -233,18 +183,27 @@ class FineTuner:
                  config: TrainConfig, output_dir: Union[str, os.PathLike],
                  augment: AugmentConfig = AugmentConfig(),
                  log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
-                 run_info: Optional[Dict[str, object]] = None):
+                 run_info: Optional[Dict[str, object]] = None, distributed: DistributedContext = SINGLE):
         if len(train_set) == 0:
             raise ValueError("the training set is empty")
         self.model, self.train_set, self.val_set, self.config = model, train_set, val_set, config
         self.output_dir = Path(output_dir)
-        self.log = log
+        self.dist = distributed
+        self.log = log if distributed.is_main else (lambda _msg: None)
         self.device = next(model.parameters()).device
         self.precision = resolve_precision(config.precision, self.device)
         self.augment = augment
         self.max_disp = float(model.cfg.max_disp)
         trainable = set(freeze_modules(model, config.freeze))
         self.params = [p for n, p in model.named_parameters() if n in trainable]
+        # The network the steps run: DDP averages the gradients of what requires them (never the
+        # frozen monocular branch); validation and checkpoints use the bare model.
+        self.net: torch.nn.Module = model
+        if distributed.world_size > 1:
+            # find_unused_parameters: the published architecture has trainable modules that a forward
+            # pass does not reach (e.g. cnet.down, context_zqr_convs); DDP must not wait for them
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device] if self.device.type == "cuda" else None, find_unused_parameters=True)
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay, eps=1e-8)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, WarmupLinearDecay(config.steps, config.warmup_fraction, config.final_lr_fraction))
@@ -257,21 +216,36 @@ class FineTuner:
         n_all = sum(p.numel() for p in model.parameters())
         self.log(f"training {n_train / 1e6:.1f}M of {n_all / 1e6:.1f}M parameters ({MONOCULAR_BRANCH} frozen"
                  f"{', ' + ', '.join(config.freeze) if config.freeze else ''}); precision {self.precision} on "
-                 f"{self.device}")
+                 f"{self.device}" + (f"; {distributed.world_size} processes" if distributed.world_size > 1 else "")
+                 + f"; global batch {config.batch_size * distributed.world_size * config.accumulate}")
 
     # -------------------------------------------------------------- state
     @property
     def state_path(self) -> Path:
         return self.output_dir / STATE_NAME
 
-    def save_state(self) -> None:
+    def _rng_state(self) -> Dict[str, torch.Tensor]:
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return rng
+
+    def save_state(self, gather: bool = True) -> None:
+        """Write state.pt and last/ (rank 0). Under torchrun every rank calls it (it gathers their
+        RNG states) unless ``gather`` is False, as after an interrupt, when rank 0 saves alone."""
+        ranks = gather_objects(self._rng_state(), self.dist) if gather else [self._rng_state()]
+        if not self.dist.is_main:
+            return
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        epoch, batch = self._sampler_position(self.step)
         state = {"format": STATE_FORMAT, "step": self.step, "best_epe": self.best_epe,
                  "skipped_steps": self.skipped_steps,
                  "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                  "config": dataclasses.asdict(self.config), "train_size": len(self.train_set),
-                 "torch_rng": torch.get_rng_state()}
+                 "torch_rng": torch.get_rng_state(), "rank_rng": ranks,
+                 "sampler": {"epoch": epoch, "batch": batch, "world_size": self.dist.world_size,
+                             "per_step": self.config.batch_size * self.config.accumulate}}
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         tmp = self.state_path.with_suffix(".tmp")
@@ -293,17 +267,36 @@ class FineTuner:
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.best_epe = int(state["step"]), float(state["best_epe"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
-        torch.set_rng_state(state["torch_rng"].cpu())
-        if "cuda_rng" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
+        ranks = state.get("rank_rng") or [{"torch": state["torch_rng"], **(
+            {"cuda": state["cuda_rng"]} if "cuda_rng" in state else {})}]
+        if self.dist.rank < len(ranks):
+            torch.set_rng_state(ranks[self.dist.rank]["torch"].cpu())
+            if "cuda" in ranks[self.dist.rank] and self.device.type == "cuda":
+                torch.cuda.set_rng_state(ranks[self.dist.rank]["cuda"].cpu(), self.device)
+        else:
+            self.log(f"note: {path} holds the RNG states of {len(ranks)} processes, not {self.dist.world_size}")
+        sampler = state.get("sampler", {})
+        if sampler and (sampler.get("world_size"), sampler.get("per_step")) != (
+                self.dist.world_size, self.config.batch_size * self.config.accumulate):
+            self.log(f"note: the run had {sampler.get('world_size')} processes x {sampler.get('per_step')} samples "
+                     f"per step, now {self.dist.world_size} x {self.config.batch_size * self.config.accumulate}: the "
+                     f"batches after step {self.step} differ from the interrupted run")
         if state.get("train_size") != len(self.train_set):
             self.log(f"note: the training set had {state.get('train_size')} samples, now {len(self.train_set)}: "
                      f"the batches after step {self.step} differ from the interrupted run")
         self.log(f"resumed from {path} at step {self.step}")
 
+    def _sampler(self, start: int = 0) -> ShardedBatches:
+        return ShardedBatches(len(self.train_set), self.config.batch_size * self.config.accumulate, self.config.seed,
+                              start, self.config.steps, self.dist)
+
+    def _sampler_position(self, step: int) -> Tuple[int, int]:
+        """(epoch, batch within the epoch) of the next step."""
+        return self._sampler().position(step)
+
     @property
     def steps_per_epoch(self) -> int:
-        return max(1, math.ceil(len(self.train_set) / self.config.batch_size))
+        return self._sampler().per_epoch
 
     @property
     def epoch(self) -> int:
@@ -312,18 +305,33 @@ class FineTuner:
 
     # -------------------------------------------------------------- steps
     def train_step(self, batch: Dict[str, object]) -> Dict[str, float]:
+        """One optimizer step on this process's share of the global batch, in ``accumulate``
+        parts of ``batch_size``; every term is a mean over the global batch's valid pixels."""
         cfg = self.config
-        left, right = batch["left"].to(self.device), batch["right"].to(self.device)
-        gt, valid = batch["disparity"].to(self.device), batch["valid"].to(self.device)
+        parts = [{k: v.to(self.device) for k, v in part.items() if k != "name"}
+                 for part in _split(batch, cfg.batch_size)]
+        local = sum(float(loss_mask(p["disparity"], p["valid"], self.max_disp).sum()) for p in parts)
+        pixels = all_sum([local], self.dist, self.device)[0]
         self.optimizer.zero_grad(set_to_none=True)
-        out = self.model(left, right, iters=cfg.train_iters, all_iterations=True, precision=self.precision)
-        terms = sequence_loss(out.init_disparity, out.iterations, gt, valid, cfg.gamma, self.max_disp)
-        row: Dict[str, float] = {"loss": float(terms.total.detach()), "loss_init": float(terms.init),
-                                 "loss_sequence": float(terms.sequence), "train_epe": float(terms.final_epe),
-                                 "valid_pixels": float(terms.valid_pixels), "grad_norm": float("nan")}
+        sums = torch.zeros(4, dtype=torch.float64)
+        for i, p in enumerate(parts):
+            # DDP reduces the gradients once, in the backward pass of the last part
+            sync = i == len(parts) - 1 or not isinstance(self.net, torch.nn.parallel.DistributedDataParallel)
+            with contextlib.nullcontext() if sync else self.net.no_sync():
+                out = self.net(p["left"], p["right"], iters=cfg.train_iters, all_iterations=True,
+                               precision=self.precision)
+                terms = sequence_loss(out.init_disparity, out.iterations, p["disparity"], p["valid"], cfg.gamma,
+                                      self.max_disp, pixels=max(pixels, 1.0))
+                # DDP averages the processes' gradients; their losses are shares of one mean, so sum them
+                self.scaler.scale(terms.total * self.dist.world_size).backward()
+            sums += torch.tensor([float(terms.total.detach()), float(terms.init), float(terms.sequence),
+                                  float(terms.final_epe)], dtype=torch.float64)
+        loss, init, seq, epe = all_sum(sums.tolist(), self.dist, self.device)
+        row: Dict[str, float] = {"loss": loss, "loss_init": init, "loss_sequence": seq, "train_epe": epe,
+                                 "valid_pixels": pixels, "grad_norm": float("nan")}
         if not math.isfinite(row["loss"]):
-            return row  # skipped: the caller counts it
-        self.scaler.scale(terms.total).backward()
+            self.optimizer.zero_grad(set_to_none=True)
+            return row  # skipped on every process alike: the caller counts it
         self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         row["grad_norm"] = float(norm)
@@ -356,16 +364,21 @@ class FineTuner:
     def run(self, resume: bool = False) -> Dict[str, object]:
         """Train to ``config.steps``; returns the final validation metrics and paths."""
         cfg = self.config
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        main = self.dist.is_main
+        if main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        # Randomness drawn per process (not the augmentation: that is seeded per sample) differs per rank.
+        torch.manual_seed(cfg.seed + self.dist.rank)
         if resume:
             self.load_state()
         elif self.state_path.exists():
             raise ValueError(f"{self.output_dir} already holds a run ({STATE_NAME}); resume it or choose a new folder")
-        self._write_run_info()
-        self.train_log = CsvLog(self.output_dir / "train_log.csv", TRAIN_FIELDS, self.step if resume else None)
-        self.val_log = CsvLog(self.output_dir / "val_log.csv", VAL_FIELDS, self.step if resume else None)
+        if main:
+            self._write_run_info()
+            self.train_log = CsvLog(self.output_dir / "train_log.csv", TRAIN_FIELDS, self.step if resume else None)
+            self.val_log = CsvLog(self.output_dir / "val_log.csv", VAL_FIELDS, self.step if resume else None)
         data = AugmentedDataset(self.train_set, StereoAugmentor(self.augment), cfg.seed)
-        sampler = EpochBatches(len(self.train_set), cfg.batch_size, cfg.seed, self.step, cfg.steps)
+        sampler = self._sampler(self.step)
         loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, num_workers=cfg.num_workers,
                                              collate_fn=collate, pin_memory=self.device.type == "cuda",
                                              persistent_workers=False)
@@ -392,7 +405,7 @@ class FineTuner:
                 self.step += 1
                 steps_since_log += 1
                 last = row
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                if main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
                     now = time.perf_counter()
                     self.train_log.append({"step": self.step, "epoch": self.epoch, "lr": lr, **row,
                                            "skipped_steps": self.skipped_steps,
@@ -401,17 +414,23 @@ class FineTuner:
                              f"seq {row['loss_sequence']:.3g}) train EPE {row['train_epe']:.3g} lr {lr:.3g} "
                              f"{(now - t_last) / steps_since_log:.2f} s/step")
                     t_last, steps_since_log = now, 0
-                if self.step % cfg.val_every == 0 and self.step < cfg.steps:
-                    self.validate()
+                if main and self.step % cfg.val_every == 0 and self.step < cfg.steps:
+                    self.validate()  # the other processes wait for it in the next step
                 if self.step % cfg.save_every == 0 and self.step < cfg.steps:
                     self.save_state()
         except KeyboardInterrupt:
             self.log(f"interrupted at step {self.step}: saving the state; continue with --resume")
-            self.save_state()
+            self.save_state(gather=self.dist.world_size == 1)  # other processes may be gone
             raise
-        metrics = self.validate()
+        metrics = self.validate() if main else None
         self.save_state()
         self.log(f"done: {self.output_dir / 'last'}" + (f", best EPE {self.best_epe:.4g} px in "
                                                           f"{self.output_dir / 'best'}" if metrics else ""))
         return {"step": self.step, "last_train": last, "validation": metrics,
                 "last_checkpoint": self.output_dir / "last", "best_checkpoint": self.output_dir / "best"}
+
+
+def _split(batch: Dict[str, object], size: int) -> List[Dict[str, object]]:
+    """A collated batch in parts of ``size`` samples (the last possibly smaller)."""
+    n = len(batch["name"])
+    return [{k: v[i:i + size] for k, v in batch.items()} for i in range(0, n, size)]

@@ -84,6 +84,56 @@ def test_detects_camera_topics(names, left, right):
     assert t.gt_depth == "/rig/gt/depth" and t.gt_disparity is None
 
 
+@pytest.mark.parametrize("images, compressed, left, right", [
+    # A robot's recording: compressed only (compressedDepth is another transport, not a stereo image).
+    ([], ["/zed/zed_node/left/image_rect_color/compressed", "/zed/zed_node/right/image_rect_color/compressed",
+          "/zed/zed_node/left/image_rect_color/compressedDepth"],
+     "/zed/zed_node/left/image_rect_color/compressed", "/zed/zed_node/right/image_rect_color/compressed"),
+    # raw and compressed of the same cameras: the raw Image topics win
+    (["/oak/left/image_raw", "/oak/right/image_raw"], ["/oak/left/image_raw/compressed",
+                                                       "/oak/right/image_raw/compressed"],
+     "/oak/left/image_raw", "/oak/right/image_raw"),
+    # several compressed streams per camera: the same preference as for raw topics
+    ([], ["/cam/left/image_raw/compressed", "/cam/left/image_rect/compressed", "/cam/right/image_raw/compressed",
+          "/cam/right/image_rect/compressed"], "/cam/left/image_rect/compressed", "/cam/right/image_rect/compressed"),
+])
+def test_detects_compressed_topics(images, compressed, left, right):
+    types = {n: B.IMAGE for n in images}
+    types.update({n: B.COMPRESSED_IMAGE for n in compressed})
+    for n in images + compressed:
+        types[B.image_topic_of(n).rsplit("/", 1)[0] + "/camera_info"] = B.CAMERA_INFO
+    t = B.detect_topics(types)
+    assert (t.left_image, t.right_image) == (left, right)
+    assert t.left_info == B.image_topic_of(left).rsplit("/", 1)[0] + "/camera_info"
+    assert t.right_info == B.image_topic_of(right).rsplit("/", 1)[0] + "/camera_info"
+    assert B.image_topic_of("/a/image_raw/compressed") == "/a/image_raw" == B.image_topic_of("/a/image_raw")
+    assert B.StereoTopics.under("/s").compressed().compressed().left_image == "/s/left/image_rect/compressed"
+
+
+def test_reader_takes_compressed_topics_and_checks_types(tmp_path, aloe_small):
+    """Bag with both kinds for each camera: detected raw, --left-topic etc. may name the compressed ones."""
+    calib = rectified_pair(467.5, 79.5, 69.0, 0.16, 160, 139)
+    with B.StereoBagWriter(tmp_path / "bag", storage="mcap") as wr:
+        for i in range(2):
+            stamp = T0 + i * 100_000_000
+            for side, img, cam in (("left", aloe_small[0], calib.left), ("right", aloe_small[1], calib.right)):
+                wr.write(f"/cam/{side}/image_raw", B.image_msg(img, "rgb8", stamp, side))
+                wr.write(f"/cam/{side}/image_raw/compressed", B.compressed_image_msg(img, "rgb8", stamp, side))
+                wr.write(f"/cam/{side}/camera_info", B.camera_info_msg(cam, stamp, side))
+    with B.StereoBagReader(tmp_path / "bag") as r:
+        assert r.topics.left_image == "/cam/left/image_raw"
+        assert [p.left.encoding for p in r.pairs()] == ["rgb8", "rgb8"]
+    with B.StereoBagReader(tmp_path / "bag", left_image="/cam/left/image_raw/compressed",
+                           right_image="/cam/right/image_raw/compressed") as r:
+        pairs = list(r.pairs())
+        assert [p.stamp_ns - T0 for p in pairs] == [0, 100_000_000] and r.unpaired == {}
+        assert pairs[0].left.format == "rgb8; jpeg compressed bgr8"
+        bgr = cv2.imdecode(np.asarray(pairs[0].right.data, np.uint8), cv2.IMREAD_COLOR)
+        assert np.abs(bgr[..., ::-1].astype(int) - aloe_small[1].astype(int)).mean() < 6.0
+    with pytest.raises(ValueError, match="CameraInfo.*expected .*Image"):
+        B.StereoBagReader(tmp_path / "bag", left_image="/cam/left/camera_info")
+
+
 def test_detection_refuses_to_guess():
     with pytest.raises(ValueError, match="--left-topic"):
         B.detect_topics({"/a/image": B.IMAGE, "/b/image": B.IMAGE})

@@ -18,8 +18,8 @@ from foundation_stereo_ros.pipeline.calibration import rectified_pair
 from foundation_stereo_ros.tools import evaluate
 from foundation_stereo_ros.tools.make_bag import BagOptions, StereoFrame, resize_frame, write_stereo_bag
 
-from _eval_helpers import BASELINE, FX_FULL, aloe_gt, disparity_values, float_image, make_aloe_bag, naive_metrics, \
-    read_messages
+from _eval_helpers import BASELINE, FX_FULL, aloe_gt, copy_bag, disparity_values, float_image, make_aloe_bag, \
+    naive_metrics, read_messages
 from conftest import write_deterministic_checkpoint
 
 SCALE = 0.125  # 160 x 139
@@ -163,6 +163,69 @@ def test_depth_ground_truth_only(tmp_path, opencv_data):
     assert got["bad_3"] == pytest.approx(want["bad_3"], rel=1e-5)
 
 
+def _evaluate(bag, out, *extra):
+    rc = evaluate.main([str(bag), "--backend", "sgbm", "--set", "sgbm_num_disparities=32", "-o", str(out),
+                        "--no-progress", "--pictures", "0", *extra])
+    assert rc == 0
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_compressed_recordings_score_like_raw_ones(tmp_path, opencv_data):
+    """CompressedImage bags (make-bag --compressed) are detected and decoded by the node's pipeline:
+    PNG is lossless, so its scores and outputs equal the raw bag's; JPEG at quality 95 is close."""
+    summaries, disparities = {}, {}
+    for kind in ("raw", "png", "jpeg"):
+        extra = [] if kind == "raw" else ["--compressed", kind]
+        bag = make_aloe_bag(tmp_path / kind, opencv_data, SCALE, extra=extra)
+        summaries[kind] = _evaluate(bag, tmp_path / f"report_{kind}", "--output-bag", str(tmp_path / f"out_{kind}"))
+        # the outputs keep the camera namespace and are raw Images, whatever the input transport
+        outputs = read_messages(tmp_path / f"out_{kind}")
+        assert outputs["/stereo/left/image_rect"][0][1].encoding == "rgb8"
+        disparities[kind] = disparity_values(outputs["/stereo/disparity"][0][1])
+    assert summaries["png"]["meta"]["topics"]["left_image"] == "/stereo/left/image_rect/compressed"
+    assert summaries["jpeg"]["meta"]["topics"]["right_image"] == "/stereo/right/image_rect/compressed"
+    raw, png, jpeg = (summaries[k]["backends"]["sgbm"]["metrics"] for k in ("raw", "png", "jpeg"))
+    assert png == raw
+    np.testing.assert_array_equal(disparities["png"], disparities["raw"])
+    assert summaries["jpeg"]["backends"]["sgbm"]["skipped"] == 0
+    assert jpeg["epe"] == pytest.approx(raw["epe"], abs=0.3) and jpeg["bad_3"] == pytest.approx(raw["bad_3"], abs=3.0)
+    assert not np.array_equal(disparities["jpeg"], disparities["raw"])  # it really was JPEG
+
+
+def test_bad_compressed_frames_are_skipped_with_their_problem(tmp_path, opencv_data):
+    """A recording cut mid-frame, garbage bytes, an unknown codec, an image of another size: each
+    such pair is a skipped frame counted by the pipeline's problem key; the good pairs are scored."""
+    good = make_aloe_bag(tmp_path / "good", opencv_data, 0.0625, repeat=6, extra=["--compressed", "jpeg"])
+    other_size = np.frombuffer(B.compress_image(np.zeros((20, 30, 3), np.uint8), "rgb8", "jpeg")[1], np.uint8)
+
+    def spoil(topic, i, msg):
+        if topic != "/stereo/left/image_rect/compressed":
+            return msg
+        data = np.asarray(msg.data, np.uint8)
+        if i == 1:
+            msg.data = data[: data.size // 2].copy()
+        elif i == 2:
+            msg.data = np.random.default_rng(0).integers(0, 256, data.size, dtype=np.uint8)
+        elif i == 3:
+            msg.format = "rgb8; h264 compressed bgr8"
+        elif i == 4:
+            msg.data = other_size.copy()
+        return msg
+
+    bag = copy_bag(good, tmp_path / "spoiled", spoil)
+    out = tmp_path / "report"
+    s = _evaluate(bag, out, "--set", "sgbm_num_disparities=16")
+    sgbm = s["backends"]["sgbm"]
+    assert s["frames"] == 6 and sgbm["frames"] == 2 and sgbm["skipped"] == 4
+    assert sgbm["problems"] == {"compressed_truncated": 1, "compressed_corrupt": 1, "compressed_format": 1,
+                                "compressed_size": 1}
+    assert sgbm["metrics"]["epe"] is not None  # the good pairs were scored against the ground truth
+    rows = list(csv.DictReader(open(out / "frames.csv")))
+    assert [r["status"] for r in rows] == ["ok", "skipped:compressed_truncated", "skipped:compressed_corrupt",
+                                           "skipped:compressed_format", "skipped:compressed_size", "ok"]
+    assert "Skipped frames" in (out / "report.md").read_text()
+
+
 def test_bad_input(tmp_path, opencv_data, capsys, monkeypatch):
     assert evaluate.main([str(tmp_path / "nothing"), "--backend", "sgbm", "--no-progress"]) == 2
     assert "no such bag" in capsys.readouterr().err
@@ -195,3 +258,32 @@ def test_backend_specs():
     for bad in ("sgbm:iters", "sgbm:iters=many", "sgbm:no_such=1", "magic"):
         with pytest.raises(ValueError):
             parse_backend_spec(bad, base)
+
+
+def _without_timing(value):
+    """A summary without what differs between any two runs: wall-clock latencies and the date."""
+    if isinstance(value, dict):
+        return {k: _without_timing(v) for k, v in value.items() if k not in ("latency", "created")}
+    if isinstance(value, list):
+        return [_without_timing(v) for v in value]
+    return value
+
+
+@pytest.mark.slow  # two spawned processes
+def test_jobs_2_gives_the_summaries_of_jobs_1(tmp_path, opencv_data, capsys):
+    bags = [str(make_aloe_bag(tmp_path / name, opencv_data, scale, repeat=2)) for name, scale in
+            (("aloe_small", SCALE), ("aloe_smaller", SCALE / 2))]
+    # plain SGBM runs single-threaded in OpenCV: its numbers cannot depend on a process's thread pool
+    common = ["--backend", "sgbm", "--set", "sgbm_num_disparities=32", "--set", "sgbm_mode=sgbm", "--no-progress",
+              "--pictures", "1"]
+    assert evaluate.main(bags + common + ["-o", str(tmp_path / "one")]) == 0
+    assert evaluate.main(bags + common + ["-o", str(tmp_path / "two"), "--jobs", "2"]) == 0
+    one, two = (json.loads((tmp_path / d / "bags.json").read_text())["bags"] for d in ("one", "two"))
+    assert list(one) == list(two) == ["aloe_small", "aloe_smaller"]
+    assert one["aloe_small"]["backends"]["sgbm"]["metrics"] != one["aloe_smaller"]["backends"]["sgbm"]["metrics"]
+    assert _without_timing(one) == _without_timing(two)
+    for name in one:
+        assert json.loads((tmp_path / "two" / name / "summary.json").read_text()) == two[name]
+        assert (tmp_path / "one" / name / "frames.csv").is_file()
+    assert "summary:" in capsys.readouterr().out
+    assert evaluate.main(bags + common + ["--output-bag", str(tmp_path / "x")]) == 2  # one bag only

@@ -131,3 +131,56 @@ def test_save_checkpoint_round_trip(tmp_path, vits_checkpoint):
     assert again.cfg == model.cfg
     a, b = model.state_dict(), again.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------ one copy of the weights
+def test_network_is_built_without_parameter_storage(monkeypatch, vits_checkpoint):
+    """The network is built with its parameters on the meta device (no second copy of the
+    weights, no initialisation work); the loaded model has real parameters, and the
+    non-persistent buffers (not in the file) their computed values."""
+    from foundation_stereo_ros.model import checkpoint
+    from foundation_stereo_ros.model.aggregation import sinusoidal_positions
+
+    built = []
+    real_class = checkpoint.FoundationStereo
+
+    def spy(cfg):
+        model = real_class(cfg)
+        built.append({p.device.type for p in model.parameters()})
+        return model
+
+    monkeypatch.setattr(checkpoint, "FoundationStereo", spy)
+    model = load_model(vits_checkpoint)
+    assert built == [{"meta"}]
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    assert all(b.device.type == "cpu" for b in model.buffers())
+    assert torch.equal(model.rgb_mean.flatten(), torch.tensor([0.485, 0.456, 0.406]))
+    positions = dict(model.named_buffers())["cost_agg.atts.4.positions"]
+    assert torch.equal(positions, sinusoidal_positions(*positions.shape))
+    assert torch.nn.Linear(2, 2).weight.device.type == "cpu"  # the patch ends with the build
+
+
+def test_parameters_keep_their_dtype_and_grad_flag(tmp_path, vits_checkpoint, state):
+    """An fp16 file loads into the fp32 network (as load_state_dict's copy did); integer buffers
+    stay integers; each parameter requires grad as in a network built the plain way (fine-tuning
+    trains some parts and freezes the ViT)."""
+    half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    model = load_model(_write(tmp_path / "h", half, vits_checkpoint.parent / "cfg.yaml"))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    plain = FoundationStereo(model.cfg)
+    assert ({n: p.requires_grad for n, p in model.named_parameters()}
+            == {n: p.requires_grad for n, p in plain.named_parameters()})
+    tracked = [b for n, b in model.named_buffers() if n.endswith("num_batches_tracked")]
+    assert tracked and all(b.dtype == torch.int64 for b in tracked)
+    k = "proj_cmb.weight"
+    assert torch.equal(model.state_dict()[k], state[k].half().float())
+
+
+def test_the_legacy_file_format_still_loads(tmp_path, vits_checkpoint, state):
+    """Files from before PyTorch 1.6 cannot be memory-mapped; they are read instead."""
+    folder = tmp_path / "legacy"
+    folder.mkdir()
+    torch.save({"model": state}, folder / "model_best_bp2.pth", _use_new_zipfile_serialization=False)
+    shutil.copy(vits_checkpoint.parent / "cfg.yaml", folder / "cfg.yaml")
+    loaded = load_model(folder).state_dict()
+    assert torch.equal(loaded["proj_cmb.weight"], state["proj_cmb.weight"])

@@ -13,23 +13,16 @@ import configparser
 import importlib.util
 import os
 import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-PACKAGE = "foundation_stereo_ros"
-COLCON = Path(sys.executable).with_name("colcon")
+from _colcon import COLCON, PACKAGE, REPO, colcon_build, in_install_space
 
 pytestmark = [pytest.mark.slow,  # colcon builds of the package
               pytest.mark.skipif(not COLCON.is_file(), reason=f"colcon is not installed beside {sys.executable} "
                                                               f"(scripts/setup_env.sh installs it)")]
-
-# Top-level entries of a working copy that are not part of the source (build outputs, caches).
-_NOT_SOURCE = {".git", ".venv", "build", "install", "log", "output", "gpu_results", ".gpu_parity", ".pytest_cache"}
 
 
 def _console_scripts() -> list:
@@ -37,33 +30,11 @@ def _console_scripts() -> list:
     return re.findall(r'"([A-Za-z0-9_.-]+) = foundation_stereo_ros\.[A-Za-z0-9_.]+:main"', text)
 
 
-def _build(tmp: Path, *extra: str) -> Path:
-    src = tmp / "src" / PACKAGE
-    shutil.copytree(REPO, src, ignore=lambda d, names: [
-        n for n in names if n == "__pycache__" or n.endswith(".egg-info")
-        or (Path(d) == REPO and n in _NOT_SOURCE)])
-    env = dict(os.environ, PATH=f"{COLCON.parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    proc = subprocess.run([str(COLCON), "--log-base", str(tmp / "log"), "build", "--base-paths", str(tmp / "src"),
-                           "--build-base", str(tmp / "build"), "--install-base", str(tmp / "install"), *extra],
-                          cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"colcon build failed:\n{proc.stdout}\n{proc.stderr}"
-    assert "1 package finished" in proc.stdout, proc.stdout
-    return tmp / "install"
-
-
-def _in_install_space(install: Path, command: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """``command`` in bash after ``source install/local_setup.bash``, outside the source tree."""
-    script = f". {install / 'local_setup.bash'} && {command}"
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
-    env["ROS_DOMAIN_ID"] = env.get("ROS_DOMAIN_ID", "42")
-    return subprocess.run(["bash", "-c", script], cwd=install.parent, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-
-
 @pytest.fixture(scope="module", params=["copy", "symlink"])
-def install(request, tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp(f"colcon_{request.param}")
-    return _build(tmp, *(["--symlink-install"] if request.param == "symlink" else []))
+def install(request, colcon_install, tmp_path_factory) -> Path:
+    if request.param == "copy":
+        return colcon_install  # the session's plain build, shared with the launch tests
+    return colcon_build(tmp_path_factory.mktemp("colcon_symlink"), "--symlink-install")
 
 
 def test_setup_cfg_puts_executables_where_ros2_run_looks():
@@ -92,7 +63,7 @@ def test_install_tree_has_index_marker_share_files_and_executables(install):
 
 
 def test_installed_package_is_imported_from_the_install_space(install):
-    proc = _in_install_space(install, f"{sys.executable} -c 'import {PACKAGE}; print({PACKAGE}.__file__)'")
+    proc = in_install_space(install, f"{sys.executable} -c 'import {PACKAGE}; print({PACKAGE}.__file__)'")
     assert proc.returncode == 0, proc.stderr
     where = Path(proc.stdout.strip()).resolve()
     # Plain install: a copy under install/. Symlink install: the build's link back to the source
@@ -102,7 +73,7 @@ def test_installed_package_is_imported_from_the_install_space(install):
 
 def test_installed_node_executable_runs_and_refuses_bad_parameters(install):
     exe = install / PACKAGE / "lib" / PACKAGE / "stereo_depth_node"
-    proc = _in_install_space(install, f"{exe} --ros-args -p backend:=no_such_backend -p use_sim_time:=false")
+    proc = in_install_space(install, f"{exe} --ros-args -p backend:=no_such_backend -p use_sim_time:=false")
     assert proc.returncode == 1, (proc.stdout, proc.stderr)
     assert "cannot start" in proc.stderr + proc.stdout
     assert "backend" in proc.stderr + proc.stdout
@@ -110,7 +81,7 @@ def test_installed_node_executable_runs_and_refuses_bad_parameters(install):
 
 def test_installed_cli_runs(install):
     exe = install / PACKAGE / "lib" / PACKAGE / "foundation-stereo-infer"
-    proc = _in_install_space(install, f"{exe} --help")
+    proc = in_install_space(install, f"{exe} --help")
     assert proc.returncode == 0, proc.stderr
     assert "usage" in proc.stdout.lower()
 

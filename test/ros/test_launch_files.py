@@ -1,10 +1,10 @@
 """Launch files and camera configs.
 
-`launch`/`launch_ros` are not installable from PyPI, so the LaunchDescription itself is built only
-where they are importable (a ROS install); everything the launch files compute (config lookup,
-remappings, parameter overrides, driver arguments) is plain Python and tested here, and the node
-is started with each config exactly as the launch file would start it, then inspected through
-the ROS graph.
+`launch`/`launch_ros` are not installable from PyPI: the LaunchDescriptions are built with a ROS
+install's, else with their source in ../shared/ros2_launch (test_launch_run.py runs them). Everything
+the launch files compute (config lookup, remappings, parameter overrides, driver arguments) is plain
+Python and tested here, and the node is started with each config exactly as the launch file would
+start it, then inspected through the ROS graph.
 """
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import os
 import py_compile
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from ros2_launch_source import SKIP_REASON, launch_paths
 
 REPO = Path(__file__).resolve().parents[2]
 LAUNCH = REPO / "launch"
@@ -26,7 +26,7 @@ CAMERAS = ("zed", "realsense", "oakd", "isaac_sim")
 LAUNCH_FILES = ["foundation_stereo.launch.py"] + [f"{c}.launch.py" for c in CAMERAS]
 REQUIRED_ARGUMENTS = {"checkpoint", "model_variant", "namespace", "iters", "scale", "precision", "device", "backend",
                       "start_camera"}
-HAVE_LAUNCH = importlib.util.find_spec("launch") is not None and importlib.util.find_spec("launch_ros") is not None
+LAUNCH_PATHS = launch_paths()
 
 
 def load(name: str):
@@ -59,10 +59,11 @@ def test_every_argument_has_a_description(generic):
             assert name not in names and len(description) > 20
 
 
-@pytest.mark.skipif(not HAVE_LAUNCH, reason="the ROS 2 'launch' and 'launch_ros' packages are not importable "
-                                            "here (not on PyPI); the launch descriptions are built on a ROS install")
+@pytest.mark.skipif(LAUNCH_PATHS is None, reason=SKIP_REASON)
 @pytest.mark.parametrize("name", LAUNCH_FILES)
-def test_launch_description_builds(name):
+def test_launch_description_builds(name, monkeypatch):
+    for path in reversed(LAUNCH_PATHS or []):
+        monkeypatch.syspath_prepend(path)
     from launch.actions import DeclareLaunchArgument
 
     ld = load(name).generate_launch_description()
@@ -85,12 +86,34 @@ def test_camera_config_settings(generic, camera):
     if camera == "isaac_sim":
         assert settings["driver"] == {}  # Isaac Sim is started from its own launcher
     else:
-        args = dict(generic.driver_arguments(settings, defaults, path))
+        args = dict(generic.driver_arguments(settings, defaults, path, "/tmp/driver.yaml"))
         assert "{" not in "".join(args.values())  # every placeholder filled from a declared argument
-        expected = {"zed": ("zed_wrapper", "camera_model", "zed2i"), "realsense": ("realsense2_camera",
-                    "depth_module.emitter_enabled", "0"), "oakd": ("depthai_ros_driver", "params_file", path)}
+        expected = {"zed": ("zed_wrapper", "camera_model", "zed2i"),
+                    "realsense": ("realsense2_camera", "config_file", "/tmp/driver.yaml"),
+                    "oakd": ("depthai_ros_driver", "params_file", path)}
         package, key, value = expected[camera]
         assert settings["driver"]["package"] == package and args[key] == value
+        parameters = generic.driver_parameters(settings, defaults)
+        if camera == "realsense":
+            # rs_launch.py passes only the arguments it declares: the emitter goes through config_file
+            assert parameters == {"depth_module.emitter_enabled": 0}
+            assert generic.driver_parameters(settings, {**defaults, "emitter": "1"}) == {
+                "depth_module.emitter_enabled": 1}
+            assert "depth_module.emitter_enabled" not in args
+        else:
+            assert parameters == {}
+        if camera == "zed":
+            assert args["ros_params_override_path"] == path  # its /zed/zed_node section turns left/right on
+
+
+def test_driver_sections_of_the_configs_use_the_drivers_node_names():
+    """The drivers start their nodes as composable nodes, whose parameters launch_ros takes only from the
+    '/**' section and the section of the node's full name (not '/**/name')."""
+    zed = yaml.safe_load((REPO / "config" / "zed.yaml").read_text())
+    assert zed["/zed/zed_node"]["ros__parameters"]["video"]["publish_left_right"] is True
+    oakd = yaml.safe_load((REPO / "config" / "oakd.yaml").read_text())
+    assert oakd["/oak"]["ros__parameters"]["left"]["i_publish_topic"] is True
+    assert oakd["/oak"]["ros__parameters"]["right"]["i_publish_topic"] is True
 
 
 def test_config_files_parse_as_ros_parameter_files():
@@ -145,19 +168,20 @@ def test_parameter_overrides(generic, tmp_path, monkeypatch, vits_checkpoint):
 
 
 def test_fast_path_arguments_become_node_parameters_of_the_right_type(generic, tmp_path, monkeypatch):
-    from foundation_stereo_ros.pipeline import SPECS
+    from foundation_stereo_ros.ros.parameters import ALL_PARAMETERS
 
+    specs = {s.name: s for s in ALL_PARAMETERS}
     monkeypatch.delenv("FOUNDATION_STEREO_CHECKPOINT", raising=False)
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no cached checkpoint to add
 
     for name, kind in generic.PARAMETER_ARGUMENTS.items():
-        assert SPECS[name].type is kind, name
+        assert specs[name].type is kind, name
     assert generic.parameter_overrides({"backend": "onnx", "onnx_model": "/models/fs.onnx", "execution": "cudagraph",
-                                        "warmup_width": "640", "warmup_height": "480",
-                                        "geometry_device": "host"}) == {
+                                        "warmup_width": "640", "warmup_height": "480", "geometry_device": "host",
+                                        "image_transport": "compressed", "depth_format": "16UC1"}) == {
         "backend": "onnx", "onnx_model": "/models/fs.onnx", "execution": "cudagraph", "warmup_width": 640,
-        "warmup_height": 480, "geometry_device": "host"}
+        "warmup_height": 480, "geometry_device": "host", "image_transport": "compressed", "depth_format": "16UC1"}
     with pytest.raises(ValueError, match="warmup_width"):
         generic.parameter_overrides({"warmup_width": "wide"})
 
@@ -166,7 +190,18 @@ def test_remappings_from_arguments_win(generic):
     settings = generic.launch_settings(generic.config_path("zed"))
     remaps = dict(generic.remappings(settings, {"left_image": "/my/left"}))
     assert remaps["left/image_rect"] == "/my/left"
-    assert remaps["right/image_rect"] == "/zed/zed_node/right/image_rect_color"
+    assert remaps["right/image_rect"] == "/zed/zed_node/right/color/rect/image"  # zed-ros2-wrapper 5.1 and later
+    assert remaps["right/camera_info"] == "/zed/zed_node/right/color/rect/camera_info"
+
+
+def test_zed_topics_argument_selects_the_names_of_older_wrappers(generic):
+    settings = generic.launch_settings(generic.config_path("zed"))
+    remaps = dict(generic.remappings(settings, {"zed_topics": "legacy", "left_image": "/my/left"}))
+    assert remaps == {"left/image_rect": "/my/left", "left/camera_info": "/zed/zed_node/left/camera_info",
+                      "right/image_rect": "/zed/zed_node/right/image_rect_color",
+                      "right/camera_info": "/zed/zed_node/right/camera_info"}
+    with pytest.raises(ValueError, match="zed_topics"):
+        generic.remappings(settings, {"zed_topics": "4.2"})
 
 
 # ---------------------------------------------------------------------------------------------

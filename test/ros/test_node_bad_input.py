@@ -2,7 +2,8 @@
 publishes nothing for that frame, and goes on publishing the good frames that follow.
 
 Also the inputs that look odd but are fine and must give the right depth: big-endian 16-bit data
-(decoded, byte-swapped) and left/right images with different frame ids (two cameras)."""
+(decoded, byte-swapped) and left/right images with different frame ids (two cameras). A zero
+baseline is not here: its disparity is published (test_node_without_baseline.py)."""
 from __future__ import annotations
 
 import array
@@ -96,9 +97,9 @@ def zero_fx(l_img, r_img, l_info, r_info):
     scale_fx(r_info, 0.0)
 
 
-def zero_baseline(l_img, r_img, l_info, r_info):
+def negative_baseline(l_img, r_img, l_info, r_info):
     p = np.asarray(r_info.p).copy()
-    p[3] = 0.0
+    p[3] = -p[3]  # left and right swapped: the disparity itself would be wrong
     r_info.p = p
 
 
@@ -157,7 +158,7 @@ CASES = [
     ("grey left, colour right", grey_with_colour, "encoding_mismatch"),
     ("fx = 0", zero_fx, "calibration_zero_focal"),
     ("uncalibrated CameraInfo (all zeros)", uncalibrated, "calibration_zero_focal"),
-    ("baseline = 0", zero_baseline, "zero_baseline"),
+    ("baseline < 0 (left and right swapped)", negative_baseline, "negative_baseline"),
     ("NaN in P", nan_calibration, "calibration_nonfinite"),
     ("infinite distortion", inf_calibration, "calibration_nonfinite"),
     ("CameraInfo size differs from the image", info_size_mismatch, "calibration_mismatch"),

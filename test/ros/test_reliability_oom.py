@@ -166,9 +166,16 @@ def test_configured_scale_is_the_starting_point():
     (lambda px: torch.cuda.OutOfMemoryError("CUDA out of memory."), True),
     (lambda px: RuntimeError("CUDA error: out of memory"), True),
     (lambda px: RuntimeError("cuDNN error: CUDNN_STATUS_INTERNAL_ERROR"), False),
+    # cuDNN and cuBLAS allocation failures, as PyTorch words them
+    (lambda px: RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"), True),
+    (lambda px: RuntimeError("cuDNN error: CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED"), True),
+    (lambda px: RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"), True),
+    (lambda px: RuntimeError("CUDA error: cudaErrorMemoryAllocation"), True),
     (lambda px: ValueError("out of memory"), False),
 ])
 def test_only_allocator_failures_are_retried(error, handled):
+    """cuDNN / cuBLAS allocation failures are retried at a lower scale like torch's own
+    OutOfMemoryError, not counted as internal errors."""
     assert is_out_of_memory(error(1)) == handled
     net = BudgetNetwork(limit_px=H * W // 2, error=error)
     proc = processor(net)
@@ -178,6 +185,29 @@ def test_only_allocator_failures_are_retried(error, handled):
         with pytest.raises(type(error(1))):
             process(proc)
         assert len(net.calls) == 1
+
+
+def test_an_allocator_failure_wrapped_by_another_error_is_retried():
+    """torch.compile re-raises a failure inside compiled code as its own error ``from`` it."""
+    class BackendFailed(Exception):
+        pass
+
+    def wrapped(px):
+        try:
+            raise RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED")
+        except RuntimeError as e:
+            raise BackendFailed("backend='inductor' raised: RuntimeError") from e
+
+    def error(px):
+        try:
+            wrapped(px)
+        except BackendFailed as e:
+            return e
+
+    assert is_out_of_memory(error(1))
+    assert not is_out_of_memory(BackendFailed("no cause"))
+    net = BudgetNetwork(limit_px=H * W // 2, error=error)
+    assert process(processor(net)).network_scale == 0.5
 
 
 def test_real_network_recovers_from_an_injected_out_of_memory(vits_checkpoint):

@@ -15,6 +15,7 @@ from foundation_stereo_ros.pipeline import (ALL_OUTPUTS, DecodedPair, ProcessorC
                                             StereoProcessor, make_camera_model)
 
 H, W, F_PX, BASELINE = 64, 96, 70.0, 0.12
+pytestmark = pytest.mark.usefixtures("fp32_without_tf32")  # fp32 parity on a GPU: no TF32
 
 
 @pytest.fixture(scope="module")

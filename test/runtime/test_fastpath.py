@@ -20,6 +20,7 @@ from foundation_stereo_ros.runtime.fastpath import (EXECUTIONS, PARITY_TOLERANCE
                                                     mode_unavailable_reason)
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+pytestmark = pytest.mark.usefixtures("fp32_without_tf32")  # fp32 parity on a GPU: no TF32
 INDUCTOR = os.environ.get("FOUNDATION_STEREO_TEST_INDUCTOR") == "1"
 ITERS = 3
 
@@ -40,6 +41,7 @@ def pair():
 
 @pytest.fixture(scope="module")
 def reference(model, pair):
+    assert not torch.backends.cudnn.allow_tf32  # made in true fp32 (pytestmark above)
     with torch.no_grad():
         return model(*pair, iters=ITERS).disparity.float()
 
@@ -48,9 +50,8 @@ MODES = [(e, p) for e in EXECUTIONS for p in ("fp32", "fp16", "bf16") if (e, p) 
 
 
 def _backend(execution: str) -> str:
-    if INDUCTOR:
-        return "inductor"
-    return "cudagraphs" if execution == "compile-cudagraph" else "aot_eager"
+    # compile-cudagraph captures the compiled parts itself: no backend that captures on its own
+    return "inductor" if INDUCTOR else "aot_eager"
 
 
 @pytest.mark.slow
@@ -151,3 +152,36 @@ def test_forward_has_no_host_device_synchronisation(model, pair):
         model(*pair, iters=2)
     assert len(rec.ops) > 500  # the recorder saw the network
     assert _syncing(rec.ops) == []
+
+
+# ------------------------------------------------------------------ TF32
+def test_pytorch_defaults_to_tf32_convolutions_and_the_parity_tests_turn_it_off(fp32_without_tf32):
+    """The fp32 reference and every fp32 mode above run with TF32 off (the ``fp32_without_tf32``
+    fixture of test/conftest.py): PyTorch's own default would run the GPU's cuDNN convolutions in TF32."""
+    cudnn_default, matmul_default = fp32_without_tf32
+    assert cudnn_default is True and matmul_default is False
+    assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+
+
+# ------------------------------------------------------------------ compile: one GRU step, reused
+@pytest.mark.slow
+def test_compile_traces_the_gru_step_once_whatever_the_iterations(model, pair):
+    """``compile`` compiles each part of the network on its own, so the work of compiling does not
+    grow with the iteration count (a whole-pass graph unrolls every iteration: minutes for ViT-L
+    at 32 iterations with inductor). Counted as the FX nodes handed to the compiler backend."""
+    traced = {}
+    for iters in (2, 5):
+        nodes = []
+
+        def backend(gm, example_inputs):
+            nodes.append(len(gm.graph.nodes))
+            return gm.forward
+
+        torch._dynamo.reset()
+        runner = NetworkRunner(model, iters, execution="compile", compile_backend=backend)
+        with torch.no_grad():
+            expected = model(*pair, iters=iters).disparity
+        assert torch.allclose(runner(*pair), expected, atol=1e-4)
+        traced[iters] = sum(nodes)
+    torch._dynamo.reset()
+    assert traced[2] == traced[5] > 1000, traced

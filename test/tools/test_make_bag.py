@@ -3,7 +3,6 @@ opencv-doc. Bags are read back with rosbags directly, and every expected value i
 with OpenCV/NumPy from the source files."""
 from __future__ import annotations
 
-import glob
 from pathlib import Path
 
 import cv2
@@ -12,6 +11,8 @@ import pytest
 from rosbags.highlevel import AnyReader
 
 from foundation_stereo_ros.tools import make_bag
+
+from _chessboard import chessboard_corners, chessboard_pairs, read_grey
 
 FX, BASELINE = 3740.0, 0.16
 
@@ -101,28 +102,88 @@ def test_k_txt_and_mono8(tmp_path, opencv_data):
     assert "/cam/gt/disparity" not in msgs
 
 
-def _chessboard_pairs(opencv_data, n=13):
-    lefts = sorted(glob.glob(str(opencv_data / "left[0-9][0-9].jpg")))[:n]
-    return lefts, [p.replace("left", "right") for p in lefts]
+def small_aloe_pngs(folder: Path, opencv_data: Path):
+    folder.mkdir()
+    paths = []
+    for name in ("aloeL.jpg", "aloeR.jpg"):
+        img = cv2.resize(cv2.imread(str(opencv_data / name)), (160, 139), interpolation=cv2.INTER_AREA)
+        paths.append(folder / name.replace(".jpg", ".png"))
+        cv2.imwrite(str(paths[-1]), img)
+    return paths
+
+
+@pytest.mark.parametrize("codec, encoding, fmt", [
+    # compressed_image_transport's format strings (compressed_publisher.cpp): colour is compressed
+    # as BGR; grey PNG keeps the source encoding and leaves the target empty.
+    ("jpeg", "rgb8", "rgb8; jpeg compressed bgr8"),
+    ("jpeg", "mono8", "mono8; jpeg compressed mono8"),
+    ("png", "bgr8", "bgr8; png compressed bgr8"),
+    ("png", "mono8", "mono8; png compressed "),
+])
+def test_compressed_images(tmp_path, opencv_data, codec, encoding, fmt):
+    left, right = small_aloe_pngs(tmp_path / "imgs", opencv_data)
+    calib = write_simple_yaml(tmp_path / "calib.yaml", 160, 139)
+    out = tmp_path / "bag"
+    assert make_bag.main([str(out), "--left", str(left), "--right", str(right), "--calib", str(calib), "--raw",
+                          "--compressed", codec, "--encoding", encoding, "--start-time", "3", "--storage", "mcap"]) == 0
+    msgs, _ = read_bag(out)
+    assert sorted(msgs) == ["/stereo/left/camera_info", "/stereo/left/image_raw/compressed",
+                            "/stereo/right/camera_info", "/stereo/right/image_raw/compressed"]
+    with AnyReader([out]) as reader:
+        assert {c.topic: c.msgtype for c in reader.connections}["/stereo/left/image_raw/compressed"] == \
+            "sensor_msgs/msg/CompressedImage"
+    for side, path in (("left", left), ("right", right)):
+        _, msg = msgs[f"/stereo/{side}/image_raw/compressed"][0]
+        assert msg.format == fmt and msg.header.stamp.sec == 3 and msg.header.frame_id.startswith(f"stereo_{side}")
+        data = np.asarray(msg.data, np.uint8).tobytes()
+        assert data.startswith(b"\xff\xd8" if codec == "jpeg" else b"\x89PNG\r\n\x1a\n")  # the file's magic
+        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        bgr = cv2.imread(str(path))
+        want = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY) if encoding == "mono8" else bgr  # what the codec holds
+        assert decoded.shape == want.shape
+        if codec == "png":
+            np.testing.assert_array_equal(decoded, want)  # lossless
+        else:
+            err = np.abs(decoded.astype(int) - want.astype(int)).mean()
+            assert 0 < err < 6.0  # quality 95 on a small textured picture: close, not equal
+            if encoding != "mono8":  # and BGR in the codec, as the format says: swapped is far worse
+                assert np.abs(decoded.astype(int) - want[..., ::-1].astype(int)).mean() > 3 * err
+
+
+def test_compressed_quality_and_bad_options(tmp_path, opencv_data, capsys):
+    left, right = small_aloe_pngs(tmp_path / "imgs", opencv_data)
+    calib = write_simple_yaml(tmp_path / "calib.yaml", 160, 139)
+    sizes = {}
+    for q in (30, 95):
+        out = tmp_path / f"q{q}"
+        assert make_bag.main([str(out), "--left", str(left), "--right", str(right), "--calib", str(calib),
+                              "--compressed", "jpeg", "--jpeg-quality", str(q)]) == 0
+        msgs, _ = read_bag(out)
+        sizes[q] = len(msgs["/stereo/left/image_rect/compressed"][0][1].data)
+    assert sizes[30] < sizes[95]
+    assert make_bag.main([str(tmp_path / "bad"), "--left", str(left), "--right", str(right), "--calib", str(calib),
+                          "--compressed", "jpeg", "--jpeg-quality", "0"]) == 2
+    assert "quality" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    with pytest.raises(SystemExit):
+        make_bag.main([str(tmp_path / "bad"), "--left", str(left), "--right", str(right), "--calib", str(calib),
+                       "--compressed", "tiff"])
 
 
 def test_opencv_calibration_raw_images_rectify_to_equal_rows(tmp_path, opencv_data):
     """Calibrate the real chessboard pairs as OpenCV's stereo_calib sample does and save its file
     layout (intrinsics.yml: M1 D1 M2 D2, extrinsics.yml: R T); the bag's CameraInfo must rectify
     the raw images so that the corners of each pair share rows."""
-    lefts, rights = _chessboard_pairs(opencv_data)
+    pairs = chessboard_pairs(opencv_data)
+    lefts, rights = [str(lp) for lp, _ in pairs], [str(rp) for _, rp in pairs]
     obj = np.zeros((54, 3), np.float32)
     obj[:, :2] = np.mgrid[0:9, 0:6].T.reshape(-1, 2) * 0.025  # 25 mm squares (left_intrinsics.yml)
     objs, pl, pr = [], [], []
-    for lf, rf in zip(lefts, rights):
-        a, b = cv2.imread(lf, 0), cv2.imread(rf, 0)
-        ok1, c1 = cv2.findChessboardCorners(a, (9, 6))
-        ok2, c2 = cv2.findChessboardCorners(b, (9, 6))
-        if ok1 and ok2:
-            crit = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 30, 0.01)
+    for lf, rf in pairs:
+        c1, c2 = chessboard_corners(read_grey(lf)), chessboard_corners(read_grey(rf))
+        if c1 is not None and c2 is not None:
             objs.append(obj)
-            pl.append(cv2.cornerSubPix(a, c1.reshape(-1, 1, 2), (11, 11), (-1, -1), crit))
-            pr.append(cv2.cornerSubPix(b, c2.reshape(-1, 1, 2), (11, 11), (-1, -1), crit))
+            pl.append(c1.reshape(-1, 1, 2))
+            pr.append(c2.reshape(-1, 1, 2))
     assert len(objs) >= 6
     k0 = cv2.initCameraMatrix2D(objs, pl, (640, 480), 0)
     flags = (cv2.CALIB_FIX_ASPECT_RATIO | cv2.CALIB_ZERO_TANGENT_DIST | cv2.CALIB_SAME_FOCAL_LENGTH
@@ -150,17 +211,14 @@ def test_opencv_calibration_raw_images_rectify_to_equal_rows(tmp_path, opencv_da
     assert -pr_[0, 3] / pr_[0, 0] == pytest.approx(float(np.linalg.norm(T)), rel=0.02)  # baseline in metres
     # Corners found in the bag's raw images, mapped into the rectified images through each camera's
     # CameraInfo (K, D, R, P), must lie on the same rows in left and right.
-    crit = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 30, 0.01)
     row_errors = []
     for (_, lmsg), (_, rmsg) in zip(msgs["/stereo/left/image_raw"], msgs["/stereo/right/image_raw"]):
         rect = []
         for m, info in ((lmsg, li), (rmsg, ri)):
-            grey = cv2.cvtColor(image_pixels(m), cv2.COLOR_RGB2GRAY)
-            ok, c = cv2.findChessboardCorners(grey, (9, 6))
-            assert ok
-            c = cv2.cornerSubPix(grey, c.reshape(-1, 1, 2), (11, 11), (-1, -1), crit)
-            rect.append(cv2.undistortPoints(c, np.asarray(info.k).reshape(3, 3), np.asarray(info.d),
-                                            R=np.asarray(info.r).reshape(3, 3),
+            c = chessboard_corners(cv2.cvtColor(image_pixels(m), cv2.COLOR_RGB2GRAY))
+            assert c is not None
+            rect.append(cv2.undistortPoints(c.reshape(-1, 1, 2), np.asarray(info.k).reshape(3, 3),
+                                            np.asarray(info.d), R=np.asarray(info.r).reshape(3, 3),
                                             P=np.asarray(info.p).reshape(3, 4)).reshape(-1, 2))
         row_errors.append(np.abs(rect[0][:, 1] - rect[1][:, 1]))
     errors = np.concatenate(row_errors)

@@ -68,7 +68,8 @@ def test_simulated_cuda_applies_autocast_and_fused_attention_then_restores_torch
 @needs_simulation
 def test_simulated_trace_agrees_with_a_real_cpu_trace():
     """The shape-only CUDA pass traces (almost) the storage of a real pass: fp32 against the CPU
-    trace of the same network (the kernels' side outputs differ slightly), and bf16 smaller."""
+    trace of the same network (the kernels' side outputs differ slightly), and bf16's pass smaller
+    (its total adds the bf16 copies of the weights: 118 MiB for ViT-S)."""
     from foundation_stereo_ros.model import FoundationStereo, FoundationStereoConfig
 
     torch.manual_seed(0)
@@ -80,7 +81,7 @@ def test_simulated_trace_agrees_with_a_real_cpu_trace():
     assert (cpu_method, sim_method) == (memory_fit.METHOD_CPU, memory_fit.METHOD_SIMULATED)
     print(f"64x96 ViT-S peak: cpu trace {cpu:.1f} MiB, simulated cuda fp32 {sim:.1f} / bf16 {sim_bf16:.1f} MiB")
     assert abs(sim - cpu) < 0.03 * cpu
-    assert sim_bf16 < sim
+    assert sim_bf16 - sim_model.cast_weights.nbytes() / 2 ** 20 < sim
 
 
 @needs_simulation

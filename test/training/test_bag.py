@@ -1,7 +1,9 @@
 """Training pairs from rosbag2 recordings (written with foundation-stereo-make-bag's writer)."""
 import numpy as np
 import pytest
+import yaml
 
+from _eval_helpers import copy_bag
 from _training_helpers import synthetic_pairs
 from foundation_stereo_ros.pipeline.calibration import rectified_pair
 from foundation_stereo_ros.tools.make_bag import BagOptions, StereoFrame, write_stereo_bag
@@ -61,3 +63,32 @@ def test_bag_without_ground_truth_is_refused(tmp_path, frames):
     write_stereo_bag(bag, [StereoFrame(l, r) for l, r, _ in frames[:1]], calib)
     with pytest.raises(ValueError, match="ground.truth"):
         open_dataset(str(bag), cache_dir=tmp_path / "cache")
+
+
+def test_compressed_recording(tmp_path, frames):
+    """A recording with CompressedImage (PNG, lossless) trains on exactly the recorded pixels; a frame
+    whose image cannot be decoded is skipped and counted by its problem key."""
+    calib = rectified_pair(F_PX, 31.5, 23.5, BASELINE, 64, 48)
+    bag = tmp_path / "png_rec"
+    summary = write_stereo_bag(bag, [StereoFrame(l, r, gt_disparity=d) for l, r, d in frames], calib,
+                               BagOptions(start_ns=START_NS, compressed="png", storage="mcap"))
+    assert summary.topics.left_image == "/stereo/left/image_rect/compressed"
+    ds = open_dataset(f"bag:{bag}", cache_dir=tmp_path / "cache")
+    assert len(ds) == 3
+    for i, (left, right, d) in enumerate(frames):
+        np.testing.assert_array_equal(ds[i].left, left)
+        np.testing.assert_array_equal(ds[i].right, right)
+        np.testing.assert_allclose(ds[i].disparity, d, atol=1e-4)
+
+    # the second right image cut short, as a recording that ended mid-message
+    spoiled = copy_bag(bag, tmp_path / "spoiled", lambda topic, i, msg: _truncate(msg) if (
+        topic == "/stereo/right/image_rect/compressed" and i == 1) else msg)
+    ds = open_dataset(str(spoiled), cache_dir=tmp_path / "cache")
+    assert len(ds) == 2
+    manifest = yaml.safe_load(next((tmp_path / "cache").glob("spoiled-*/manifest.yaml")).read_text())
+    assert manifest["skipped"] == {"compressed_truncated": 1}  # the pipeline's problem key
+
+
+def _truncate(msg):
+    msg.data = np.asarray(msg.data, np.uint8)[: len(msg.data) // 2].copy()
+    return msg

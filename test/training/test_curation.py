@@ -95,3 +95,16 @@ def test_curate_cli_scale_option_resamples_ground_truth(dataset_with_a_swapped_p
     assert s.left.shape == (48, 80, 3) and len(half) == len(ds) and half.specs is ds.specs
     # every ground-truth value halves with the width (integers 2..10 px -> 1..5 px)
     assert set(np.unique(s.disparity[s.valid])) <= set(np.unique(full.disparity[full.valid]) / 2)
+
+
+def test_shares_merged_give_the_one_process_result(dataset_with_a_swapped_pair):
+    """What --jobs and torchrun ranks do: each scores every N-th sample, the parts are merged."""
+    from foundation_stereo_ros.training.curation import merge_results
+
+    ds = dataset_with_a_swapped_pair
+    whole = curate(sgbm, ds, worst=3)
+    parts = [curate(sgbm, ds, worst=3, indices=range(k, len(ds), 2)) for k in range(2)]
+    merged = merge_results(parts[::-1], ds.names, worst=3)
+    assert merged.scores == whole.scores and merged.kept == whole.kept and merged.rejected == whole.rejected
+    assert [s.name for s, _, _ in merged.worst] == [s.name for s, _, _ in whole.worst]
+    assert len(whole.worst) == 3

@@ -43,6 +43,16 @@ def test_loss_matches_hand_computation():
     assert float(terms.total) == pytest.approx(init_term + seq, rel=1e-6)
     assert float(terms.final_epe) == pytest.approx(final_epe, rel=1e-6)
 
+    # Parts of a batch (accumulation, one process's share under DDP) averaged over the whole
+    # batch's valid pixels add up to the whole batch's loss.
+    halves = [sequence_loss(init[..., i:i + 1], [p[..., 4 * i:4 * i + 4] for p in preds], gt[..., 4 * i:4 * i + 4],
+                            valid[..., 4 * i:4 * i + 4], gamma=gamma, max_disp=max_disp, pixels=len(pixels))
+              for i in range(2)]
+    for key in ("total", "init", "sequence", "final_epe"):
+        assert float(sum(getattr(h, key) for h in halves)) == pytest.approx(float(getattr(terms, key)), rel=1e-6)
+    with pytest.raises(ValueError, match="pixels"):
+        sequence_loss(init, preds, gt, valid, max_disp=max_disp, pixels=3)
+
 
 def test_initial_disparity_is_scaled_by_four_and_pixel_centre_aligned():
     # One row of 1/4-resolution values; full-resolution pixel x sits at quarter-grid position
@@ -102,7 +112,8 @@ def test_disparity_errors_by_hand():
 
 
 def test_schedule_and_batch_order():
-    from foundation_stereo_ros.training.batches import EpochBatches
+    from foundation_stereo_ros.training.batches import ShardedBatches
+    from foundation_stereo_ros.training.distributed import DistributedContext
     from foundation_stereo_ros.training.trainer import WarmupLinearDecay
 
     f = WarmupLinearDecay(steps=100, warmup_fraction=0.1, final=0.05)
@@ -110,10 +121,15 @@ def test_schedule_and_batch_order():
     assert f(55) == pytest.approx(1 - 0.95 * 0.5) and f(100) == pytest.approx(0.05)
     assert WarmupLinearDecay(steps=2, warmup_fraction=0.0, final=1.0)(1) == 1.0
 
-    full = list(EpochBatches(size=5, batch_size=2, seed=3, start=0, steps=9))
+    full = list(ShardedBatches(size=5, per_step=2, seed=3, start=0, steps=9))
     assert len(full) == 9 and all(len(b) <= 2 for b in full)
     for epoch in range(3):  # each epoch (3 batches) visits every sample once
         idx = [i for b in full[3 * epoch:3 * epoch + 3] for e, i in b]
         assert sorted(idx) == list(range(5)) and {e for b in full[3 * epoch:3 * epoch + 3] for e, _ in b} == {epoch}
     assert [i for e, i in full[0]] != [i for e, i in full[3]] or [i for e, i in full[1]] != [i for e, i in full[4]]
-    assert list(EpochBatches(size=5, batch_size=2, seed=3, start=4, steps=9)) == full[4:]  # resumed order
+    assert list(ShardedBatches(size=5, per_step=2, seed=3, start=4, steps=9)) == full[4:]  # resumed order
+    # two processes with one sample each per step see the one process's global batch of two
+    shards = [list(ShardedBatches(size=6, per_step=1, seed=3, start=0, steps=6, ctx=DistributedContext(r, 2, r)))
+              for r in range(2)]
+    single = list(ShardedBatches(size=6, per_step=2, seed=3, start=0, steps=6))
+    assert [sorted(a + b) for a, b in zip(*shards)] == [sorted(b) for b in single]

@@ -33,13 +33,18 @@ __all__ = ["BackendError", "DisparityBackend", "ExecutionModeError", "Foundation
 
 def make_backend(config: ProcessorConfig, previous: Optional[DisparityBackend] = None) -> DisparityBackend:
     """The backend ``config`` asks for; reuses ``previous``'s loaded network when the checkpoint and
-    device are unchanged. Raises CheckpointError / BackendError (ValueErrors) when it cannot be built."""
+    device are unchanged, and defers loading a network that replaces ``previous``'s to the first
+    frame. Raises CheckpointError / BackendError (ValueErrors) when it cannot be built."""
     if config.backend == "sgbm":
         return SGBMBackend(config)
     if config.backend == "onnx":
         if isinstance(previous, OnnxBackend) and previous.source == config.backend_key():
             return previous
         return OnnxBackend(config)
-    if isinstance(previous, FoundationStereoBackend) and previous.source == (config.checkpoint, config.device):
-        return previous.with_options(config)
+    if isinstance(previous, FoundationStereoBackend):
+        if previous.source == (config.checkpoint, config.device):
+            return previous.with_options(config)
+        # Another network replaces a loaded one: checked now, loaded by the next frame after the
+        # old one is let go (one in memory at a time, and never beside a CUDA-graph capture).
+        return FoundationStereoBackend(config, defer_load=True)
     return FoundationStereoBackend(config)

@@ -12,20 +12,86 @@ from typing import Any, Optional, Tuple
 import numpy as np
 
 from ..config import ProcessorConfig
-from ..errors import InferenceMemoryError
+from ..errors import FrameError, InferenceMemoryError
 from .base import BackendError, DisparityBackend, ExecutionModeError, first_line, invalidate
 from .resize import infer_at_network_size, infer_at_network_size_on_device
 
 
+#: Words of the allocator failures that the CUDA libraries report in a RuntimeError's message:
+#: the CUDA runtime ("CUDA error: out of memory", cudaErrorMemoryAllocation), cuDNN
+#: (CUDNN_STATUS_ALLOC_FAILED; cuDNN 9's CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED),
+#: cuBLAS (CUBLAS_STATUS_ALLOC_FAILED, e.g. when creating a handle or its workspace), cuFFT and
+#: cuSOLVER (*_ALLOC_FAILED). CUDNN_STATUS_INTERNAL_ERROR is not one: it has other causes.
+OUT_OF_MEMORY_MARKERS = ("out of memory", "cudaerrormemoryallocation", "alloc_failed", "allocation_failed")
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """Whether ``error`` is an allocator failure: ``torch.cuda.OutOfMemoryError`` (torch's
-    ``OutOfMemoryError``) or a RuntimeError whose message says "out of memory" (older PyTorch,
-    cuDNN/cuBLAS workspace allocations)."""
+    ``OutOfMemoryError``), or a RuntimeError whose message names one (older PyTorch, cuDNN and
+    cuBLAS allocations: :data:`OUT_OF_MEMORY_MARKERS`), also when another error wraps it
+    (``raise ... from``, as torch.compile does)."""
     torch = sys.modules.get("torch")  # never imported here: SGBM users need no torch
     oom_type = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
-    if oom_type is not None and isinstance(error, oom_type):
-        return True
-    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if oom_type is not None and isinstance(error, oom_type):
+            return True
+        if isinstance(error, RuntimeError):
+            text = str(error).lower()
+            if any(marker in text for marker in OUT_OF_MEMORY_MARKERS):
+                return True
+        error = error.__cause__
+    return False
+
+
+class ModelLoadError(FrameError, RuntimeError):
+    """A checkpoint accepted by a parameter change could not be loaded when the first frame needed
+    it (problem ``model_load_failed``); every frame is skipped with this message until the
+    parameters change again."""
+
+
+class _DeferredModel:
+    """The network of a checkpoint that replaces a loaded one: checked when the parameter changes
+    (:func:`~foundation_stereo_ros.model.checkpoint.check_checkpoint`, no weights loaded),
+    loaded by the first frame that needs it. So the loading happens in the worker thread, never
+    beside a CUDA-graph capture of the old network, and after the old network has been let go:
+    one network in memory at a time, not two."""
+
+    def __init__(self, checkpoint: str, device: str) -> None:
+        from ...model.checkpoint import check_checkpoint
+
+        self.checkpoint, self.device = checkpoint, device
+        self.cfg = check_checkpoint(checkpoint)  # CheckpointError (a ValueError) now, in the caller's thread
+        self._model: Any = None
+        self._error: Optional[ModelLoadError] = None
+
+    def get(self) -> Any:
+        if self._model is None:
+            if self._error is not None:
+                raise self._error
+            self._model = self._load()
+        return self._model
+
+    def _load(self) -> Any:
+        import gc
+
+        import torch
+
+        from ...model import load_model
+
+        gc.collect()  # the network this one replaces, if nothing holds it any more
+        if torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+        try:
+            return load_model(self.checkpoint, device=self.device)
+        except Exception as e:  # noqa: BLE001 - reported per frame, named
+            if is_out_of_memory(e):  # memory may come back: the next frame tries again
+                raise InferenceMemoryError("out_of_memory", f"loading {self.checkpoint} on {self.device} ran out of "
+                                                            f"memory: {first_line(e)}") from None
+            self._error = ModelLoadError("model_load_failed", f"checkpoint {self.checkpoint} could not be loaded: "
+                                                              f"{type(e).__name__}: {first_line(e)}")
+            raise self._error from None
 
 
 class FoundationStereoBackend(DisparityBackend):
@@ -58,7 +124,9 @@ class FoundationStereoBackend(DisparityBackend):
     #: torch.compile backend of the compiled execution modes.
     compile_backend = "inductor"
 
-    def __init__(self, config: ProcessorConfig, model: Any = None) -> None:
+    def __init__(self, config: ProcessorConfig, model: Any = None, defer_load: bool = False) -> None:
+        """``model``: an already loaded network (else the checkpoint's is loaded); ``defer_load``:
+        only check the checkpoint now and load it on the first frame (see :class:`_DeferredModel`)."""
         if model is None and not config.checkpoint:
             raise BackendError("the checkpoint parameter is empty: give the path of a FoundationStereo checkpoint "
                                "(model_best_bp2.pth or its folder, with cfg.yaml beside it), or use backend 'sgbm'")
@@ -70,8 +138,12 @@ class FoundationStereoBackend(DisparityBackend):
             if config.device.startswith("cuda") and not torch.cuda.is_available():
                 raise BackendError(f"device {config.device!r} requested but CUDA is not available to PyTorch; "
                                    f"set device to 'cpu' (slow) or use backend 'sgbm'")
-            model = load_model(config.checkpoint, device=config.device)
-        self.model = model
+            model = (_DeferredModel(config.checkpoint, config.device) if defer_load
+                     else load_model(config.checkpoint, device=config.device))
+        self._model = model  # the network, or a _DeferredModel until the first frame loads it
+        if isinstance(model, _DeferredModel) and model._model is None:
+            self.notes = (f"checkpoint {config.checkpoint} checked; the next frame loads it on {config.device}, after "
+                          f"the previous network is released (that frame is slow)",)
         self.source = (config.checkpoint, config.device)  # what the loaded network came from
         self.device = torch.device(config.device)
         self.iters = config.iters
@@ -80,7 +152,7 @@ class FoundationStereoBackend(DisparityBackend):
         self.scale = config.scale
         self.min_scale = config.scale * config.oom_min_scale_factor
         self.probe_period_s = config.oom_probe_period_s
-        self.max_disp = float(model.cfg.max_disp)
+        self.max_disp = float(model.cfg.max_disp)  # a _DeferredModel knows its cfg too
         self.execution = config.execution
         self.warmup_size = (config.warmup_width, config.warmup_height) if config.warmup_width else None
         self._torch = torch
@@ -93,10 +165,26 @@ class FoundationStereoBackend(DisparityBackend):
         self.last_scale = None
         self.last_oom_retries = 0
 
+    @property
+    def model(self) -> Any:
+        """The network (loaded here by the first caller when its loading was deferred)."""
+        if isinstance(self._model, _DeferredModel):
+            return self._model.get()
+        return self._model
+
+    @property
+    def model_loaded(self) -> bool:
+        return not isinstance(self._model, _DeferredModel) or self._model._model is not None
+
+    def _ensure_model(self) -> None:
+        """Load a deferred network now: in the worker's thread, before any out-of-memory retry."""
+        if isinstance(self._model, _DeferredModel):
+            self._model.get()
+
     def with_options(self, config: ProcessorConfig) -> "FoundationStereoBackend":
-        """A backend sharing this one's loaded network, with the per-call options of ``config``;
-        also its prepared execution mode when that is unaffected by the change."""
-        backend = FoundationStereoBackend(config, model=self.model)
+        """A backend sharing this one's network (loaded or still deferred), with the per-call
+        options of ``config``; also its prepared execution mode when that is unaffected by the change."""
+        backend = FoundationStereoBackend(config, model=self._model)
         backend.source = self.source
         backend._upload = self._upload
         if backend._runner_key() == self._runner_key() and backend.scale == self.scale:
@@ -115,6 +203,7 @@ class FoundationStereoBackend(DisparityBackend):
         if self.execution == "eager" or self.hierarchical:
             return False
         try:
+            self._ensure_model()
             self._prepare_runner(width, height)
         except Exception as e:  # noqa: BLE001 - compile / capture failures come in many types
             raise BackendError(f"execution {self.execution!r} could not be prepared for {width}x{height} images: "
@@ -140,6 +229,7 @@ class FoundationStereoBackend(DisparityBackend):
         return max(int(round(width * scale)), 8), max(int(round(height * scale)), 8)
 
     def compute(self, left: np.ndarray, right: np.ndarray, grey: bool = False) -> np.ndarray:
+        self._ensure_model()
         return self._with_memory_fallback(lambda scale: self._infer(left, right, scale))
 
     def upload(self, left: np.ndarray, right: np.ndarray) -> Any:
@@ -158,6 +248,7 @@ class FoundationStereoBackend(DisparityBackend):
         otherwise, as OpenCV does on the host)."""
         if images.ndim != 4 or images.shape[0] != 2 or images.shape[1] != 3:
             raise ValueError(f"images must be (2, 3, H, W), got {tuple(images.shape)}")
+        self._ensure_model()
         return self._with_memory_fallback(lambda scale: self._infer_tensor(images, scale))
 
     def _with_memory_fallback(self, attempt: Any) -> Any:

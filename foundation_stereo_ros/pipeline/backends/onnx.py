@@ -104,6 +104,12 @@ class OnnxBackend(DisparityBackend):
         if config.device != "cpu" and self.providers[0] == "CPUExecutionProvider":
             notes.append(f"device {config.device!r} asked for, but this onnxruntime has no GPU provider "
                          f"({', '.join(available)}): the network runs on the CPU, slowly")
+        if config.precision == "fp16" and self.providers[0] == "TensorrtExecutionProvider":
+            notes.append("TensorRT fp16 through ONNX Runtime may compute the lookup positions and the disparity in "
+                         "fp16 (ONNX Runtime cannot constrain single layers): steps of up to 0.125 px at quarter "
+                         "resolution, 0.5 px in the output at 640 px width; use precision fp32 (TensorRT's TF32) or "
+                         "the PyTorch backend's fp16, which keep them fp32, where sub-pixel accuracy matters "
+                         "(docs/deployment.md)")
         if self.iters and self.iters != config.iters:
             notes.append(f"the ONNX model runs {self.iters} GRU iterations (fixed at export); the iters parameter "
                          f"({config.iters}) does not apply")
