@@ -28,7 +28,7 @@ from torch.utils._pytree import tree_flatten
 from ..model import FoundationStereo, FoundationStereoConfig
 from .simulated import simulated_cuda, simulated_cuda_model, simulated_inputs
 
-__all__ = ["HostTraffic", "HostTrafficRecorder", "SYNCHRONISING_OPS", "forward_host_traffic"]
+__all__ = ["HostTraffic", "HostTrafficRecorder", "SYNCHRONISING_OPS", "forward_host_traffic", "synchronises"]
 
 #: ATen ops that make the host wait for a value (or a data-dependent size) from the device.
 SYNCHRONISING_OPS = frozenset({
@@ -61,7 +61,8 @@ def _caller() -> str:
     return "?"
 
 
-def _synchronises(func: Any, args: tuple) -> bool:
+def synchronises(func: Any, args: tuple) -> bool:
+    """Whether the ATen op ``func`` on ``args`` makes the host wait for the device."""
     name = func.overloadpacket.__name__
     if name in SYNCHRONISING_OPS:
         return True
@@ -93,7 +94,7 @@ class HostTrafficRecorder(TorchDispatchMode):
         kwargs = kwargs or {}
         if func.namespace == "prim":  # metadata questions (prim.device ...): no device work
             return func(*args, **kwargs)
-        if _synchronises(func, args):
+        if synchronises(func, args):
             self._record("synchronisation", func)  # before running it: a fake tensor cannot answer
         out = func(*args, **kwargs)
         inputs, outputs = _device_types((args, kwargs)), _device_types(out)

@@ -29,10 +29,9 @@ from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from foundation_stereo_ros.evaluation.bag_pairing import (CAMERA_INFO, COMPRESSED_IMAGE, COMPRESSED_SUFFIX,
-                                                          DISPARITY, IMAGE, IMAGE_TYPES, POINTCLOUD2, BagRecord,
-                                                          StereoPairer, StereoRecord, StereoTopics, detect_topics,
-                                                          image_topic_of, pair_stereo_records)
+from foundation_stereo_ros.evaluation.bag_pairing import (CAMERA_INFO, COMPRESSED_IMAGE, IMAGE, IMAGE_TYPES,
+                                                          BagRecord, StereoPairer, StereoRecord, StereoTopics,
+                                                          detect_topics, image_topic_of)
 from foundation_stereo_ros.pipeline.calibration import CameraModel
 from foundation_stereo_ros.pipeline.compressed import CODECS as COMPRESSED_CODECS  # what the pipeline decodes
 from foundation_stereo_ros.pipeline.compressed import compress_image
@@ -45,12 +44,10 @@ PathLike = Union[str, os.PathLike]
 
 STORAGES = ("sqlite3", "mcap")
 
-__all__ = ["CAMERA_INFO", "COMPRESSED_CODECS", "COMPRESSED_IMAGE", "COMPRESSED_SUFFIX", "DISPARITY", "IMAGE",
-           "IMAGE_TYPES", "POINTCLOUD2", "STORAGES", "BagRecord", "StereoBagReader", "StereoBagWriter",
+__all__ = ["CAMERA_INFO", "COMPRESSED_CODECS", "COMPRESSED_IMAGE", "IMAGE", "IMAGE_TYPES", "STORAGES", "BagRecord", "StereoBagReader", "StereoBagWriter",
            "StereoPairer", "StereoRecord", "StereoTopics", "camera_info_msg", "compress_image",
            "compressed_image_msg", "detect_topics", "disparity_array", "disparity_msg", "gt_depth_array", "header",
-           "image_msg", "image_to_array", "image_topic_of", "message_classes", "pair_stereo_records",
-           "pointcloud2_msg", "stamp_to_ns", "typestore"]
+           "image_msg", "image_to_array", "image_topic_of", "message_classes", "pointcloud2_msg", "stamp_to_ns", "typestore"]
 
 
 @lru_cache(maxsize=None)

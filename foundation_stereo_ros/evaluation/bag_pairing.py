@@ -11,7 +11,7 @@ on image_transport's ``<image topic>/compressed``; the pipeline decodes both.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -142,15 +142,6 @@ class StereoPairer:
         time jump, or still waiting."""
         names = ("left", "left_info", "right", "right_info")
         return {n: fed - self._count for n, fed in zip(names, self._fed) if fed > self._count}
-
-
-def pair_stereo_records(records: Iterable[BagRecord], topics: StereoTopics,
-                        **sync: Any) -> Tuple[List[StereoRecord], Dict[str, int]]:
-    """All pairs of ``records`` (see :class:`StereoPairer`, ``sync``: its keyword arguments) and the
-    unpaired message counts per input."""
-    pairer = StereoPairer(topics, **sync)
-    out = [p for p in (pairer.add(r) for r in records) if p is not None]
-    return out, pairer.unpaired()
 
 
 def image_topic_of(topic: str) -> str:

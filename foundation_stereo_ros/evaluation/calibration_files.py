@@ -42,8 +42,7 @@ import numpy as np
 import yaml
 
 from foundation_stereo_ros.fileio import read_intrinsics
-from foundation_stereo_ros.pipeline.calibration import (CameraModel, StereoCalibration, camera_info_values,
-                                                        rectified_pair)
+from foundation_stereo_ros.pipeline.calibration import CameraModel, StereoCalibration, rectified_pair
 
 PathLike = Union[str, os.PathLike]
 
@@ -247,9 +246,3 @@ def load_stereo_calibration(paths: Union[PathLike, Iterable[PathLike]],
         raise ValueError(f"calibration is for {calib.left.width}x{calib.left.height} images, the images are "
                          f"{size[0]}x{size[1]}; calibrate at the image resolution or resize the images")
     return calib
-
-
-def calibration_to_simple_yaml(calib: StereoCalibration) -> str:
-    """The long form of the simple YAML (round-trips through :func:`load_stereo_calibration`)."""
-    return yaml.safe_dump({"left": camera_info_values(calib.left), "right": camera_info_values(calib.right)},
-                          sort_keys=False)

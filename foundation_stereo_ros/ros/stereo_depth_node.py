@@ -277,8 +277,11 @@ class StereoDepthNode(Node):
             with self._stats.lock:
                 self._stats.skipped_no_subscribers += 1
             return None
+        # Without a baseline a frame still gives the disparity (and the rectified images), not depth:
+        # when only depth or points are wanted, such a frame is refused before it is matched.
+        beside_depth = want.disparity or want.left or want.right or want.color
         outputs = Outputs(depth=want.depth, points=want.points, disparity_color=want.color,
-                          rectified_images=want.left or want.right, disparity_without_baseline=True)
+                          rectified_images=want.left or want.right, disparity_without_baseline=beside_depth)
         t0 = time.perf_counter()
         stamp = stamp_ns(left_img)
         self.get_logger().debug(f"frame {stamp / 1e9:.6f}: processing")
@@ -294,12 +297,9 @@ class StereoDepthNode(Node):
             # A disparity needs no baseline: it is published; depth and points cannot be.
             problem = result.depth_problem
             self._stats.problem(problem.problem)
-            published = "disparity published (t = 0)" if want.disparity else "no depth"
-            self._log.warn(problem.problem, f"frame {stamp / 1e9:.6f}: {published}, depth and points skipped: "
-                                            f"{problem}")
+            self._log.warn(problem.problem, f"frame {stamp / 1e9:.6f}: disparity published (t = 0), depth and "
+                                            f"points skipped: {problem}")
             want = replace(want, depth=False, points=False)
-            if not (want.disparity or want.left or want.right or want.color):
-                return None
         with self._stats.lock:
             self._stats.network_scale = result.network_scale
             if result.oom_retries:

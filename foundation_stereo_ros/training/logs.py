@@ -18,7 +18,7 @@ class CsvLog:
             with open(path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if r.get("step") and int(r["step"]) <= resume_step]
             self._write(rows, "w")
-        elif not path.is_file() or resume_step is None:
+        else:
             self._write([], "w")
 
     def _write(self, rows: Sequence[Dict[str, object]], mode: str) -> None:

@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from foundation_stereo_ros.analysis.host_traffic import SYNCHRONISING_OPS, synchronises
 from foundation_stereo_ros.model import load_model
 from foundation_stereo_ros.runtime.fastpath import (EXECUTIONS, PARITY_TOLERANCE_PX, NetworkRunner,
                                                     mode_unavailable_reason)
@@ -112,28 +113,24 @@ def test_runner_rejects_bad_input(model, pair):
 
 
 # ------------------------------------------------------------------ host-device synchronisation
-# ATen ops that make the host wait for the device (a value or a data-dependent shape comes back).
-SYNC_OPS = ("_local_scalar_dense", "item", "nonzero", "unique", "_unique", "masked_select", "is_nonzero",
-            "equal", "allclose", "repeat_interleave")
-
-
 class _OpRecorder(TorchDispatchMode):
+    """Names of the ops a pass dispatches; a synchronising boolean-mask index is named ``nonzero``
+    (its output size depends on the mask's values). What synchronises is the analysis' definition."""
+
     def __init__(self):
         super().__init__()
         self.ops: List[str] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
-        if name in ("index", "index_put", "index_put_") and any(
-                isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8)
-                for i in (args[1] if len(args) > 1 and isinstance(args[1], (list, tuple)) else ())):
-            name = "nonzero"  # boolean-mask indexing: the output size depends on the mask's values
+        if synchronises(func, args) and name not in SYNCHRONISING_OPS:
+            name = "nonzero"
         self.ops.append(name)
         return func(*args, **(kwargs or {}))
 
 
 def _syncing(ops: List[str]) -> List[str]:
-    return sorted({op for op in ops if op.lstrip("_") in {s.lstrip("_") for s in SYNC_OPS} or op.startswith("unique")})
+    return sorted({op for op in ops if op in SYNCHRONISING_OPS})
 
 
 def test_recorder_catches_synchronising_ops():
