@@ -74,7 +74,9 @@ def _start_node(context, namespace: str, options: NodeRateOptions):
         node.stop()
         node.destroy_node()
         raise
-    threading.Thread(target=executor.spin, daemon=True).start()
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    node.spinner = spinner  # joined by _shut_down: a spin still running at exit aborts the process
     return node, executor, processor
 
 
@@ -121,6 +123,7 @@ def _shut_down(robot: Optional[subprocess.Popen], node, executor) -> None:
     if executor is not None:
         executor.shutdown(timeout_sec=2.0)
     if node is not None:
+        node.spinner.join(timeout=5.0)  # spin() returns once the executor is shut down
         node.destroy_node()
 
 
