@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -97,6 +97,52 @@ class StereoResult:
         return np.isfinite(self.disparity)
 
 
+class BatchItem(NamedTuple):
+    """One decoded pair of :meth:`StereoProcessor.process_batch`, with its calibration and outputs."""
+
+    pair: DecodedPair
+    calibration: StereoCalibration
+    outputs: Outputs = Outputs()
+
+
+class MessageFrame(NamedTuple):
+    """One frame's messages for :meth:`StereoProcessor.process_messages_batch` (Image or
+    CompressedImage, and CameraInfo; rclpy or rosbags), with the outputs it needs."""
+
+    left_image: Any
+    right_image: Any
+    left_info: Any
+    right_info: Any
+    outputs: Outputs = Outputs()
+
+
+@dataclass
+class _Staged:
+    """A frame of a batch between its rectification and its result."""
+
+    index: int  # position in the batch
+    pair: DecodedPair
+    calibration: StereoCalibration
+    outputs: Outputs  # what is computed (no depth or points when the calibration has no baseline)
+    rectified: bool
+    timings: Dict[str, float]
+    size: Tuple[int, int]  # (H, W)
+    left: Optional[np.ndarray] = None  # host path: the (rectified) pair the backend matches
+    right: Optional[np.ndarray] = None
+    images: Any = None  # network-device path: (2, 3, H, W) float tensor of the (rectified) pair
+    wanted: Dict[str, Any] = field(default_factory=dict)  # network-device path: tensors to copy back
+    keep_host_images: bool = True  # network-device path: False when the rectified pair is not copied back
+    disparity: Any = None  # raw disparity from the backend (array, or tensor on the device)
+
+
+def _one(results: List[Union["StereoResult", FrameError]]) -> "StereoResult":
+    """The result of a batch of one, raising the frame's error."""
+    result = results[0]
+    if isinstance(result, FrameError):
+        raise result
+    return result
+
+
 class StereoProcessor:
     """Rectify -> match -> depth -> points for one pair at a time (see the package docstring).
 
@@ -151,48 +197,135 @@ class StereoProcessor:
         """Decode two Image-like (or CompressedImage-like) and two CameraInfo-like objects (rclpy or
         rosbags messages) and :meth:`process` them. Raises :class:`StereoInputError` subclasses for
         bad input."""
-        t0 = time.perf_counter()
-        if self.config.check_frame_ids:
-            check_frame_ids(left_image, left_info, "left")
-            check_frame_ids(right_image, right_info, "right")
-        calib = self.calibration(left_info, right_info, require_baseline=not outputs.disparity_without_baseline)
-        pair = decode_stereo_pair(left_image, right_image, expected_size=calib.left.size)
-        decode_s = time.perf_counter() - t0
-        result = self.process(pair, calib, outputs)
-        result.timings["decode"] = decode_s
-        result.timings["total"] += decode_s
-        return result
+        return _one(self.process_messages_batch([MessageFrame(left_image, right_image, left_info, right_info,
+                                                              outputs)]))
 
     def process(self, pair: DecodedPair, calibration: StereoCalibration,
                 outputs: Outputs = Outputs()) -> StereoResult:
         """Process a decoded pair (RGB uint8, equal sizes) with its calibration. A calibration
         without a baseline (built with ``require_baseline=False``) gives the disparity only, and
         ``depth_problem`` names what is missing."""
-        depth_problem = calibration.depth_problem
-        if depth_problem is not None:
+        return _one(self.process_batch([BatchItem(pair, calibration, outputs)]))
+
+    def process_messages_batch(self, frames: Sequence["MessageFrame"]) -> List[Union[StereoResult, FrameError]]:
+        """:meth:`process_messages` for several frames (cameras) at once: each frame is decoded and
+        checked on its own, then :meth:`process_batch` matches frames of one size in one network
+        call. Per frame, its result or the :class:`FrameError` it raised (one bad frame never
+        costs the others theirs)."""
+        out: List[Union[StereoResult, FrameError, None]] = [None] * len(frames)
+        items: List[BatchItem] = []
+        where: List[int] = []
+        decode_s: List[float] = []
+        for i, frame in enumerate(frames):
+            t0 = time.perf_counter()
+            try:
+                if self.config.check_frame_ids:
+                    check_frame_ids(frame.left_image, frame.left_info, "left")
+                    check_frame_ids(frame.right_image, frame.right_info, "right")
+                calib = self.calibration(frame.left_info, frame.right_info,
+                                         require_baseline=not frame.outputs.disparity_without_baseline)
+                pair = decode_stereo_pair(frame.left_image, frame.right_image, expected_size=calib.left.size)
+            except FrameError as e:
+                out[i] = e
+                continue
+            items.append(BatchItem(pair, calib, frame.outputs))
+            where.append(i)
+            decode_s.append(time.perf_counter() - t0)
+        for i, seconds, result in zip(where, decode_s, self.process_batch(items)):
+            if isinstance(result, StereoResult):
+                result.timings["decode"] = seconds
+                result.timings["total"] += seconds
+            out[i] = result
+        return out  # type: ignore[return-value]
+
+    def process_batch(self, items: Sequence["BatchItem"]) -> List[Union[StereoResult, FrameError]]:
+        """Process several decoded pairs with their calibrations (see :meth:`process`), one network
+        call per image size: pairs of one size are matched as one batch. Per item, its result or
+        the :class:`FrameError` it raised; a frame rejected by its own checks (size, calibration)
+        does not affect the others, a failed network call fails the frames in it. Stage times:
+        each frame's own, and the shared ``match`` time of its batch."""
+        out: List[Union[StereoResult, FrameError, None]] = [None] * len(items)
+        staged: List[_Staged] = []
+        for i, item in enumerate(items):
+            try:
+                staged.append(self._stage(i, item))
+            except FrameError as e:
+                out[i] = e
+        groups: "OrderedDict[Tuple[int, int], List[_Staged]]" = OrderedDict()
+        for frame in staged:
+            groups.setdefault(frame.size, []).append(frame)
+        for group in groups.values():
+            try:
+                self._match_group(group)
+            except FrameError as e:
+                for frame in group:
+                    out[frame.index] = e
+                continue
+            for frame in group:
+                out[frame.index] = self._finish(frame)
+        return out  # type: ignore[return-value]
+
+    def _stage(self, index: int, item: "BatchItem") -> "_Staged":
+        """A frame's checks and rectification (on the host, or uploaded and rectified on the device)."""
+        pair, calibration, outputs = item.pair, item.calibration, item.outputs
+        if calibration.depth_problem is not None:
             outputs = replace(outputs, depth=False, points=False)
         timings: Dict[str, float] = {}
-        t_start = t = time.perf_counter()
+        t = time.perf_counter()
         left, right = pair.left, pair.right
         if left.shape != right.shape or left.ndim != 3 or left.shape[2] != 3:
             raise PairMismatchError("size_mismatch", f"left {left.shape} and right {right.shape} must both be "
                                                      f"(H, W, 3) of the same size")
         h, w = left.shape[:2]
         calibration.check_image_size(w, h)
-        rectified = calibration.needs_rectification(self.config.rectify)
-        backend = self.backend
-        delta_cx = calibration.delta_cx
-        cam = calibration.rectified_left
-        on_device = self.geometry_on_device
-        if on_device:
-            left, right, disparity, depth, points, t = self._match_on_device(pair, calibration, rectified, outputs,
-                                                                            timings, t)
+        frame = _Staged(index, pair, calibration, outputs, calibration.needs_rectification(self.config.rectify),
+                        timings, (h, w))
+        if self.geometry_on_device:
+            frame.images = self._rectify_on_device(frame)
+        elif frame.rectified:
+            frame.left, frame.right = self.rectifier.rectify(left, right, calibration)
         else:
-            if rectified:
-                left, right = self.rectifier.rectify(left, right, calibration)
-            t = _lap(timings, "rectify", t)
-            disparity = backend.compute(left, right, pair.grey)
-            t = _lap(timings, "match", t)
+            frame.left, frame.right = left, right
+        _lap(timings, "rectify", t)
+        return frame
+
+    def _match_group(self, group: List["_Staged"]) -> None:
+        """One network (or SGBM) call for frames of one size; stores each frame's raw disparity."""
+        backend = self.backend
+        t = time.perf_counter()
+        if self.geometry_on_device:
+            if len(group) == 1:
+                disparities = [backend.compute_on_device(group[0].images)]
+            else:
+                import torch  # the device path only: SGBM users have no torch
+
+                disparities = list(backend.compute_on_device_batch(torch.stack([f.images for f in group])))
+            if self.sync_stages and backend.device.type == "cuda":
+                import torch
+
+                torch.cuda.synchronize(backend.device)
+        elif len(group) == 1:
+            disparities = [backend.compute(group[0].left, group[0].right, group[0].pair.grey)]
+        else:
+            disparities = backend.compute_batch([(f.left, f.right, f.pair.grey) for f in group])
+        seconds = time.perf_counter() - t
+        for frame, disparity in zip(group, disparities):
+            frame.disparity = disparity
+            frame.timings["match"] = seconds
+
+    def _finish(self, frame: "_Staged") -> StereoResult:
+        """Everything after the match: edge filter, depth, points, colours, the result."""
+        calibration, outputs, timings = frame.calibration, frame.outputs, frame.timings
+        backend = self.backend
+        h, w = frame.size
+        delta_cx = calibration.delta_cx
+        depth_problem = calibration.depth_problem
+        cam = calibration.rectified_left
+        t = time.perf_counter()
+        if frame.images is not None:
+            left, right, disparity, depth, cloud, t = self._finish_on_device(frame, t)
+        else:
+            left, right, disparity = frame.left, frame.right, frame.disparity
             if delta_cx:
                 disparity -= np.float32(delta_cx)
             if self.config.edge_filter > 0:
@@ -200,18 +333,17 @@ class StereoProcessor:
                 t = _lap(timings, "edge_filter", t)
         lo, hi = backend.search_range(w)
         result = StereoResult(
-            disparity=disparity, left_rect=left, right_rect=right, grey=pair.grey, rectified=rectified,
+            disparity=disparity, left_rect=left, right_rect=right, grey=frame.pair.grey, rectified=frame.rectified,
             camera=cam, right_camera=calibration.rectified_right, f=calibration.f,
             t=0.0 if depth_problem is not None else calibration.baseline,
             delta_cx=delta_cx,
             min_disparity=lo - delta_cx, max_disparity=hi - delta_cx, delta_d=backend.delta_d,
             valid_window=backend.valid_window(w, h), timings=timings, network_scale=backend.last_scale,
             oom_retries=backend.last_oom_retries, fast_execution=backend.last_fast, depth_problem=depth_problem)
-
-        if on_device:
+        if frame.images is not None:
             result.depth = depth
             if outputs.points:
-                result.set_cloud(points)
+                result.set_cloud(cloud)
         else:
             if outputs.depth or outputs.points:
                 result.depth = disparity_to_depth(disparity, calibration.f, calibration.baseline,
@@ -223,7 +355,7 @@ class StereoProcessor:
         if outputs.disparity_color:
             result.disparity_color = colorize_disparity(disparity, result.min_disparity, result.max_disparity)
             t = _lap(timings, "colorize", t)
-        timings["total"] = t - t_start
+        timings["total"] = sum(timings.values())
         return result
 
     # ------------------------------------------------------------------ on the network's device
@@ -254,21 +386,38 @@ class StereoProcessor:
             self._remaps.move_to_end(key)
         return remaps
 
-    def _match_on_device(self, pair: DecodedPair, calibration: StereoCalibration, rectified: bool, outputs: Outputs,
-                         timings: Dict[str, float], t: float):
-        """Upload once, rectify, match, depth and points on the network's device; one copy back per
-        output, all in one transfer at the end. Returns (left_rect, right_rect, disparity, depth, cloud,
-        time) on the host, the cloud (H, W, 4) in the PointCloud2 layout of :meth:`StereoResult.set_cloud`.
-        On a GPU the stage times before ``download`` are mostly launch times; ``download`` waits for the
-        device and holds the rest."""
-        # PyTorch only here: this module is also imported by SGBM users who have no torch.
+    def _rectify_on_device(self, frame: "_Staged") -> Any:
+        """Upload a frame's pair once and rectify it on the network's device: (2, 3, H, W) float
+        0..255. The rectified pair's copy for the host is launched here when it is wanted."""
+        import torch  # PyTorch only here: this module is also imported by SGBM users who have no torch
+
+        backend = self.backend
+        with torch.no_grad():
+            images = backend.upload(frame.pair.left, frame.pair.right).permute(0, 3, 1, 2).float()  # (2, 3, H, W)
+            if frame.rectified:
+                remap_left, remap_right = self._device_remaps(frame.calibration, images.device)
+                # Rounded like the host's uint8 remap, so the network sees the same kind of picture.
+                images = torch.cat([remap_left(images[:1]), remap_right(images[1:])]).round_().clamp_(0, 255)
+                if frame.outputs.rectified_images:
+                    frame.wanted["rect"] = images.to(torch.uint8).permute(0, 2, 3, 1)  # (2, H, W, 3)
+                else:  # nobody needs them on the host: no copy
+                    frame.keep_host_images = False
+            if self.sync_stages and backend.device.type == "cuda":
+                torch.cuda.synchronize(backend.device)
+        return images
+
+    def _finish_on_device(self, frame: "_Staged", t: float):
+        """Edge filter, depth and points on the network's device; one copy back per output, all in
+        one transfer at the end. Returns (left_rect, right_rect, disparity, depth, cloud, time) on
+        the host, the cloud (H, W, 4) in the PointCloud2 layout of :meth:`StereoResult.set_cloud`.
+        On a GPU the stage times before ``download`` are mostly launch times; ``download`` waits for
+        the device and holds the rest."""
         import torch
 
         from .device_geometry import depth_to_points, disparity_to_depth as depth_on_device, remove_depth_edges
 
         backend = self.backend
-        left, right = pair.left, pair.right
-        wanted: Dict[str, Any] = {}
+        calibration, outputs, timings, wanted = frame.calibration, frame.outputs, frame.timings, frame.wanted
         sync = self.sync_stages and backend.device.type == "cuda"
 
         def lap(stage: str, since: float) -> float:
@@ -277,20 +426,9 @@ class StereoProcessor:
             return _lap(timings, stage, since)
 
         with torch.no_grad():
-            images = backend.upload(left, right).permute(0, 3, 1, 2).float()  # (2, 3, H, W)
-            if rectified:
-                remap_left, remap_right = self._device_remaps(calibration, images.device)
-                # Rounded like the host's uint8 remap, so the network sees the same kind of picture.
-                images = torch.cat([remap_left(images[:1]), remap_right(images[1:])]).round_().clamp_(0, 255)
-                if outputs.rectified_images:
-                    wanted["rect"] = images.to(torch.uint8).permute(0, 2, 3, 1)  # (2, H, W, 3)
-                else:  # nobody needs them on the host: no copy
-                    left = right = None
-            t = lap("rectify", t)
-            disparity = backend.compute_on_device(images)  # (H, W) raw, NaN invalid
+            disparity = frame.disparity  # (H, W) raw, NaN invalid
             if calibration.delta_cx:
                 disparity = disparity - calibration.delta_cx
-            t = lap("match", t)
             if self.config.edge_filter > 0:
                 disparity = remove_depth_edges(disparity, self.config.edge_filter)
                 t = lap("edge_filter", t)
@@ -302,7 +440,7 @@ class StereoProcessor:
                 t = lap("depth", t)
                 if outputs.points:
                     cam = calibration.rectified_left
-                    rgb = images[0].to(torch.int32)  # (3, H, W) of the matched left image
+                    rgb = frame.images[0].to(torch.int32)  # (3, H, W) of the matched left image
                     packed = pack_rgb_channels(rgb[0], rgb[1], rgb[2]).view(torch.float32)  # colour bits
                     points_t = depth_to_points(depth_t, cam.fx, cam.fy, cam.cx, cam.cy)  # (H, W, 3)
                     wanted["points"] = torch.cat([points_t, packed[..., None]], dim=-1)  # (H, W, 4)
@@ -311,6 +449,10 @@ class StereoProcessor:
             t = _lap(timings, "download", t)
         if "rect" in host:
             left, right = host["rect"][0], host["rect"][1]
+        elif frame.keep_host_images:
+            left, right = frame.pair.left, frame.pair.right  # not rectified: the images as they came
+        else:
+            left = right = None
         return left, right, host["disparity"], host.get("depth"), host.get("points"), t
 
 
