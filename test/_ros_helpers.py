@@ -204,11 +204,7 @@ class NodeHarness:
             pass
 
     def wait_connected(self, outputs: Sequence[str], timeout_s: float = 15.0) -> None:
-        node_pubs = {"disparity": self.node._pub_disparity, "depth": self.node._pub_depth,
-                     "depth/camera_info": self.node._pub_depth_info, "points2": self.node._pub_points,
-                     "left_rect/image": self.node._pub_left, "left_rect/camera_info": self.node._pub_left_info,
-                     "right_rect/image": self.node._pub_right, "right_rect/camera_info": self.node._pub_right_info,
-                     "disparity_color": self.node._pub_color}
+        node_pubs = self.node.cameras[0].publishers
         ok = wait_for(lambda: all(p.get_subscription_count() > 0 for p in self.pubs.values())
                       and all(node_pubs[o].get_subscription_count() > 0 for o in outputs), timeout_s)
         if not ok:

@@ -7,6 +7,11 @@ the *publisher* thread builds and sends the messages of the frame matched before
 One matched frame waits between the two at most: frames are published in the order they were
 matched, and the worker waits rather than letting results pile up.
 
+Several cameras (``source``): each has its own waiting pair (the newest wins per camera), and
+with ``batch=True`` the worker takes every waiting pair at once and ``match`` gets them as a list,
+so pairs that are ready together are matched together. A camera that stalls never holds the
+others back: the worker takes what is there, and a camera's pair waits one frame at most.
+
 Everything a frame is processed with is one immutable settings object: :meth:`swap_in` stores
 the next one and the worker takes it before its next frame, so no frame sees half of a change.
 
@@ -19,7 +24,7 @@ from __future__ import annotations
 import threading
 import time
 import traceback
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from .diagnostics import Stats, ThrottledLog
 
@@ -31,15 +36,18 @@ class FrameHandover:
     """The worker and publisher threads between the synchroniser and the publishers.
 
     ``match(settings, pair)`` processes a pair with the settings of its frame and returns what
-    ``publish`` takes, or None to skip the frame; ``publish(matched)`` sends its messages.
+    ``publish`` takes, or None to skip the frame; ``publish(matched)`` sends its messages. With
+    ``batch``, ``match(settings, pairs)`` gets the list of pairs waiting (one per source, in the
+    order of their sources) and matches them together.
     ``alive()`` is False once the surroundings are shutting down (an exception is then not an
     internal error). Frames are identified by the stamp :meth:`offer` is given with the pair.
     """
 
     def __init__(self, settings: Any, match: Callable[[Any, Any], Optional[Any]], publish: Callable[[Any], None],
                  stats: Stats, log: ThrottledLog, alive: Callable[[], bool] = lambda: True,
-                 thread_prefix: str = "stereo_depth") -> None:
+                 thread_prefix: str = "stereo_depth", batch: bool = False) -> None:
         self._match = match
+        self._batch = batch
         self._publish = publish
         self._stats = stats
         self._log = log
@@ -47,7 +55,7 @@ class FrameHandover:
         self._cond = threading.Condition()
         self._settings = settings
         self._next_settings: Optional[Any] = None  # taken by the worker before its next frame
-        self._pending: Optional[Tuple[int, Any]] = None  # (stamp, pair) the worker has not taken yet
+        self._pending: Dict[Any, Tuple[int, Any]] = {}  # source -> (stamp, pair) the worker has not taken yet
         self._in_flight: Optional[int] = None  # stamp of the frame the worker is matching
         self._matched: Optional[Tuple[int, Any]] = None  # (stamp, matched) the publisher has not taken yet
         self._publishing: Optional[int] = None  # stamp of the frame the publisher thread is publishing
@@ -83,9 +91,9 @@ class FrameHandover:
 
     @property
     def pending(self) -> Optional[int]:
-        """Stamp of the pair waiting for the worker, None if none."""
+        """Stamp of the (newest) pair waiting for the worker, None if none."""
         with self._cond:
-            return self._pending[0] if self._pending is not None else None
+            return max((stamp for stamp, _ in self._pending.values()), default=None)
 
     @property
     def in_flight(self) -> Optional[int]:
@@ -110,14 +118,17 @@ class FrameHandover:
         return self._stop.is_set()
 
     # ------------------------------------------------------------------ input
-    def offer(self, stamp: int, pair: Any) -> None:
-        """Store ``pair`` for the worker; a pair still waiting is dropped (the newest wins)."""
+    def offer(self, stamp: int, pair: Any, source: Any = None, stats: Optional[Stats] = None) -> None:
+        """Store ``pair`` of ``source`` (a camera) for the worker; a pair of that source still
+        waiting is dropped (the newest wins), and counted in ``stats`` (the source's counters;
+        default the handover's)."""
+        stats = self._stats if stats is None else stats
         with self._cond:
-            with self._stats.lock:
-                self._stats.pairs_received += 1
-                if self._pending is not None:
-                    self._stats.dropped += 1  # the waiting pair is stale
-            self._pending = (stamp, pair)
+            with stats.lock:
+                stats.pairs_received += 1
+                if source in self._pending:
+                    stats.dropped += 1  # the waiting pair is stale
+            self._pending[source] = (stamp, pair)
             self._cond.notify()
 
     # ------------------------------------------------------------------ threads
@@ -140,9 +151,15 @@ class FrameHandover:
     def _worker_loop(self) -> None:
         while not self._stop.is_set():
             with self._cond:
-                if not self._wait_until(lambda: self._pending is not None):
+                if not self._wait_until(lambda: bool(self._pending)):
                     return
-                (stamp, pair), self._pending = self._pending, None
+                if self._batch:
+                    taken = [self._pending[source] for source in sorted(self._pending, key=_order)]
+                    stamp, pair = taken[0][0], [p for _, p in taken]
+                    self._pending = {}
+                else:
+                    source = next(iter(self._pending))
+                    stamp, pair = self._pending.pop(source)
                 if self._next_settings is not None:
                     self._settings, self._next_settings = self._next_settings, None
                 settings = self._settings
@@ -199,3 +216,8 @@ class FrameHandover:
             if thread.is_alive() and threading.current_thread() is not thread:
                 thread.join(max(deadline - time.monotonic(), 0.0))
         return not (self.worker.is_alive() or self.publisher.is_alive())
+
+
+def _order(source: Any) -> Tuple[bool, Any]:
+    """Sort key of sources: None (the only camera) first, then the sources' own order."""
+    return (source is not None, source if source is not None else 0)

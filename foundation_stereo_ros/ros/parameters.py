@@ -10,10 +10,11 @@ Neither touches the node; the node applies what they return.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import rclpy.exceptions
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.parameter import Parameter
 
 from ..pipeline import ProcessorConfig, StereoProcessor
 from ..pipeline.config import PROCESSOR_PARAMETERS, ParamSpec, config_problems
@@ -108,6 +109,51 @@ def declare_parameters(node: Any) -> Dict[str, Any]:
                                f"{_range_text(spec)})") from None
         values[spec.name] = p.value
     return values
+
+
+#: The node's string-array parameter naming its cameras (not a :class:`ParamSpec`: those are scalars).
+CAMERAS_PARAMETER = "cameras"
+CAMERAS_DESCRIPTION = (
+    "Namespaces of the stereo cameras this node serves, relative to the node's namespace, e.g. ['front', "
+    "'rear']: camera <c> is read from <c>/left/image_rect, <c>/left/camera_info, <c>/right/image_rect, "
+    "<c>/right/camera_info and published on <c>/disparity, <c>/depth, <c>/points2 ...; each camera has its own "
+    "synchronisation, calibration, outputs and diagnostic status, and one network matches them all (pairs of "
+    "one size that are ready together in one batch). Unset or empty: one camera on the node's own topics. "
+    "Read-only at runtime.")
+
+
+def declare_cameras(node: Any) -> List[str]:
+    """Declare the ``cameras`` parameter on ``node``; its value ([] when unset)."""
+    try:
+        p = node.declare_parameter(CAMERAS_PARAMETER, Parameter.Type.STRING_ARRAY,
+                                   ParameterDescriptor(description=CAMERAS_DESCRIPTION, read_only=True))
+    except rclpy.exceptions.InvalidParameterTypeException as e:
+        raise StartupError(f"parameter cameras: {e} (expected a list of strings, e.g. ['front', 'rear'])") from None
+    return list(p.value or [])
+
+
+def camera_names(values: Sequence[str], max_cameras: int = 8) -> List[str]:
+    """The camera namespaces of the ``cameras`` parameter, checked: [""] (one camera on the node's
+    own topics) when empty; :class:`StartupError` for an empty, repeated or malformed name."""
+    names = [str(v).strip().rstrip("/") for v in values]
+    if not names:
+        return [""]
+    problems = []
+    if len(names) > max_cameras:
+        problems.append(f"at most {max_cameras} cameras, got {len(names)}")
+    for raw, name in zip(values, names):
+        if not name:
+            problems.append(f"{raw!r} is not a camera namespace")
+        elif not all(part and (part[0].isalpha() or part[0] == "_") and all(c.isalnum() or c == "_" for c in part)
+                     for part in name.lstrip("/").split("/")):
+            problems.append(f"{raw!r} is not a valid ROS namespace (letters, digits and '_', each part starting "
+                            f"with a letter or '_', parts separated by '/')")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        problems.append(f"repeated: {', '.join(repeated)}")
+    if problems:
+        raise StartupError("parameter cameras: " + "; ".join(problems))
+    return names
 
 
 def initial_settings(values: Mapping[str, Any]) -> FrameSettings:

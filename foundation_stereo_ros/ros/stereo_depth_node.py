@@ -52,10 +52,10 @@ import faulthandler
 import os
 import sys
 import time
+import traceback
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import rclpy
 import rclpy.logging
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -63,16 +63,14 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
-from stereo_msgs.msg import DisparityImage
 
-from ..pipeline import FrameError, Outputs, StereoProcessor
-from .conversions import camera_info_msg, depth_image_msg, disparity_image_msg, numpy_to_image, pointcloud2_msg
-from .diagnostics import Stats, StatsSnapshot, ThrottledLog, diagnose, resident_memory_mb
+from ..pipeline import FrameError, MessageFrame, Outputs, StereoProcessor
+from .camera import Camera, Wanted
+from .diagnostics import StatsSnapshot, diagnose, resident_memory_mb
 from .handover import FrameHandover
-from .parameters import (ALL_PARAMETERS, FrameSettings, StartupError, change_parameters, declare_parameters,
-                         initial_settings)
-from .sync import SyncOptions, TimeJumpGuard, stamp_ns, subscribe_synchronized
+from .parameters import (ALL_PARAMETERS, FrameSettings, StartupError, camera_names, change_parameters,
+                         declare_cameras, declare_parameters, initial_settings)
+from .sync import SyncOptions, stamp_ns
 
 NODE_NAME = "stereo_depth_node"
 
@@ -80,29 +78,8 @@ NODE_NAME = "stereo_depth_node"
 #: ``ros2 launch`` escalates from SIGINT to SIGTERM.
 SHUTDOWN_WAIT_S = 4.0
 
-INPUTS = (("left/image_rect", Image), ("left/camera_info", CameraInfo),
-          ("right/image_rect", Image), ("right/camera_info", CameraInfo))
-
-
-def input_topics(node: Node, image_transport: str) -> Tuple[Tuple[str, type], ...]:
-    """(topic, type) of the four inputs: :data:`INPUTS`, or with ``compressed`` the images'
-    CompressedImage topics, ``<resolved image topic>/compressed`` as image_transport names them."""
-    if image_transport == "raw":
-        return INPUTS
-    return tuple((f"{node.resolve_topic_name(name)}/compressed", CompressedImage) if t is Image else (name, t)
-                 for name, t in INPUTS)
-
-
-@dataclass(frozen=True)
-class _Wanted:
-    """Which outputs have subscribers, decided when the worker takes a pair."""
-
-    disparity: bool
-    depth: bool
-    points: bool
-    left: bool
-    right: bool
-    color: bool
+#: Most cameras one node serves.
+MAX_CAMERAS = 8
 
 
 @dataclass
@@ -110,10 +87,11 @@ class _Matched:
     """A processed frame on its way from the worker to the publisher thread."""
 
     settings: FrameSettings
+    camera: Camera
     result: Any  # StereoResult
     left_img: Any  # Image or CompressedImage: only its header is used
     right_img: Any
-    wanted: _Wanted
+    wanted: Wanted
     t0: float  # perf_counter when the worker took the pair
 
 
@@ -123,9 +101,8 @@ class StereoDepthNode(Node):
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
         values = declare_parameters(self)
+        names = camera_names(declare_cameras(self))
         settings = initial_settings(values)
-        self._log = ThrottledLog(self.get_logger(), float(values["log_throttle_s"]))
-        self._stats = Stats()
         self._prepare_backend(settings.processor)
 
         qos_in = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=int(values["qos_depth"]),
@@ -133,37 +110,30 @@ class StereoDepthNode(Node):
                                          else ReliabilityPolicy.RELIABLE))
         qos_out = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=int(values["qos_depth"]),
                              reliability=ReliabilityPolicy.RELIABLE)
-        self._pub_disparity = self.create_publisher(DisparityImage, "disparity", qos_out)
-        self._pub_depth = self.create_publisher(Image, "depth", qos_out)
-        self._pub_depth_info = self.create_publisher(CameraInfo, "depth/camera_info", qos_out)
-        self._pub_points = self.create_publisher(PointCloud2, "points2", qos_out)
-        self._pub_left = self.create_publisher(Image, "left_rect/image", qos_out)
-        self._pub_left_info = self.create_publisher(CameraInfo, "left_rect/camera_info", qos_out)
-        self._pub_right = self.create_publisher(Image, "right_rect/image", qos_out)
-        self._pub_right_info = self.create_publisher(CameraInfo, "right_rect/camera_info", qos_out)
-        self._pub_color = self.create_publisher(Image, "disparity_color", qos_out)
         self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-
-        # _publish is looked up per frame, so that tests can wrap it.
-        self._frames = FrameHandover(settings, self._match, lambda matched: self._publish(matched), self._stats,
-                                     self._log, alive=lambda: rclpy.ok(context=self.context))
         sync = SyncOptions(queue_size=int(values["queue_size"]), approximate=bool(values["approximate_sync"]),
                            tolerance_s=float(values["sync_tolerance_s"]))
-        self._time_jumps = TimeJumpGuard(sync.approximate, sync.tolerance_s)
-        self._inputs = input_topics(self, str(values["image_transport"]))
-        self._sync = subscribe_synchronized(self, [(t, name) for name, t in self._inputs], qos_in, self._on_pair,
-                                            sync, on_message=self._on_message, on_unpaired=self._on_unpaired)
+        transport = str(values["image_transport"])
+        throttle = float(values["log_throttle_s"])
+        #: The cameras, in the order of the ``cameras`` parameter (one unnamed camera without it).
+        self.cameras = [Camera(self, name, sync, transport, qos_in, qos_out, throttle, self._offer) for name in names]
+        first = self.cameras[0]
+        self._stats, self._log = first.stats, first.log  # the only camera's (the first's with several)
+
+        # _publish is looked up per frame, so that tests can wrap it.
+        self._frames = FrameHandover(settings, self._match, self._publish_all, self._stats, self._log,
+                                     alive=lambda: rclpy.ok(context=self.context), batch=True)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        self._diag_previous = self._stats.snapshot()
         self._diag_timer = self.create_timer(float(values["diagnostics_period_s"]), self._publish_diagnostics)
         self._frames.start()
         config = settings.processor.config
+        topics = "; ".join(", ".join(c.sync.topic_names()) for c in self.cameras)
         self.get_logger().info(
-            f"ready: backend {config.backend}, rectify {config.rectify}, {values['image_transport']} images, "
-            f"{'approximate' if sync.approximate else 'exact'} sync on "
-            f"{', '.join(self._sync.topic_names())}"
-            f"{' (message_filters)' if self._sync.uses_message_filters else ''}")
+            f"ready: backend {config.backend}, rectify {config.rectify}, {transport} images, "
+            f"{len(self.cameras)} camera{'s' if len(self.cameras) > 1 else ''}, "
+            f"{'approximate' if sync.approximate else 'exact'} sync on {topics}"
+            f"{' (message_filters)' if first.sync.uses_message_filters else ''}")
 
     def _prepare_backend(self, processor: StereoProcessor) -> None:
         """Log what the backend says about itself, and compile / capture / build its engine now
@@ -236,129 +206,125 @@ class StereoDepthNode(Node):
         return SetParametersResult(successful=True)
 
     # ------------------------------------------------------------------ input (executor thread)
-    def _on_message(self, index: int, msg: Any) -> None:
-        t = stamp_ns(msg)
-        back_ns = self._time_jumps.observe(t)
-        if back_ns is not None:
-            # A bag loop or a restarted driver: queued messages from "the future" would block
-            # pairing of the new ones until they age out. The pair at the jump is discarded too
-            # (in _on_pair), so consumers see a clean break rather than a frame from before their reset.
-            self._stats.problem("time_jump_back")
-            self._log.warn("time_jump_back", f"{self._inputs[index][0]} stamp went back by {back_ns / 1e9:.3f} s "
-                                             f"(bag loop? restarted driver?); discarding queued newer messages and "
-                                             f"the pair stamped {t / 1e9:.6f}, resuming with the next pair")
-            self._sync.discard_newer_than(t)
-
-    def _on_unpaired(self, index: int, msg: Any) -> None:
-        self._stats.problem("unpaired")
-        name = self._inputs[index][0]
-        self._log.warn("unpaired", f"{name} stamped {stamp_ns(msg) / 1e9:.6f} found no partner on the other "
-                                   f"inputs (exact sync needs equal stamps; set approximate_sync / "
-                                   f"sync_tolerance_s for unsynchronised cameras)")
-
-    def _on_pair(self, left_img: Any, left_info: CameraInfo, right_img: Any, right_info: CameraInfo) -> None:
-        stamp = stamp_ns(left_img)
-        if not self._time_jumps.accept_pair(stamp):
-            return  # the pair at a backward time jump (counted and logged in _on_message)
-        self._frames.offer(stamp, (left_img, left_info, right_img, right_info))
+    def _offer(self, camera: Camera, stamp: int, messages: Tuple[Any, ...]) -> None:
+        """A camera's synchronised pair for the worker (the newest of each camera wins)."""
+        self._frames.offer(stamp, (camera, messages), source=self.cameras.index(camera), stats=camera.stats)
 
     # ------------------------------------------------------------------ worker thread
-    def _match(self, settings: FrameSettings, pair: Tuple[Any, CameraInfo, Any, CameraInfo]) -> Optional[_Matched]:
-        """Process one pair for the outputs that have subscribers; None when the frame is skipped."""
-        def wanted(*pubs: Any) -> bool:
-            return any(p.get_subscription_count() > 0 for p in pubs)
-
-        left_img, left_info, right_img, right_info = pair
+    def _match(self, settings: FrameSettings, pairs: List[Tuple[Camera, Tuple[Any, ...]]]) -> Optional[List[_Matched]]:
+        """Process the pairs waiting (one per camera) for the outputs that have subscribers, frames
+        of one size in one network call; None when every frame is skipped."""
         processor = settings.processor
-        want = _Wanted(disparity=wanted(self._pub_disparity), depth=wanted(self._pub_depth, self._pub_depth_info),
-                       points=wanted(self._pub_points), left=wanted(self._pub_left, self._pub_left_info),
-                       right=wanted(self._pub_right, self._pub_right_info), color=wanted(self._pub_color))
-        if not (want.disparity or want.depth or want.points or want.left or want.right or want.color):
-            with self._stats.lock:
-                self._stats.skipped_no_subscribers += 1
+        frames, owners = [], []
+        for camera, (left_img, left_info, right_img, right_info) in pairs:
+            want = camera.wanted()
+            if not want.anything:
+                with camera.stats.lock:
+                    camera.stats.skipped_no_subscribers += 1
+                continue
+            # Without a baseline a frame still gives the disparity (and the rectified images), not depth:
+            # when only depth or points are wanted, such a frame is refused before it is matched.
+            beside_depth = want.disparity or want.left or want.right or want.color
+            outputs = Outputs(depth=want.depth, points=want.points, disparity_color=want.color,
+                              rectified_images=want.left or want.right, disparity_without_baseline=beside_depth)
+            frames.append(MessageFrame(left_img, right_img, left_info, right_info, outputs))
+            owners.append((camera, want))
+            self.get_logger().debug(f"{camera.label} frame {stamp_ns(left_img) / 1e9:.6f}: processing")
+        if not frames:
             return None
-        # Without a baseline a frame still gives the disparity (and the rectified images), not depth:
-        # when only depth or points are wanted, such a frame is refused before it is matched.
-        beside_depth = want.disparity or want.left or want.right or want.color
-        outputs = Outputs(depth=want.depth, points=want.points, disparity_color=want.color,
-                          rectified_images=want.left or want.right, disparity_without_baseline=beside_depth)
         t0 = time.perf_counter()
-        stamp = stamp_ns(left_img)
-        self.get_logger().debug(f"frame {stamp / 1e9:.6f}: processing")
         try:
-            result = processor.process_messages(left_img, right_img, left_info, right_info, outputs)
-        except FrameError as e:
-            self._stats.problem(e.problem)
-            self._log.warn(e.problem, f"frame {stamp / 1e9:.6f} skipped: {e}")
+            results = processor.process_messages_batch(frames)
+        except Exception as e:  # noqa: BLE001 - counted for every camera of the batch, the worker goes on
+            if self._frames.stopping or not rclpy.ok(context=self.context):
+                return None
+            for camera, _ in owners:
+                camera.stats.problem("internal_error")
+                camera.log.warn("internal_error", f"frame failed: {type(e).__name__}: {e}\n"
+                                                  f"{traceback.format_exc(limit=4)}", error=True)
             return None
         if self._frames.stopping:
             return None  # shutting down: the publishers are going away
+        matched = [m for (camera, want), frame, result in zip(owners, frames, results)
+                   for m in [self._checked(settings, camera, want, frame, result, t0)] if m is not None]
+        return matched or None
+
+    def _checked(self, settings: FrameSettings, camera: Camera, want: Wanted, frame: MessageFrame, result: Any,
+                 t0: float) -> Optional[_Matched]:
+        """A camera's processed frame ready to publish, its problems counted and logged; None when skipped."""
+        stamp = stamp_ns(frame.left_image)
+        stats, log, processor = camera.stats, camera.log, settings.processor
+        if isinstance(result, FrameError):
+            stats.problem(result.problem)
+            log.warn(result.problem, f"frame {stamp / 1e9:.6f} skipped: {result}")
+            return None
         if result.depth_problem is not None:
             # A disparity needs no baseline: it is published; depth and points cannot be.
             problem = result.depth_problem
-            self._stats.problem(problem.problem)
-            self._log.warn(problem.problem, f"frame {stamp / 1e9:.6f}: disparity published (t = 0), depth and "
-                                            f"points skipped: {problem}")
+            stats.problem(problem.problem)
+            log.warn(problem.problem, f"frame {stamp / 1e9:.6f}: disparity published (t = 0), depth and points "
+                                      f"skipped: {problem}")
             want = replace(want, depth=False, points=False)
-        with self._stats.lock:
-            self._stats.network_scale = result.network_scale
+        with stats.lock:
+            stats.network_scale = result.network_scale
             if result.oom_retries:
-                self._stats.oom_retries += result.oom_retries
-                self._stats.reduced_resolution_frames += 1
+                stats.oom_retries += result.oom_retries
+                stats.reduced_resolution_frames += 1
             if result.fast_execution is False:
-                self._stats.eager_fallback_frames += 1
+                stats.eager_fallback_frames += 1
         if result.fast_execution is False and not result.oom_retries:
             # Not an out-of-memory fallback (logged below): the camera size is not the prepared one.
             prepared = getattr(processor.backend, "prepared_size", None)
             why = (f"is prepared for network input {prepared[1]}x{prepared[0]} only" if prepared
                    else "could not be prepared")
             h, w = result.disparity.shape
-            self._log.warn("eager_fallback", f"frame {stamp / 1e9:.6f} ({w}x{h}) ran eager: execution "
-                                             f"{processor.config.execution!r} {why}; set warmup_width and "
-                                             f"warmup_height to the camera's image size")
+            log.warn("eager_fallback", f"frame {stamp / 1e9:.6f} ({w}x{h}) ran eager: execution "
+                                       f"{processor.config.execution!r} {why}; set warmup_width and "
+                                       f"warmup_height to the camera's image size")
         if result.oom_retries:
-            self._log.warn("out_of_memory_fallback",
-                           f"frame {stamp / 1e9:.6f}: out of memory at network scale {processor.config.scale:g}; "
-                           f"matched at scale {result.network_scale:g} after {result.oom_retries} retr"
-                           f"{'y' if result.oom_retries == 1 else 'ies'} (coarser depth; the configured scale is "
-                           f"tried again every {processor.config.oom_probe_period_s:g} s)")
-        return _Matched(settings, result, left_img, right_img, want, t0)
+            log.warn("out_of_memory_fallback",
+                     f"frame {stamp / 1e9:.6f}: out of memory at network scale {processor.config.scale:g}; "
+                     f"matched at scale {result.network_scale:g} after {result.oom_retries} retr"
+                     f"{'y' if result.oom_retries == 1 else 'ies'} (coarser depth; the configured scale is "
+                     f"tried again every {processor.config.oom_probe_period_s:g} s)")
+        return _Matched(settings, camera, result, frame.left_image, frame.right_image, want, t0)
 
     # ------------------------------------------------------------------ publisher thread
+    def _publish_all(self, matched: List[_Matched]) -> None:
+        """Publish the frames of one batch; a camera whose publishing fails does not stop the others."""
+        for frame in matched:
+            try:
+                self._publish(frame)
+            except Exception as e:  # noqa: BLE001 - counted for that camera, the others are published
+                if self._frames.stopping or not rclpy.ok(context=self.context):
+                    return
+                frame.camera.stats.problem("internal_error")
+                frame.camera.log.warn("internal_error", f"publishing failed: {type(e).__name__}: {e}\n"
+                                                        f"{traceback.format_exc(limit=4)}", error=True)
+
     def _publish(self, matched: _Matched) -> None:
-        result, want, header = matched.result, matched.wanted, matched.left_img.header
-        if want.disparity:
-            self._pub_disparity.publish(disparity_image_msg(result, header))
-        cam_info = camera_info_msg(result.camera, header) if (want.depth or want.left) else None
-        if want.depth:
-            self._pub_depth.publish(depth_image_msg(result.depth, header, matched.settings.depth_format))
-            self._pub_depth_info.publish(cam_info)
-        if want.points:
-            self._pub_points.publish(pointcloud2_msg(result.points, result.colors, header,
-                                                     matched.settings.points_organized, cloud=result.cloud))
-        if want.left:
-            self._pub_left.publish(_picture(result.left_rect, result.grey, header))
-            self._pub_left_info.publish(cam_info)
-        if want.right:
-            right_header = matched.right_img.header
-            self._pub_right.publish(_picture(result.right_rect, result.grey, right_header))
-            self._pub_right_info.publish(camera_info_msg(result.right_camera, right_header))
-        if want.color:
-            self._pub_color.publish(numpy_to_image(result.disparity_color, "rgb8", header))
+        settings = matched.settings
+        matched.camera.publish(matched.result, matched.wanted, matched.left_img, matched.right_img,
+                               settings.depth_format, settings.points_organized)
         latency = (self.get_clock().now().nanoseconds - stamp_ns(matched.left_img)) / 1e9
-        self._stats.published(latency, time.perf_counter() - matched.t0)
+        matched.camera.stats.published(latency, time.perf_counter() - matched.t0)
 
     # ------------------------------------------------------------------ diagnostics (executor thread)
     def _publish_diagnostics(self) -> None:
-        snapshot = self._stats.snapshot()
         processor = self._frames.settings.processor
-        health = diagnose(snapshot, self._diag_previous, processor.config,
-                          getattr(processor.backend, "providers", ()), resident_memory_mb())
-        self._diag_previous = snapshot
-        status = DiagnosticStatus(level=bytes([health.level]), name=f"{self.get_name()}: stereo depth",
-                                  message=health.message, hardware_id=self.get_fully_qualified_name(),
-                                  values=[KeyValue(key=k, value=v) for k, v in health.values])
-        msg = DiagnosticArray(status=[status])
+        rss_mb = resident_memory_mb()
+        statuses = []
+        for camera in self.cameras:
+            snapshot = camera.stats.snapshot()
+            health = diagnose(snapshot, camera.diag_previous, processor.config,
+                              getattr(processor.backend, "providers", ()), rss_mb)
+            camera.diag_previous = snapshot
+            name = f"{self.get_name()}: stereo depth" + (f" ({camera.name})" if camera.name else "")
+            hardware_id = self.get_fully_qualified_name() + (f"/{camera.name}" if camera.name else "")
+            statuses.append(DiagnosticStatus(level=bytes([health.level]), name=name, message=health.message,
+                                             hardware_id=hardware_id,
+                                             values=[KeyValue(key=k, value=v) for k, v in health.values]))
+        msg = DiagnosticArray(status=statuses)
         msg.header.stamp = self.get_clock().now().to_msg()
         self._pub_diag.publish(msg)
 
@@ -379,12 +345,6 @@ class StereoDepthNode(Node):
         if not self._frames.stopping:  # main() and tests stop first, with their own wait
             self.stop()
         super().destroy_node()
-
-
-def _picture(rgb: np.ndarray, grey: bool, header: Any) -> Image:
-    if grey:  # the three channels are equal; mono8 is a third of the bytes
-        return numpy_to_image(np.ascontiguousarray(rgb[..., 0]), "mono8", header)
-    return numpy_to_image(rgb, "rgb8", header)
 
 
 def main(args: Optional[List[str]] = None) -> int:

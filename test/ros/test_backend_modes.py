@@ -227,7 +227,7 @@ def test_node_prepares_the_mode_at_start_and_publishes_the_same_disparity(vits_c
 
 def test_node_refuses_to_start_when_the_mode_cannot_be_prepared(vits_checkpoint, monkeypatch):
     monkeypatch.setattr(backends_module.FoundationStereoBackend, "_prepare_runner",
-                        lambda self, w, h: (_ for _ in ()).throw(RuntimeError("inductor failed")))
+                        lambda self, *size: (_ for _ in ()).throw(RuntimeError("inductor failed")))
     params = dict(backend="foundation_stereo", checkpoint=str(vits_checkpoint), device="cpu", iters=ITERS,
                   execution="compile", warmup_width=W, warmup_height=H)
     context = Context()

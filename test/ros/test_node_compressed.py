@@ -16,7 +16,7 @@ from rclpy.context import Context
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from foundation_stereo_ros.ros.conversions import disparity_from_msg, numpy_to_image
-from foundation_stereo_ros.ros.stereo_depth_node import input_topics
+from foundation_stereo_ros.ros.camera import input_topics
 
 from _ros_helpers import NodeHarness, domain_id_for_tests, rectified_infos, wait_for
 

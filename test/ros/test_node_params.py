@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from foundation_stereo_ros.ros.parameters import ALL_PARAMETERS, READ_ONLY
+from foundation_stereo_ros.ros.parameters import ALL_PARAMETERS, CAMERAS_DESCRIPTION, CAMERAS_PARAMETER, READ_ONLY
 
 from _ros_helpers import NodeHarness, rectified_infos, textured_scene
 
@@ -34,7 +34,10 @@ def test_node_declares_them_with_descriptions_and_ranges_and_runs_with_default_y
     try:
         node = h.node
         names = {n for n in node._parameters if n not in ("use_sim_time", "start_type_description_service")}
-        assert names == {s.name for s in ALL_PARAMETERS}
+        assert names == {s.name for s in ALL_PARAMETERS} | {CAMERAS_PARAMETER}
+        cameras = node.describe_parameter(CAMERAS_PARAMETER)
+        assert cameras.read_only and cameras.description == CAMERAS_DESCRIPTION
+        assert [c.name for c in node.cameras] == [""]  # unset: one camera on the node's own topics
         for spec in ALL_PARAMETERS:
             d = node.describe_parameter(spec.name)
             assert d.description == spec.description, spec.name
