@@ -16,6 +16,10 @@ value -> input -> topic; ZED wrappers before 5.1 use other names), and driver pa
 driver's launch file reads from a flat YAML file (``driver.parameters``; written at launch time,
 its path is ``{driver_parameters}`` in the driver's arguments).
 
+A config for several cameras served by one node (``config/two_cameras.yaml``) lists them in its
+launch section's ``cameras`` (camera namespace -> input -> topic) instead of ``remap``: the node gets
+the ``cameras`` parameter in that order, and each camera's inputs are remapped under its namespace.
+
 The module imports ``launch`` only inside :func:`generate_launch_description`, so its pure
 helpers (:func:`launch_settings`, :func:`parameter_overrides`) are testable without ROS.
 """
@@ -117,10 +121,18 @@ def launch_settings(path: str) -> Dict[str, Any]:
             if bad:
                 raise ValueError(f"{path}: remap_choices.{argument}.{value}: unknown entries {bad}; "
                                  f"expected {list(INPUTS)}")
+    cameras = section.get("cameras") or {}
+    if cameras and remap:
+        raise ValueError(f"{path}: give either remap (one camera) or cameras (several), not both")
+    for camera, topics in cameras.items():
+        bad = sorted(set(topics or {}) - set(INPUTS))
+        if bad:
+            raise ValueError(f"{path}: cameras.{camera}: unknown entries {bad}; expected {list(INPUTS)}")
     driver = section.get("driver") or {}
     if driver and not (driver.get("package") and driver.get("launch_file")):
         raise ValueError(f"{path}: driver needs 'package' and 'launch_file'")
     return {"remappings": {k: str(v) for k, v in remap.items() if v}, "namespace": str(section.get("namespace", "")),
+            "cameras": {str(c): {k: str(t) for k, t in (topics or {}).items() if t} for c, topics in cameras.items()},
             "remap_choices": {str(a): {str(v): {k: str(t) for k, t in (topics or {}).items() if t}
                                        for v, topics in (by_value or {}).items()} for a, by_value in choices.items()},
             "driver": {"package": driver.get("package", ""), "launch_file": driver.get("launch_file", ""),
@@ -205,6 +217,14 @@ def remappings(settings: Dict[str, Any], values: Dict[str, str]) -> List[Tuple[s
         elif chosen:
             raise ValueError(f"launch argument {argument}:={chosen!r}: expected one of {sorted(by_value)} or empty")
     topics.update({k: values[k] for k in INPUTS if values.get(k)})
+    cameras = settings.get("cameras") or {}
+    if cameras:
+        given = [k for k in INPUTS if values.get(k)]
+        if given:
+            raise ValueError(f"launch arguments {', '.join(given)} name one camera's topics; this config serves "
+                             f"the cameras {', '.join(cameras)}: remap them in its 'cameras' section")
+        return [(f"{camera}/{NODE_INPUTS[k]}", by_input[k]) for camera, by_input in cameras.items()
+                for k in INPUTS if k in by_input]
     return [(NODE_INPUTS[k], topics[k]) for k in INPUTS if k in topics]
 
 
@@ -309,7 +329,8 @@ def _launch_setup(context, *args, **kwargs):
                 launch_arguments=driver_arguments(settings, values, config, parameters_file)))
     actions.append(Node(
         package=PACKAGE, executable=NODE_NAME, name=NODE_NAME, namespace=namespace, output="screen",
-        parameters=[config, parameter_overrides(values, node_parameters(config))],
+        parameters=[config, parameter_overrides(values, node_parameters(config)),
+                    {"cameras": list(settings["cameras"])} if settings["cameras"] else {}],
         remappings=remappings(settings, values),
         arguments=["--ros-args", "--log-level", values["log_level"] or "info"]))
     return actions

@@ -161,12 +161,18 @@ class NodeHarness:
     """stereo_depth_node in-process plus a test node that feeds it and listens to every output."""
 
     def __init__(self, parameters: Dict[str, Any], namespace: str = "/stereo_test", subscribe: Sequence[str] = tuple(OUTPUTS),
-                 domain_offset: int = 0, listen_rosout: bool = True, listen_diagnostics: bool = True) -> None:
+                 domain_offset: int = 0, listen_rosout: bool = True, listen_diagnostics: bool = True,
+                 camera: str = "") -> None:
+        """``camera``: with a ``cameras`` parameter, the camera whose inputs and outputs the harness
+        feeds and receives (its topics under ``<namespace>/<camera>/``)."""
         self.context = Context()
         rclpy.init(context=self.context, domain_id=domain_id_for_tests(domain_offset))
+        self.camera = camera
         self.namespace = namespace
+        namespace = f"{namespace}/{camera}" if camera else namespace
+        self.topic_root = namespace
         overrides = [Parameter(k, value=v) for k, v in parameters.items()]
-        self.node = StereoDepthNode(context=self.context, namespace=namespace, parameter_overrides=overrides)
+        self.node = StereoDepthNode(context=self.context, namespace=self.namespace, parameter_overrides=overrides)
         self.tester = rclpy.create_node("stereo_tester", context=self.context)
         self.received = Collector()
         qos = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
@@ -193,7 +199,7 @@ class NodeHarness:
         self.wait_connected(subscribe)
 
     def subscribe(self, name: str) -> None:
-        self.subs.append(self.tester.create_subscription(OUTPUTS[name], f"{self.namespace}/{name}",
+        self.subs.append(self.tester.create_subscription(OUTPUTS[name], f"{self.topic_root}/{name}",
                                                          lambda m, n=name: self.received.add(n, m),
                                                          QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)))
 
@@ -204,7 +210,7 @@ class NodeHarness:
             pass
 
     def wait_connected(self, outputs: Sequence[str], timeout_s: float = 15.0) -> None:
-        node_pubs = self.node.cameras[0].publishers
+        node_pubs = next(c for c in self.node.cameras if c.name == self.camera).publishers
         ok = wait_for(lambda: all(p.get_subscription_count() > 0 for p in self.pubs.values())
                       and all(node_pubs[o].get_subscription_count() > 0 for o in outputs), timeout_s)
         if not ok:

@@ -23,7 +23,7 @@ from ros2_launch_source import SKIP_REASON, launch_paths
 REPO = Path(__file__).resolve().parents[2]
 LAUNCH = REPO / "launch"
 CAMERAS = ("zed", "realsense", "oakd", "isaac_sim")
-LAUNCH_FILES = ["foundation_stereo.launch.py"] + [f"{c}.launch.py" for c in CAMERAS]
+LAUNCH_FILES = ["foundation_stereo.launch.py", "two_cameras.launch.py"] + [f"{c}.launch.py" for c in CAMERAS]
 REQUIRED_ARGUMENTS = {"checkpoint", "model_variant", "namespace", "iters", "scale", "precision", "device", "backend",
                       "start_camera"}
 LAUNCH_PATHS = launch_paths()
@@ -106,6 +106,32 @@ def test_camera_config_settings(generic, camera):
             assert args["ros_params_override_path"] == path  # its /zed/zed_node section turns left/right on
 
 
+def test_two_camera_config_remaps_each_camera_under_its_namespace(generic, tmp_path):
+    path = generic.config_path("two_cameras")
+    settings = generic.launch_settings(path)
+    assert list(settings["cameras"]) == ["front", "rear"] and settings["remappings"] == {}
+    remaps = dict(generic.remappings(settings, {}))
+    assert remaps == {f"{cam}/{node_input}": f"/camera/{cam}/{infra}/{kind}"
+                      for cam in ("front", "rear")
+                      for node_input, infra, kind in (("left/image_rect", "infra1", "image_rect_raw"),
+                                                      ("left/camera_info", "infra1", "camera_info"),
+                                                      ("right/image_rect", "infra2", "image_rect_raw"),
+                                                      ("right/camera_info", "infra2", "camera_info"))}
+    assert settings["driver"] == {}  # the user starts the cameras
+    with pytest.raises(ValueError, match="remap them in its 'cameras' section"):
+        generic.remappings(settings, {"left_image": "/x/left"})  # one camera's topic: which camera?
+    both = tmp_path / "both.yaml"
+    both.write_text(yaml.safe_dump({"foundation_stereo_launch": {"ros__parameters": {
+        "remap": {"left_image": "/a"}, "cameras": {"front": {"left_image": "/b"}}}}}))
+    with pytest.raises(ValueError, match="either remap"):
+        generic.launch_settings(str(both))
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(yaml.safe_dump({"foundation_stereo_launch": {"ros__parameters": {
+        "cameras": {"front": {"left_img": "/b"}}}}}))
+    with pytest.raises(ValueError, match="cameras.front: unknown entries"):
+        generic.launch_settings(str(typo))
+
+
 def test_driver_sections_of_the_configs_use_the_drivers_node_names():
     """The drivers start their nodes as composable nodes, whose parameters launch_ros takes only from the
     '/**' section and the section of the node's full name (not '/**/name')."""
@@ -120,13 +146,13 @@ def test_config_files_parse_as_ros_parameter_files():
     """rcl's YAML parser (the one --params-file uses) accepts every config, launch section included."""
     import rclpy
 
-    for name in CAMERAS + ("default",):
+    for name in CAMERAS + ("default", "two_cameras"):
         context = rclpy.Context()
         rclpy.init(args=["--ros-args", "--params-file", str(REPO / "config" / f"{name}.yaml")], context=context)
         rclpy.shutdown(context=context)
 
 
-@pytest.mark.parametrize("camera", CAMERAS)
+@pytest.mark.parametrize("camera", CAMERAS + ("two_cameras",))
 def test_config_parameters_are_accepted_by_the_node(generic, camera):
     from foundation_stereo_ros.pipeline import config_problems
     from foundation_stereo_ros.ros.stereo_depth_node import ALL_PARAMETERS
