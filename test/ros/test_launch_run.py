@@ -52,6 +52,12 @@ DRIVER_TOPICS: Dict[Tuple[str, str], Tuple[Tuple[str, str, str, str], str]] = {
                                    "/front_stereo_camera/right/image_raw", "/front_stereo_camera/right/camera_info"),
                                   "rgb8"),
 }
+#: Launch files serving several cameras: camera namespace -> (its driver's topics, encoding).
+MULTI_CAMERA_TOPICS: Dict[str, Dict[str, Tuple[Tuple[str, str, str, str], str]]] = {
+    "two_cameras.launch.py": {cam: ((f"/camera/{cam}/infra1/image_rect_raw", f"/camera/{cam}/infra1/camera_info",
+                                     f"/camera/{cam}/infra2/image_rect_raw", f"/camera/{cam}/infra2/camera_info"),
+                                    "mono8") for cam in ("front", "rear")},
+}
 WIDTH, HEIGHT, SHIFT = 320, 240, 16
 
 
@@ -69,14 +75,16 @@ def readme_launch_lines() -> List[List[str]]:
 
 
 def _case(words: List[str]):
-    """(launch file, arguments, driver topics, encoding, namespace) of one README line."""
+    """(launch file, arguments, cameras) of one README line; cameras: (namespace below the launch's
+    namespace, driver topics, encoding) of each camera the node serves."""
     name, args = words[0], dict(w.split(":=", 1) for w in words[1:])
     if name == "foundation_stereo.launch.py":
         topics = tuple(args[k] for k in ("left_image", "left_info", "right_image", "right_info"))
-        encoding = "rgb8"
-    else:
-        topics, encoding = DRIVER_TOPICS[(name, args.get("zed_topics", ""))]
-    return name, args, topics, encoding
+        return name, args, [("", topics, "rgb8")]
+    if name in MULTI_CAMERA_TOPICS:
+        return name, args, [(cam, topics, encoding) for cam, (topics, encoding) in MULTI_CAMERA_TOPICS[name].items()]
+    topics, encoding = DRIVER_TOPICS[(name, args.get("zed_topics", ""))]
+    return name, args, [("", topics, encoding)]
 
 
 def _expected_namespace(name: str, args: Dict[str, str]) -> str:
@@ -84,7 +92,7 @@ def _expected_namespace(name: str, args: Dict[str, str]) -> str:
         return args["namespace"]
     generic = _load_generic()
     config = {"zed.launch.py": "zed", "realsense.launch.py": "realsense", "oakd.launch.py": "oakd",
-              "isaac_sim.launch.py": "isaac_sim"}.get(name, "default")
+              "isaac_sim.launch.py": "isaac_sim", "two_cameras.launch.py": "two_cameras"}.get(name, "default")
     return generic.launch_settings(generic.config_path(config))["namespace"] or "stereo"
 
 
@@ -171,11 +179,12 @@ def launched(colcon_install, tmp_path_factory):
     env = _runner_env(colcon_install, tmp, domain)
     cases = {}
     for index, words in enumerate(readme_launch_lines()):
-        name, args, topics, encoding = _case(words)
+        name, args, cameras = _case(words)
         label = " ".join(words)
-        cases[label] = dict(name=name, args={**args, "backend": "sgbm"}, topics=topics, encoding=encoding,
-                            namespace=_expected_namespace(name, args), log=tmp / f"launch_{index}.log",
-                            frame=f"camera{index}_left", received=set())
+        namespace = _expected_namespace(name, args)
+        cases[label] = dict(name=name, args={**args, "backend": "sgbm"}, log=tmp / f"launch_{index}.log", cameras=[
+            dict(topics=topics, encoding=encoding, namespace=f"{namespace}/{cam}" if cam else namespace,
+                 frame=f"camera{index}_{cam}_left", received=set()) for cam, topics, encoding in cameras])
     for case in cases.values():
         case["proc"] = _launch(colcon_install, case["name"], case["args"], env, case["log"])
 
@@ -188,30 +197,32 @@ def launched(colcon_install, tmp_path_factory):
         driver_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)  # as the drivers publish
         output_qos = QoSProfile(depth=2, reliability=ReliabilityPolicy.BEST_EFFORT)
         clock = node.create_publisher(Clock, "/clock", 10)  # Isaac Sim's launch runs on simulation time
-        for case in cases.values():
-            case["pubs"] = [node.create_publisher(Image if i % 2 == 0 else CameraInfo, topic, driver_qos)
-                            for i, topic in enumerate(case["topics"])]
+        cameras = [camera for case in cases.values() for camera in case["cameras"]]
+        for camera in cameras:
+            camera["pubs"] = [node.create_publisher(Image if i % 2 == 0 else CameraInfo, topic, driver_qos)
+                              for i, topic in enumerate(camera["topics"])]
             for output, kind in (("depth", Image), ("points2", PointCloud2)):
-                # Two lines may share a namespace (ZED, both topic sets): outputs count for the line whose
-                # camera frame they carry.
-                node.create_subscription(kind, f"{case['namespace']}/{output}", lambda msg, c=case, o=output: (
+                # Two lines may share a namespace (ZED, both topic sets): outputs count for the camera whose
+                # frame they carry.
+                node.create_subscription(kind, f"{camera['namespace']}/{output}", lambda msg, c=camera, o=output: (
                     c["received"].add(o) if msg.header.frame_id == c["frame"] else None), output_qos)
         left, right = _stereo_pair()
         deadline = time.monotonic() + 120
         frame = 0
         while time.monotonic() < deadline:
-            pending = [c for c in cases.values() if c["received"] != {"depth", "points2"} and c["proc"].poll() is None]
+            pending = [camera for case in cases.values() if case["proc"].poll() is None
+                       for camera in case["cameras"] if camera["received"] != {"depth", "points2"}]
             if not pending:
                 break
             frame += 1
             stamp = Time(sec=1000 + frame // 10, nanosec=(frame % 10) * 100_000_000)
             clock.publish(Clock(clock=stamp))
-            for case in pending:
-                enc = case["encoding"]
-                left_pub, left_info, right_pub, right_info = case["pubs"]
-                right_frame = case["frame"].replace("_left", "_right")
-                left_pub.publish(_image_message(Image, left, enc, case["frame"], stamp))
-                left_info.publish(_info_message(CameraInfo, False, case["frame"], stamp))
+            for camera in pending:
+                enc = camera["encoding"]
+                left_pub, left_info, right_pub, right_info = camera["pubs"]
+                right_frame = camera["frame"].replace("_left", "_right")
+                left_pub.publish(_image_message(Image, left, enc, camera["frame"], stamp))
+                left_info.publish(_info_message(CameraInfo, False, camera["frame"], stamp))
                 right_pub.publish(_image_message(Image, right, enc, right_frame, stamp))
                 right_info.publish(_info_message(CameraInfo, True, right_frame, stamp))
             end = time.monotonic() + 0.2
@@ -247,8 +258,9 @@ def test_readme_lines_cover_every_launch_file():
 def test_launch_line_turns_a_driver_pair_into_depth_and_stops_cleanly_on_sigint(launched, line):
     case = launched[line]
     output = case["output"]
-    assert case["received"] == {"depth", "points2"}, (
-        f"{line}: got {sorted(case['received'])} on {case['namespace']}/{{depth,points2}}\n{output}")
+    for camera in case["cameras"]:
+        assert camera["received"] == {"depth", "points2"}, (
+            f"{line}: got {sorted(camera['received'])} on {camera['namespace']}/{{depth,points2}}\n{output}")
     assert case["rc"] == 0, f"{line}: exit code {case['rc']} after SIGINT\n{output}"
     assert "Traceback" not in output, output
     assert not case["left_behind"], f"{line}: processes outlived the launch\n{output}"
