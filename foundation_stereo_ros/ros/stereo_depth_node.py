@@ -20,6 +20,12 @@ Topics (relative, so namespaces and remaps work):
   to check a calibration: corners of a rectified pair share rows) and
   ``/diagnostics``. Outputs nobody subscribes to are not computed.
 
+Several cameras (parameter ``cameras``, e.g. ``[front, rear]``): each camera's inputs and outputs
+are the names above under its namespace (``front/left/image_rect`` ... ``front/points2``), with its
+own synchronisation, counters, log lines (``camera front: [key] ...``) and /diagnostics status
+(:mod:`.camera`). One processor (one network) serves them all: the worker takes the pair waiting
+from every camera and matches those of one size in one batch.
+
 Per-frame problems are counted in ``/diagnostics`` as ``problem.<key>`` with the pipeline's keys
 (:mod:`foundation_stereo_ros.pipeline.errors`) plus ``unpaired`` (a message that found no
 partners), ``time_jump_back`` (stamps went back by more than 1 s, e.g. a bag loop: queued newer
