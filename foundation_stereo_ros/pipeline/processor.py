@@ -16,7 +16,7 @@ from .backends import DisparityBackend, FoundationStereoBackend, make_backend
 from .calibration import CameraModel, Rectifier, StereoCalibration
 from .config import ProcessorConfig
 from .errors import CalibrationError, FrameError, PairMismatchError
-from .geometry import PointProjector, colorize_disparity, disparity_to_depth, pack_rgb_channels, remove_depth_edges
+from .geometry import PointProjector, colorize_disparity, disparity_to_depth, message_buffer, remove_depth_edges
 from .image import DecodedPair, decode_stereo_pair
 
 
@@ -168,13 +168,14 @@ class StereoProcessor:
         device) and rectification maps. Raises like the constructor; ``self`` stays usable."""
         return StereoProcessor(config, make_backend(config, previous=self.backend), _rectifier=self.rectifier)
 
-    def prepare(self, width: int, height: int) -> bool:
-        """Get the backend ready for camera images of this size before the first frame (compile
-        or capture the network's execution mode, build a TensorRT engine); whether it had
-        anything to do. Raises BackendError (a ValueError) when it cannot run at that size."""
+    def prepare(self, width: int, height: int, batch: int = 1) -> bool:
+        """Get the backend ready for camera images of this size, ``batch`` pairs at a time (the
+        cameras of a node), before the first frame (compile or capture the network's execution
+        mode, build a TensorRT engine); whether it had anything to do. Raises BackendError (a
+        ValueError) when it cannot run at that size."""
         if width < 1 or height < 1:
             raise ValueError(f"image size must be positive, got {width}x{height}")
-        return self.backend.prepare(width, height)
+        return self.backend.prepare(width, height, batch)
 
     # ------------------------------------------------------------------ calibration
     def calibration(self, left_info: Any, right_info: Any, require_baseline: bool = True) -> StereoCalibration:
@@ -414,7 +415,7 @@ class StereoProcessor:
         the device and holds the rest."""
         import torch
 
-        from .device_geometry import depth_to_points, disparity_to_depth as depth_on_device, remove_depth_edges
+        from .device_geometry import disparity_to_depth as depth_on_device, point_cloud, remove_depth_edges
 
         backend = self.backend
         calibration, outputs, timings, wanted = frame.calibration, frame.outputs, frame.timings, frame.wanted
@@ -440,10 +441,8 @@ class StereoProcessor:
                 t = lap("depth", t)
                 if outputs.points:
                     cam = calibration.rectified_left
-                    rgb = frame.images[0].to(torch.int32)  # (3, H, W) of the matched left image
-                    packed = pack_rgb_channels(rgb[0], rgb[1], rgb[2]).view(torch.float32)  # colour bits
-                    points_t = depth_to_points(depth_t, cam.fx, cam.fy, cam.cx, cam.cy)  # (H, W, 3)
-                    wanted["points"] = torch.cat([points_t, packed[..., None]], dim=-1)  # (H, W, 4)
+                    # (H, W, 4): x, y, z and the colour of the matched left image, written once
+                    wanted["points"] = point_cloud(depth_t, frame.images[0], cam.fx, cam.fy, cam.cx, cam.cy)
                     t = lap("points", t)
             host = to_host(wanted)
             t = _lap(timings, "download", t)
@@ -459,14 +458,20 @@ class StereoProcessor:
 def to_host(tensors: Dict[str, Any]) -> Dict[str, np.ndarray]:
     """Each tensor as a numpy array of its own. On CUDA: non-blocking copies into pinned memory
     (PyTorch caches those blocks, and each array keeps its block until it is dropped), then one
-    wait for the stream; elsewhere a copy."""
+    wait for the stream; elsewhere one copy into a :func:`~.geometry.message_buffer`, which the
+    output's message then takes over without another."""
     import torch  # not at the top: SGBM users have no torch
 
     if not tensors:
         return {}
     device = next(iter(tensors.values())).device
     if device.type != "cuda":  # copies: a tensor on the host may be a buffer its producer reuses
-        return {k: np.array(v.cpu().numpy(), copy=True) for k, v in tensors.items()}
+        out = {}
+        for k, v in tensors.items():
+            a = v.cpu().numpy()
+            out[k] = message_buffer(a.shape, a.dtype)
+            np.copyto(out[k], a)
+        return out
     out = {}
     for k, v in tensors.items():
         buf = torch.empty(v.shape, dtype=v.dtype, pin_memory=True)

@@ -109,7 +109,7 @@ class StereoDepthNode(Node):
         values = declare_parameters(self)
         names = camera_names(declare_cameras(self))
         settings = initial_settings(values)
-        self._prepare_backend(settings.processor)
+        self._prepare_backend(settings.processor, len(names))
 
         qos_in = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=int(values["qos_depth"]),
                             reliability=(ReliabilityPolicy.BEST_EFFORT if values["qos_reliability"] == "best_effort"
@@ -141,9 +141,11 @@ class StereoDepthNode(Node):
             f"{'approximate' if sync.approximate else 'exact'} sync on {topics}"
             f"{' (message_filters)' if first.sync.uses_message_filters else ''}")
 
-    def _prepare_backend(self, processor: StereoProcessor) -> None:
+    def _prepare_backend(self, processor: StereoProcessor, cameras: int = 1) -> None:
         """Log what the backend says about itself, and compile / capture / build its engine now
-        for warmup_width x warmup_height, so the first camera frame is not minutes late."""
+        for warmup_width x warmup_height (a batch of one pair per camera), so the first camera
+        frame is not minutes late. With several cameras, batches of another size (a camera that
+        is late or stalls) run eager, counted as ``eager_fallback_frames``."""
         config = processor.config
         for note in processor.backend.notes:
             self.get_logger().info(f"{config.backend} backend: {note}")
@@ -155,15 +157,15 @@ class StereoDepthNode(Node):
             self.get_logger().info(f"{what} will be prepared on the first frame, which will be slow; set "
                                    f"warmup_width and warmup_height to the camera's image size to do it at start")
             return
-        size = f"{config.warmup_width}x{config.warmup_height}"
-        self.get_logger().info(f"preparing {what} for {size} images (compiling or building an engine can take "
+        size = f"{config.warmup_width}x{config.warmup_height} images" + (f" in batches of {cameras}" if cameras > 1 else "")
+        self.get_logger().info(f"preparing {what} for {size} (compiling or building an engine can take "
                                f"minutes)")
         t0 = time.monotonic()
         try:
-            processor.prepare(config.warmup_width, config.warmup_height)
+            processor.prepare(config.warmup_width, config.warmup_height, cameras)
         except ValueError as e:  # BackendError
             raise StartupError(f"{config.backend} backend: {e}") from None
-        self.get_logger().info(f"{what} prepared for {size} images in {time.monotonic() - t0:.1f} s")
+        self.get_logger().info(f"{what} prepared for {size} in {time.monotonic() - t0:.1f} s")
 
     # ------------------------------------------------------------------ parameters and state
     def parameter_values(self) -> Dict[str, Any]:

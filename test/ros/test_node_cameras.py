@@ -161,3 +161,17 @@ def test_a_camera_that_changes_size_is_matched_apart_from_the_other():
             assert rear.received.by_stamp("disparity", stamp).image.width == rl.shape[1]
     finally:
         h.close()
+
+
+def test_the_execution_mode_is_prepared_for_one_pair_per_camera(vits_checkpoint, monkeypatch):
+    from foundation_stereo_ros.pipeline import StereoProcessor
+
+    prepared = []
+    monkeypatch.setattr(StereoProcessor, "prepare", lambda self, w, h, batch=1: prepared.append((w, h, batch)) or True)
+    h = NodeHarness(dict(backend="foundation_stereo", checkpoint=str(vits_checkpoint), device="cpu",
+                         execution="compile", warmup_width=96, warmup_height=64, cameras=["a", "b", "c"]),
+                    namespace="/robot4", camera="a", subscribe=())
+    try:
+        assert prepared == [(96, 64, 3)]
+    finally:
+        h.close()
