@@ -6,9 +6,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from _stereo_rig import rig_calibration
 
 from foundation_stereo_ros.pipeline import (ALL_OUTPUTS, BatchItem, DecodedPair, FrameError, ProcessorConfig,
-                                            StereoCalibration, StereoProcessor, make_camera_model)
+                                            StereoCalibration, StereoProcessor)
 
 H, W, F_PX = 64, 96, 70.0
 pytestmark = pytest.mark.usefixtures("fp32_without_tf32")
@@ -20,13 +21,7 @@ def _load(opencv_data, name, size):
 
 
 def _calibration(w: int, h: int, baseline: float, distorted: bool) -> StereoCalibration:
-    k = [F_PX + 3, 0, w / 2 - 1.5, 0, F_PX + 2, h / 2 + 1.0, 0, 0, 1]
-    d = [-0.12, 0.02, 0.001, -0.0005, 0.0] if distorted else [0.0] * 5
-    rot = cv2.Rodrigues(np.array([0.01, -0.012, 0.004]))[0] if distorted else np.eye(3)
-    left = make_camera_model(w, h, k, d, rot.reshape(-1), [F_PX, 0, w / 2, 0, 0, F_PX, h / 2, 0, 0, 0, 1, 0])
-    right = make_camera_model(w, h, k, d, rot.T.reshape(-1),
-                              [F_PX, 0, w / 2 - 2, -F_PX * baseline, 0, F_PX, h / 2, 0, 0, 0, 1, 0])
-    return StereoCalibration(left, right)
+    return rig_calibration(w, h, F_PX, baseline, distorted, delta_cx=2.0)
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from _stereo_rig import rig_calibration
 
-from foundation_stereo_ros.pipeline import (ALL_OUTPUTS, DecodedPair, ProcessorConfig, StereoCalibration,
-                                            StereoProcessor, make_camera_model)
+from foundation_stereo_ros.pipeline import ALL_OUTPUTS, DecodedPair, ProcessorConfig, StereoCalibration, StereoProcessor
 
 H, W, F_PX, BASELINE = 64, 96, 70.0, 0.12
 pytestmark = pytest.mark.usefixtures("fp32_without_tf32")  # fp32 parity on a GPU: no TF32
@@ -27,14 +27,8 @@ def pair(opencv_data) -> DecodedPair:
 
 
 def calibration(distorted: bool) -> StereoCalibration:
-    k = [F_PX + 3, 0, W / 2 - 1.5, 0, F_PX + 2, H / 2 + 1.0, 0, 0, 1]
-    d = [-0.15, 0.03, 0.001, -0.0005, 0.0] if distorted else [0.0] * 5
-    rot = cv2.Rodrigues(np.array([0.01, -0.015, 0.004]))[0] if distorted else np.eye(3)
     # Principal points differ between the rectified cameras: delta_cx = 3 px.
-    left = make_camera_model(W, H, k, d, rot.reshape(-1), [F_PX, 0, W / 2, 0, 0, F_PX, H / 2, 0, 0, 0, 1, 0])
-    right = make_camera_model(W, H, k, d, rot.T.reshape(-1),
-                              [F_PX, 0, W / 2 - 3, -F_PX * BASELINE, 0, F_PX, H / 2, 0, 0, 0, 1, 0])
-    return StereoCalibration(left, right)
+    return rig_calibration(W, H, F_PX, BASELINE, distorted, delta_cx=3.0)
 
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]  # the GPU run of this path needs CUDA
