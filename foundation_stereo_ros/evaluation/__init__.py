@@ -9,7 +9,9 @@ Modules:
   calibration_files  stereo calibration files (OpenCV YAML, K.txt, a simple YAML) -> the
                      pipeline's StereoCalibration
   bag_io             rosbag2 (sqlite3, mcap) reading and writing (the messages of ros.messages)
-  bag_pairing        stereo topics of a bag and their pairing with the node's synchroniser
+  bag_pairing        stereo topics of a bag (one camera, or each camera's) and their pairing with the
+                     node's synchroniser
+  cameras            bags of several stereo cameras: each camera paired on its own, pairs batched
   report             per-frame CSV, summary JSON, Markdown/HTML report with pictures
   runner             runs a bag through one or more backends and collects the numbers
   replay             publishes a bag to the live node with its recorded timing and collects outputs

@@ -45,9 +45,10 @@ PathLike = Union[str, os.PathLike]
 STORAGES = ("sqlite3", "mcap")
 
 __all__ = ["CAMERA_INFO", "COMPRESSED_CODECS", "COMPRESSED_IMAGE", "IMAGE", "IMAGE_TYPES", "STORAGES", "BagRecord", "StereoBagReader", "StereoBagWriter",
-           "StereoPairer", "StereoRecord", "StereoTopics", "camera_info_msg", "compress_image",
+           "StereoPairer", "StereoRecord", "StereoTopics", "bag_folder", "camera_info_msg", "compress_image",
            "compressed_image_msg", "detect_topics", "disparity_array", "disparity_msg", "gt_depth_array", "header",
-           "image_msg", "image_to_array", "image_topic_of", "message_classes", "pointcloud2_msg", "stamp_to_ns", "typestore"]
+           "image_msg", "image_to_array", "image_topic_of", "message_classes", "pointcloud2_msg", "stamp_to_ns", "topic_types",
+           "typestore"]
 
 
 @lru_cache(maxsize=None)
@@ -195,6 +196,25 @@ def gt_depth_array(msg: Any) -> np.ndarray:
     return z
 
 
+def bag_folder(path: PathLike) -> Path:
+    """The rosbag2 folder of ``path`` (the folder, or a storage file inside it); ValueError when
+    it is no bag."""
+    folder = Path(path)
+    if not folder.exists():
+        raise ValueError(f"{folder}: no such bag")
+    if folder.is_file():  # rosbag2 bags are folders; accept the storage file inside too
+        folder = folder.parent
+    if not (folder / "metadata.yaml").is_file():
+        raise ValueError(f"{folder}: not a rosbag2 folder (no metadata.yaml)")
+    return folder
+
+
+def topic_types(path: PathLike) -> Dict[str, str]:
+    """The bag's topic -> message type table."""
+    with AnyReader([bag_folder(path)], default_typestore=typestore()) as reader:
+        return {c.topic: c.msgtype for c in reader.connections}
+
+
 class StereoBagReader:
     """Read a rosbag2 folder (or a single .mcap/.db3 file's folder) and yield synchronised pairs."""
 
@@ -211,13 +231,7 @@ class StereoBagReader:
             raise ValueError(f"unknown sync settings {sorted(sync)}; expected approximate_sync, sync_tolerance_s, "
                              f"queue_size")
 
-        self.path = Path(path)
-        if not self.path.exists():
-            raise ValueError(f"{self.path}: no such bag")
-        if self.path.is_file():  # rosbag2 bags are folders; accept the storage file inside too
-            self.path = self.path.parent
-        if not (self.path / "metadata.yaml").is_file():
-            raise ValueError(f"{self.path}: not a rosbag2 folder (no metadata.yaml)")
+        self.path = bag_folder(path)
         self._reader = AnyReader([self.path], default_typestore=typestore())
         self._reader.open()
         try:

@@ -212,3 +212,59 @@ def detect_topics(types: Dict[str, str]) -> StereoTopics:
         elif ty == IMAGE and "depth" in t:
             gt_depth = gt_depth or t
     return StereoTopics(left, infos["left"], right, infos["right"], gt_disp, gt_depth)
+
+
+SIDE_WORDS = ("left", "infra1", "right", "infra2")  # the names that mark a camera's image topics
+
+
+def camera_namespace(image_topic: str) -> Optional[str]:
+    """The namespace of the stereo camera an image topic belongs to: ``/front`` for
+    ``/front/left/image_rect`` (and ``.../compressed``), ``""`` for ``/left/image_rect``; None when
+    no part of the topic names a side."""
+    parts = [p for p in image_topic_of(image_topic).split("/") if p]
+    for i, p in enumerate(parts[:-1]):
+        if p in SIDE_WORDS:
+            return "".join(f"/{q}" for q in parts[:i])
+    return None
+
+
+def detect_cameras(types: Dict[str, str], cameras: Optional[Sequence[str]] = None) -> Dict[str, StereoTopics]:
+    """The stereo topics of each camera of a bag, by camera name (its namespace without the leading
+    ``/``). ``cameras``: the namespaces to take (``front`` or ``/robot/front``), each of which must
+    hold one stereo camera (:func:`detect_topics` under it, ground truth included); default: every
+    namespace that holds one. Raises ValueError naming the camera and listing its topics when unsure."""
+    if cameras is None:
+        spaces = sorted({ns for t, ty in types.items() if ty in IMAGE_TYPES
+                         for ns in [camera_namespace(t)] if ns is not None})
+        found: Dict[str, StereoTopics] = {}
+        for ns in spaces:
+            try:
+                found[ns.lstrip("/")] = detect_topics(_under(types, ns))
+            except ValueError:
+                continue  # not a stereo camera (a lone image topic, a depth camera ...)
+        if not found:
+            detect_topics(types)  # raises with the listing of the topics
+        return found
+    if not cameras:
+        raise ValueError("no camera named")
+    out = {}
+    for name in cameras:
+        ns = "/" + name.strip("/")
+        key = ns.lstrip("/")
+        if key in out:
+            raise ValueError(f"camera {name!r} is named twice")
+        inside = _under(types, ns)
+        if not inside:
+            raise ValueError(f"camera {name!r}: the bag has no topic under {ns}/; it has: "
+                             f"{', '.join(sorted(types))}")
+        try:
+            out[key] = detect_topics(inside)
+        except ValueError as exc:
+            raise ValueError(f"camera {name!r} ({ns}/): {exc}") from None
+    return out
+
+
+def _under(types: Dict[str, str], namespace: str) -> Dict[str, str]:
+    """The topics of ``types`` under ``namespace`` ('' for all)."""
+    prefix = namespace.rstrip("/") + "/"
+    return {t: ty for t, ty in types.items() if t.startswith(prefix)}

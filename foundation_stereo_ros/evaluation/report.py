@@ -331,7 +331,7 @@ def _tables(summary: Dict[str, Any], labels: Sequence[str], has_agreement: bool)
 
 def _meta_lines(meta: Dict[str, Any]) -> List[Tuple[str, str]]:
     out = []
-    for key in ("bag", "recording", "frames", "unpaired", "topics", "calibration", "sync", "backends", "notes"):
+    for key in ("bag", "camera", "recording", "frames", "unpaired", "topics", "calibration", "sync", "backends", "notes"):
         if key in meta and meta[key] not in (None, {}, []):
             value = meta[key]
             out.append((key, json.dumps(value, default=_json_default) if isinstance(value, (dict, list)) else str(value)))
@@ -342,6 +342,8 @@ def _render(summary: Dict[str, Any], picture_sets: List[Dict[str, Any]], labels:
             has_agreement: bool) -> Tuple[str, str]:
     meta = summary.get("meta", {})
     title = f"Stereo evaluation: {Path(str(meta.get('bag', 'recording'))).name}"
+    if meta.get("camera"):
+        title += f", camera {meta['camera']}"
     tables = _tables(summary, labels, has_agreement)
     md = [f"# {title}", ""]
     for k, v in _meta_lines(meta):

@@ -1,7 +1,8 @@
 """Run recorded stereo pairs through one or more backends and collect the numbers.
 
-Every pair goes through :class:`foundation_stereo_ros.pipeline.StereoProcessor.process_messages`,
-the call the live node makes, so a bag is processed offline exactly as the node processes it.
+Every pair goes through :meth:`foundation_stereo_ros.pipeline.StereoProcessor.process_messages_batch`,
+the call the live node makes (a batch of one, or one pair per camera of a multi-camera bag), so a
+bag is processed offline exactly as the node processes it.
 :func:`frame_counts_for` is the one place where a frame's outputs are scored; the live replay
 (:mod:`.replay`) scores what the node published with the same function, which is what makes
 offline and live numbers comparable.
@@ -20,7 +21,7 @@ import yaml
 
 from foundation_stereo_ros.evaluation import metrics as M
 from foundation_stereo_ros.evaluation.bag_pairing import StereoRecord
-from foundation_stereo_ros.pipeline import SPECS, FrameError, Outputs, StereoProcessor
+from foundation_stereo_ros.pipeline import SPECS, FrameError, MessageFrame, Outputs, StereoProcessor
 from foundation_stereo_ros.pipeline.geometry import disparity_to_depth
 
 _LABEL_OK = re.compile(r"[^A-Za-z0-9_.=-]+")
@@ -195,31 +196,40 @@ class Evaluator:
     def labels(self) -> List[str]:
         return [r.label for r in self.runs]
 
-    def _warm_up(self, record: StereoRecord) -> None:
+    def _warm_up(self, records: Sequence[StereoRecord]) -> None:
         # The first call pays for lazy initialisation (CUDA context, cuDNN autotuning, allocator
         # growth); untimed runs keep that out of the latency statistics.
+        frames = [_message_frame(r, self.outputs) for r in records]
         for proc in self.processors.values():
             for _ in range(self.warmup):
-                try:
-                    proc.process_messages(record.left, record.right, record.left_info, record.right_info,
-                                          self.outputs)
-                except FrameError:
+                if all(isinstance(r, FrameError) for r in proc.process_messages_batch(frames)):
                     return  # a bad first frame: warm up on the next one
         self._warm = True
 
     def evaluate(self, record: StereoRecord) -> FrameEvaluation:
+        return self.evaluate_batch([record])[0]
+
+    def evaluate_batch(self, records: Sequence[StereoRecord]) -> List[FrameEvaluation]:
+        """Several pairs (one per camera) processed together, as the node processes the cameras
+        it has pairs for: one :meth:`StereoProcessor.process_messages_batch` call per backend, so
+        pairs of one size are matched in one network call. Each frame's latency is its batch's
+        (every frame of a batch waits for all of it); its outputs are its own, the same as alone."""
         if not self._warm:
-            self._warm_up(record)
-        frames: Dict[str, BackendFrame] = {}
+            self._warm_up(records)
+        per_record: List[Dict[str, BackendFrame]] = [{} for _ in records]
+        frames = [_message_frame(r, self.outputs) for r in records]
         for label, proc in self.processors.items():
             t0 = time.perf_counter()
-            try:
-                result = proc.process_messages(record.left, record.right, record.left_info, record.right_info,
-                                               self.outputs)
-            except FrameError as exc:
-                frames[label] = BackendFrame(label, problem=exc.problem, message=str(exc))
-                continue
-            frames[label] = BackendFrame(label, result=result, latency_s=time.perf_counter() - t0)
+            results = proc.process_messages_batch(frames)
+            seconds = time.perf_counter() - t0
+            for out, result in zip(per_record, results):
+                if isinstance(result, FrameError):
+                    out[label] = BackendFrame(label, problem=result.problem, message=str(result))
+                else:
+                    out[label] = BackendFrame(label, result=result, latency_s=seconds)
+        return [self._score(record, backends) for record, backends in zip(records, per_record)]
+
+    def _score(self, record: StereoRecord, frames: Dict[str, BackendFrame]) -> FrameEvaluation:
         ok = [bf for bf in frames.values() if bf.result is not None]
         gt_disp = gt_depth = None
         if ok:  # a pair every backend skipped may have an unusable calibration
@@ -235,6 +245,10 @@ class Evaluator:
     def run(self, records: Iterable[StereoRecord]) -> Iterable[FrameEvaluation]:
         for rec in records:
             yield self.evaluate(rec)
+
+
+def _message_frame(record: StereoRecord, outputs: Outputs) -> MessageFrame:
+    return MessageFrame(record.left, record.right, record.left_info, record.right_info, outputs)
 
 
 def config_from_parameter_file(path: str, node_name: Optional[str] = None) -> Dict[str, Any]:

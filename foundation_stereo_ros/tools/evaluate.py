@@ -11,7 +11,11 @@ processing code (:class:`foundation_stereo_ros.pipeline.StereoProcessor`) with e
 scores the outputs against the ground-truth topic when the bag has one, and writes a report
 folder (frames.csv, summary.json, report.md, report.html, pictures/). ``--output-bag`` also
 writes the outputs (disparity, depth, depth/camera_info, points2, left/image_rect) to a new bag
-for RViz or Foxglove. Several bags: one report folder each, DIR/<bag name>/, and DIR/bags.json
+for RViz or Foxglove. A bag of several stereo cameras (``/front/left/image_rect``,
+``/rear/left/image_rect`` ...; ``--cameras front,rear`` or all found): each camera paired on its
+own, the pairs the cameras complete together processed as one batch (one network call per image
+size, as the node's ``cameras`` parameter runs them), one report folder per camera, DIR/<camera>/,
+and DIR/cameras.json. Several bags: one report folder each, DIR/<bag name>/, and DIR/bags.json
 with every bag's summary; ``--jobs N`` evaluates them in N processes (under torchrun, the ranks
 share them and rank 0 writes bags.json), with the results of one process. Exit status: 0 done, 2
 bad input (bag, options, checkpoint).
@@ -25,72 +29,27 @@ import json
 import multiprocessing
 import os
 import platform
-import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, TypeVar
 
 from foundation_stereo_ros.evaluation import bag_io as B
 from foundation_stereo_ros.evaluation import metrics as M
-from foundation_stereo_ros.evaluation.bag_io import STORAGES, StereoBagReader, StereoBagWriter
-from foundation_stereo_ros.evaluation.bag_pairing import StereoTopics, image_topic_of
+from foundation_stereo_ros.evaluation.bag_io import STORAGES, StereoBagReader
+from foundation_stereo_ros.evaluation.bag_pairing import detect_cameras
+from foundation_stereo_ros.evaluation.cameras import CameraBagReader
 from foundation_stereo_ros.evaluation.checkpoint_search import HOW_TO_GET, find_checkpoint
+from foundation_stereo_ros.evaluation.output_bag import OutputBag, output_namespace, picture_frames, topic_token
 from foundation_stereo_ros.evaluation.report import ReportPaths, ReportWriter
 from foundation_stereo_ros.evaluation.runner import (BackendRun, Evaluator, FrameEvaluation, Totals, coerce_value,
                                                      config_from_parameter_file, parse_backend_spec)
 from foundation_stereo_ros.pipeline import SPECS, ProcessorConfig
 from foundation_stereo_ros.tools.cli_args import default_device_name
+from foundation_stereo_ros.tools.progress import Progress, progress
 from foundation_stereo_ros.vocabulary import PRECISIONS
 
 T = TypeVar("T")
-
-
-class Progress:
-    """A progress bar on stderr: tqdm when it is installed, else a plain one-line bar."""
-
-    def __init__(self, total: Optional[int], desc: str, enabled: bool = True):
-        self.total, self.desc, self.enabled, self.n = total, desc, enabled, 0
-        self._tqdm = None
-        if enabled:
-            try:
-                from tqdm import tqdm
-
-                self._tqdm = tqdm(total=total, desc=desc, unit="frame", file=sys.stderr)
-            except ImportError:
-                pass
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-        if not self.enabled:
-            return
-        if self._tqdm is not None:
-            self._tqdm.update(n)
-        elif self.total:
-            filled = int(30 * min(self.n, self.total) / self.total)
-            sys.stderr.write(f"\r{self.desc}: [{'#' * filled}{'.' * (30 - filled)}] {self.n}/{self.total}")
-            sys.stderr.flush()
-        else:
-            sys.stderr.write(f"\r{self.desc}: {self.n} frames")
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        if self._tqdm is not None:
-            self._tqdm.close()
-        elif self.enabled:
-            sys.stderr.write("\n")
-        self.enabled = False
-
-
-def progress(items: Iterable[T], total: Optional[int], desc: str, enabled: bool = True) -> Iterator[T]:
-    """``items`` with a :class:`Progress` bar advancing per item."""
-    bar = Progress(total, desc, enabled)
-    try:
-        for item in items:
-            yield item
-            bar.update()
-    finally:
-        bar.close()
 
 
 @dataclass
@@ -107,50 +66,6 @@ class EvaluationOutcome:
         ``live_vs_offline``: see report.py)."""
         self.paths = self.writer.finish(self.totals, self.meta, sections)
         self.summary = json.loads(self.paths.summary_json.read_text())
-
-
-def _spread(n_pairs: int, n_pictures: int) -> Callable[[int], bool]:
-    """Frame indices that get pictures: ``n_pictures`` spread evenly over ``n_pairs``."""
-    if n_pictures <= 0 or n_pairs <= 0:
-        return lambda i: False
-    if n_pictures == 1:
-        chosen = {0}
-    else:
-        chosen = {round(k * (n_pairs - 1) / (n_pictures - 1)) for k in range(min(n_pictures, n_pairs))}
-    return lambda i: i in chosen
-
-
-class OutputBag:
-    """Writes each frame's outputs like the node publishes them, one namespace per backend."""
-
-    def __init__(self, path: Path, storage: str, namespaces: Dict[str, str]):
-        self.path = path
-        self.namespaces = namespaces
-        self._writer = StereoBagWriter(path, storage=storage)
-        self._writer.open()
-
-    def add(self, frame: FrameEvaluation) -> None:
-        rec = frame.record
-        stamp = rec.stamp_ns
-        frame_id = rec.left.header.frame_id
-        for label, bf in frame.backends.items():
-            r = bf.result
-            if r is None:
-                continue
-            ns = self.namespaces[label]
-            cam = r.camera
-            self._writer.write(f"{ns}/disparity", B.disparity_msg(
-                r.disparity, stamp, frame_id, r.f, r.t, r.min_disparity, r.max_disparity, r.delta_d,
-                valid_window=r.valid_window, fill_invalid=True), stamp)
-            self._writer.write(f"{ns}/depth", B.image_msg(r.depth, "32FC1", stamp, frame_id), stamp)
-            self._writer.write(f"{ns}/depth/camera_info", B.camera_info_msg(cam, stamp, frame_id), stamp)
-            if r.points is not None:
-                self._writer.write(f"{ns}/points2", B.pointcloud2_msg(r.points, r.colors, stamp, frame_id), stamp)
-            self._writer.write(f"{ns}/left/image_rect", B.image_msg(r.left_rect, "rgb8", stamp, frame_id), stamp)
-            self._writer.write(f"{ns}/left/camera_info", B.camera_info_msg(cam, stamp, frame_id), stamp)
-
-    def close(self) -> None:
-        self._writer.close()
 
 
 SYNC_PARAMETERS = ("approximate_sync", "sync_tolerance_s", "queue_size")
@@ -170,6 +85,9 @@ class EvaluationOptions:
     thresholds: Sequence[float] = M.DEFAULT_BAD_THRESHOLDS  # bad-pixel thresholds, px
     show_progress: bool = True
     extra_meta: Optional[Mapping[str, Any]] = None  # more entries for summary.json's meta
+    #: Camera namespaces of a multi-camera bag (see :func:`evaluate_cameras`); None: detected (one
+    #: camera: :func:`evaluate_bag`, several: :func:`evaluate_cameras`).
+    cameras: Optional[Sequence[str]] = None
 
 
 def evaluate_bag(bag: Path, runs: Sequence[BackendRun], output: Path, options: EvaluationOptions = EvaluationOptions(),
@@ -184,10 +102,10 @@ def evaluate_bag(bag: Path, runs: Sequence[BackendRun], output: Path, options: E
         if o.max_frames:
             n_pairs = min(n_pairs, o.max_frames)
         output.mkdir(parents=True, exist_ok=True)
-        writer = ReportWriter(output, evaluator.labels, _spread(n_pairs, o.pictures), o.thresholds)
+        writer = ReportWriter(output, evaluator.labels, picture_frames(n_pairs, o.pictures), o.thresholds)
         out_bag = None
         if o.output_bag is not None:
-            ns = _output_namespace(reader.topics)
+            ns = output_namespace(reader.topics)
             out_bag = OutputBag(o.output_bag, o.output_storage, {
                 lb: ns if len(runs) == 1 else f"{ns}/{topic_token(lb)}" for lb in evaluator.labels})
         totals = Totals(evaluator.labels)
@@ -212,6 +130,82 @@ def evaluate_bag(bag: Path, runs: Sequence[BackendRun], output: Path, options: E
     return EvaluationOutcome(paths, json.loads(paths.summary_json.read_text()), o.output_bag, writer, totals, meta)
 
 
+def several_cameras(bag: Path, options: EvaluationOptions) -> bool:
+    """Whether ``bag`` is evaluated per camera: cameras named, or several detected (and no topic
+    named, which picks one camera)."""
+    if options.cameras is not None:
+        return True
+    if options.topic_overrides:
+        return False
+    return len(detect_cameras(B.topic_types(bag))) > 1
+
+
+def evaluate_recording(bag: Path, runs: Sequence[BackendRun], output: Path,
+                       options: EvaluationOptions = EvaluationOptions()) -> Dict[str, Any]:
+    """The summary of one bag: :func:`evaluate_bag`'s, or for several cameras ``{"cameras": {name:
+    summary}}`` of :func:`evaluate_cameras`."""
+    if several_cameras(bag, options):
+        outcomes = evaluate_cameras(bag, runs, output, options)
+        return {"cameras": {name: o.summary for name, o in outcomes.items()}}
+    return evaluate_bag(bag, runs, output, options).summary
+
+
+def evaluate_cameras(bag: Path, runs: Sequence[BackendRun], output: Path,
+                     options: EvaluationOptions = EvaluationOptions()) -> Dict[str, EvaluationOutcome]:
+    """Evaluate every camera of a multi-camera bag (``options.cameras``, default: detected), each
+    paired on its own, the cameras' pairs completed together processed in one batch (one network
+    call per image size; see :mod:`foundation_stereo_ros.evaluation.cameras`). One report per
+    camera in ``output/<camera>/`` (as one camera's bag would give) and ``output/cameras.json``
+    with every camera's summary."""
+    o = options
+    if o.topic_overrides:
+        raise ValueError("topic options pick one camera; they do not go with --cameras")
+    evaluator = Evaluator(runs, points=o.output_bag is not None, warmup=o.warmup, thresholds=o.thresholds)
+    with CameraBagReader(bag, o.cameras, sync=o.sync) as reader:
+        folders = {name: output / (topic_token(name) if name else "root") for name in reader.names}
+        expected = reader.expected_pairs(o.max_frames)
+        writers, totals, spaces = {}, {}, {}
+        for name in reader.names:
+            folders[name].mkdir(parents=True, exist_ok=True)
+            writers[name] = ReportWriter(folders[name], evaluator.labels, picture_frames(expected[name], o.pictures),
+                                         o.thresholds)
+            totals[name] = Totals(evaluator.labels)
+            ns = output_namespace(reader.topics[name])
+            spaces[name] = {lb: ns if len(runs) == 1 else f"{ns}/{topic_token(lb)}" for lb in evaluator.labels}
+        out_bag = OutputBag(o.output_bag, o.output_storage, {}) if o.output_bag is not None else None
+        bar = Progress(sum(expected.values()), "evaluating", o.show_progress)
+        try:
+            for batch in reader.batches(o.max_frames):
+                frames = evaluator.evaluate_batch([record for _, record in batch])
+                for (name, _), frame in zip(batch, frames):
+                    totals[name].add(frame)
+                    writers[name].add(frame)
+                    if out_bag is not None:
+                        out_bag.add(frame, spaces[name])
+                bar.update(len(batch))
+        finally:
+            bar.close()
+            for writer in writers.values():
+                writer.close()
+            if out_bag is not None:
+                out_bag.close()
+        empty = [name for name in reader.names if totals[name].frames == 0]
+        if empty:
+            raise ValueError(f"{bag}: no synchronised stereo pairs for camera(s) {', '.join(empty)} (topics "
+                             f"{[reader.topics[n].stereo() for n in empty]}, unpaired {reader.unpaired()})")
+        outcomes = {}
+        for name in reader.names:
+            meta = _meta(bag, reader.readers[name], totals[name], runs, o)
+            meta.update(camera=name, cameras=reader.names)
+            paths = writers[name].finish(totals[name], meta)
+            outcomes[name] = EvaluationOutcome(paths, json.loads(paths.summary_json.read_text()), o.output_bag,
+                                               writers[name], totals[name], meta)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "cameras.json").write_text(json.dumps(
+        {"bag": str(bag), "cameras": {n: oc.summary for n, oc in outcomes.items()}}, indent=2) + "\n")
+    return outcomes
+
+
 def _meta(bag: Path, reader: StereoBagReader, totals: Totals, runs: Sequence[BackendRun],
           options: EvaluationOptions) -> Dict[str, Any]:
     """The summary's ``meta``: what was evaluated, how, when and where."""
@@ -232,19 +226,6 @@ def _take(items: Iterable[T], n: int) -> Iterator[T]:
         if n and i >= n:
             return
         yield item
-
-
-def topic_token(label: str) -> str:
-    """A backend label as a valid ROS name token (letters, digits, underscores; no leading digit)."""
-    token = re.sub(r"[^A-Za-z0-9_]+", "_", label).strip("_") or "backend"
-    return token if not token[0].isdigit() else f"b_{token}"
-
-
-def _output_namespace(topics: StereoTopics) -> str:
-    """The camera namespace of the input (``/stereo`` for ``/stereo/left/image_rect`` and for
-    ``/stereo/left/image_raw/compressed``)."""
-    parts = image_topic_of(topics.left_image).split("/")
-    return "/".join(parts[:-2]) if len(parts) > 2 else ""
 
 
 def _config_summary(config: Any) -> Dict[str, Any]:
@@ -291,6 +272,10 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--warmup", type=int, default=1, help="untimed runs of the first pair per backend (default 1)")
     o.add_argument("--bad-thresholds", default="1,2,3", help="bad-pixel thresholds in px (default 1,2,3)")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--cameras", help="comma list of camera namespaces of a multi-camera bag (e.g. front,rear): "
+                   "each camera is paired on its own, pairs completed together run as one batch, one report per "
+                   "camera in DIR/<camera>/ and DIR/cameras.json (default: every camera found, when there are "
+                   "several)")
     o.add_argument("--jobs", type=int, default=1,
                    help="processes that share several bags (default 1); under torchrun the ranks share them")
     return p
@@ -341,7 +326,7 @@ def _under_torchrun() -> bool:
 
 def _summary_of(bag: Path, runs: Sequence[BackendRun], output: Path, options: EvaluationOptions) -> Dict[str, Any]:
     """One bag's summary (a module-level function: --jobs runs it in spawned processes)."""
-    return evaluate_bag(bag, runs, output, options).summary
+    return evaluate_recording(bag, runs, output, options)
 
 
 def evaluate_bags(bags: Sequence[Path], runs: Sequence[BackendRun], output: Path, options: EvaluationOptions,
@@ -401,15 +386,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                     output_storage=args.output_storage, max_frames=args.max_frames,
                                     pictures=args.pictures, warmup=args.warmup, thresholds=thresholds,
                                     show_progress=not args.no_progress and args.jobs == 1)
+        if args.cameras is not None:
+            options = replace(options, cameras=[c.strip() for c in args.cameras.split(",") if c.strip()])
         if several:
             summaries = evaluate_bags(args.bag, runs, output, options, args.jobs)
+        elif several_cameras(args.bag[0], options):
+            outcomes = evaluate_cameras(args.bag[0], runs, output, options)
         else:
-            outcome = evaluate_bag(args.bag[0], runs, output, options)
+            outcomes = {"": evaluate_bag(args.bag[0], runs, output, options)}
     except ValueError as exc:  # also CheckpointError, BackendError, bad bags
         print(f"foundation-stereo-eval: error: {exc}", file=sys.stderr)
         return 2
     if not several:
-        print_outcome(outcome)
+        for name, outcome in outcomes.items():
+            if name:
+                print(f"camera {name}:")
+            print_outcome(outcome)
+        if len(outcomes) > 1 or "" not in outcomes:
+            print(f"cameras: {(output / 'cameras.json').resolve()}")
     elif summaries is not None:
         for name in summaries:
             print(f"{name}: {(output / name / 'report.html').resolve()}")

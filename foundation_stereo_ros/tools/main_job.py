@@ -42,10 +42,10 @@ from foundation_stereo_ros.fileio import read_rgb
 from foundation_stereo_ros.pipeline import ProcessorConfig
 from foundation_stereo_ros.pipeline.calibration import rectified_pair
 from foundation_stereo_ros.tools.cli_args import default_device_name
-from foundation_stereo_ros.tools.evaluate import (EvaluationOptions, Progress, evaluate_bag,
-                                                  print_outcome)
+from foundation_stereo_ros.tools.evaluate import EvaluationOptions, evaluate_bag, print_outcome
 from foundation_stereo_ros.tools.make_bag import (BagOptions, StereoFrame, read_disparity_file, resize_frame,
                                                   write_stereo_bag)
+from foundation_stereo_ros.tools.progress import Progress
 
 OPENCV_DATA_ENV = "OPENCV_SAMPLE_DATA"
 DEFAULT_OPENCV_DATA = "/usr/share/doc/opencv-doc/examples/data"

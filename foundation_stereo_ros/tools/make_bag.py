@@ -4,6 +4,8 @@ Usage::
 
     foundation-stereo-make-bag OUT_BAG --left 'data/left/*.png' --right 'data/right/*.png' \\
         --calib calib.yaml [--gt-disparity 'data/disp/*.pfm'] [--rate 10] [--storage mcap] [--compressed jpeg]
+    foundation-stereo-make-bag OUT_BAG --cameras front,rear --left 'data/{camera}/left/*.png' \\
+        --right 'data/{camera}/right/*.png' --calib 'calib/{camera}.yaml'
 
 The bag carries, for every pair, ``<ns>/left/image_rect``, ``<ns>/right/image_rect`` (or
 ``image_raw`` with ``--raw``, for images the node must still rectify; with ``--compressed jpeg|png``
@@ -14,6 +16,14 @@ when given, ``<ns>/gt/disparity`` (stereo_msgs/DisparityImage, NaN = unknown) an
 the node subscribes to when started in that namespace. Frames are stamped and logged at ``--rate``
 Hz, so replaying the bag reproduces a camera running at that rate.
 
+Several cameras (``--cameras front,rear``): each camera's topics go under its own namespace,
+``<ns>/<camera>/left/image_rect`` ... (``<ns>`` is empty by default: ``/front/left/image_rect``), as
+the node's ``cameras`` parameter subscribes to them. ``{camera}`` in ``--left``, ``--right``,
+``--calib``, ``--gt-disparity``, ``--gt-depth``, ``--frame-id`` and ``--right-frame-id`` stands for
+the camera's name (``--left 'data/{camera}/left/*.png' --calib 'calib/{camera}.yaml'``); without it
+every camera gets the same files. ``--scale rear=0.5`` scales one camera (cameras may differ in
+size). The cameras are stamped together: frame i of every camera has the same stamp.
+
 Ground-truth disparity files hold x_left - x_right in pixels (Middlebury/KITTI/Scene Flow
 convention): PFM, .npy, 8-bit PNG (value = disparity) or 16-bit PNG (value = 256 * disparity,
 KITTI), 0 or non-finite = unknown. The GT topic stores it as DisparityImage does, minus
@@ -23,12 +33,13 @@ from __future__ import annotations
 
 import argparse
 import glob
+import re
 import shutil
 import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -100,10 +111,34 @@ class BagOptions:
         return image_msg(array, self.encoding, stamp_ns, frame_id)
 
 
+@dataclass
+class CameraStream:
+    """One stereo camera of a bag: its frames, their default calibration, topics and frame ids."""
+
+    frames: Iterable[StereoFrame]
+    calibration: StereoCalibration
+    topics: StereoTopics
+    frame_id: str = "stereo_left_optical_frame"
+    right_frame_id: str = "stereo_right_optical_frame"
+
+
 def write_stereo_bag(path: Path, frames: Iterable[StereoFrame], calibration: StereoCalibration,
                      options: BagOptions = BagOptions()) -> BagSummary:
     """Write ``frames`` to a new bag at ``path``; frame i is stamped and logged at
     ``options.start_ns + i / options.rate_hz``."""
+    camera = CameraStream(frames, calibration, options.topics or StereoTopics.under(), options.frame_id,
+                          options.right_frame_id)
+    return write_camera_bag(path, {"": camera}, options)[""]
+
+
+def write_camera_bag(path: Path, cameras: Mapping[str, CameraStream],
+                     options: BagOptions = BagOptions()) -> Dict[str, BagSummary]:
+    """Write several stereo cameras to a new bag at ``path``, stamped together: frame i of every
+    camera is stamped and logged at ``options.start_ns + i / options.rate_hz`` (a camera with fewer
+    frames stops earlier). ``options.topics`` and the frame ids are ignored: each camera has its
+    own. Returns each camera's summary (its topics' message counts)."""
+    if not cameras:
+        raise ValueError("no camera to write")
     if not np.isfinite(options.rate_hz) or options.rate_hz <= 0:
         raise ValueError(f"rate must be positive, got {options.rate_hz} Hz")
     if options.encoding not in ENCODINGS:
@@ -113,48 +148,73 @@ def write_stereo_bag(path: Path, frames: Iterable[StereoFrame], calibration: Ste
     if not 1 <= options.jpeg_quality <= 100 or not 0 <= options.png_level <= 9:
         raise ValueError(f"JPEG quality must be 1..100 and PNG level 0..9, got {options.jpeg_quality} and "
                          f"{options.png_level}")
-    topics = options.topics or StereoTopics.under()
-    options = replace(options, topics=topics.compressed() if options.compressed else topics,
-                      start_ns=time.time_ns() if options.start_ns is None else int(options.start_ns))
+    streams = {name: replace(cam, topics=cam.topics.compressed() if options.compressed else cam.topics)
+               for name, cam in cameras.items()}
+    topic_owner: Dict[str, str] = {}
+    for name, cam in streams.items():
+        for topic in (*cam.topics.stereo(), cam.topics.gt_disparity, cam.topics.gt_depth):
+            if topic and topic_owner.setdefault(topic, name) != name:
+                raise ValueError(f"cameras {topic_owner[topic]!r} and {name!r} would both write {topic}")
+    options = replace(options, start_ns=time.time_ns() if options.start_ns is None else int(options.start_ns))
     period = int(round(1e9 / options.rate_hz))
     writer = StereoBagWriter(path, storage=options.storage, version=options.version)
     try:
-        n, counts = _write_frames(writer, frames, calibration, options, period)
+        frames = _write_cameras(writer, streams, options, period)
     except BaseException:
         # A half-written bag would be read later as if it were complete.
         shutil.rmtree(path, ignore_errors=True)
         raise
-    return BagSummary(Path(path), n, options.topics, counts, options.start_ns, period)
+    return {name: BagSummary(Path(path), frames[name], cam.topics,
+                             {t: n for t, n in writer.counts.items() if topic_owner.get(t) == name},
+                             options.start_ns, period)
+            for name, cam in streams.items()}
 
 
-def _write_frames(writer: StereoBagWriter, frames: Iterable[StereoFrame], calibration: StereoCalibration,
-                  options: BagOptions, period: int) -> Tuple[int, Dict[str, int]]:
-    """Every frame's images, CameraInfo and ground truth; ``options`` with its topics and start set."""
-    topics, encoding = options.topics, options.encoding
-    frame_id, right_frame_id = options.frame_id, options.right_frame_id
-    n = 0
+def _write_cameras(writer: StereoBagWriter, cameras: Mapping[str, CameraStream], options: BagOptions,
+                   period: int) -> Dict[str, int]:
+    """Frame i of every camera, then frame i + 1 ...: the bag's log order is the stamp order."""
+    iterators = {name: iter(cam.frames) for name, cam in cameras.items()}
+    written = {name: 0 for name in cameras}
     with writer:
-        for i, fr in enumerate(frames):
-            calib = fr.calibration or calibration
-            left, right = np.asarray(fr.left), np.asarray(fr.right)
-            if left.shape != right.shape:
-                raise ValueError(f"frame {i}: left {left.shape} and right {right.shape} differ in size")
-            if left.dtype != np.uint8:
-                raise ValueError(f"frame {i}: images must be uint8, got {left.dtype}")
-            h, w = left.shape[:2]
-            if (calib.left.width, calib.left.height) != (w, h):
-                raise ValueError(f"frame {i}: images are {w}x{h}, the calibration is for "
-                                 f"{calib.left.width}x{calib.left.height}")
+        i = 0
+        while iterators:
             stamp = options.start_ns + i * period
-            writer.write(topics.left_image, options.image_msg(_convert(left, encoding), stamp, frame_id))
-            writer.write(topics.left_info, camera_info_msg(calib.left, stamp, frame_id))
-            writer.write(topics.right_image, options.image_msg(_convert(right, encoding), stamp, right_frame_id))
-            writer.write(topics.right_info, camera_info_msg(calib.right, stamp, right_frame_id))
-            _write_ground_truth(writer, fr, calib, topics, i, stamp, frame_id)
-            n += 1
-        if n == 0:
-            raise ValueError("no frames to write")
-    return n, dict(writer.counts)
+            for name in list(iterators):
+                fr = next(iterators[name], None)
+                if fr is None:
+                    del iterators[name]
+                    continue
+                try:
+                    _write_frame(writer, fr, cameras[name], options, i, stamp)
+                except ValueError as exc:
+                    raise ValueError(f"camera {name}: {exc}" if name else str(exc)) from None
+                written[name] += 1
+            i += 1
+    empty = [name for name, n in written.items() if n == 0]
+    if empty:
+        raise ValueError("no frames to write" + (f" for camera(s) {', '.join(empty)}" if any(empty) else ""))
+    return written
+
+
+def _write_frame(writer: StereoBagWriter, fr: StereoFrame, camera: CameraStream, options: BagOptions, i: int,
+                 stamp: int) -> None:
+    """Frame ``i`` of one camera: both images, both CameraInfo and its ground truth."""
+    topics, encoding = camera.topics, options.encoding
+    calib = fr.calibration or camera.calibration
+    left, right = np.asarray(fr.left), np.asarray(fr.right)
+    if left.shape != right.shape:
+        raise ValueError(f"frame {i}: left {left.shape} and right {right.shape} differ in size")
+    if left.dtype != np.uint8:
+        raise ValueError(f"frame {i}: images must be uint8, got {left.dtype}")
+    h, w = left.shape[:2]
+    if (calib.left.width, calib.left.height) != (w, h):
+        raise ValueError(f"frame {i}: images are {w}x{h}, the calibration is for "
+                         f"{calib.left.width}x{calib.left.height}")
+    writer.write(topics.left_image, options.image_msg(_convert(left, encoding), stamp, camera.frame_id))
+    writer.write(topics.left_info, camera_info_msg(calib.left, stamp, camera.frame_id))
+    writer.write(topics.right_image, options.image_msg(_convert(right, encoding), stamp, camera.right_frame_id))
+    writer.write(topics.right_info, camera_info_msg(calib.right, stamp, camera.right_frame_id))
+    _write_ground_truth(writer, fr, calib, topics, i, stamp, camera.frame_id)
 
 
 def _write_ground_truth(writer: StereoBagWriter, fr: StereoFrame, calib: StereoCalibration, topics: StereoTopics,
@@ -277,12 +337,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--start-time", type=float, help="stamp of the first frame, seconds since the epoch "
                    "(default: now)")
     p.add_argument("--repeat", type=int, default=1, help="write the sequence this many times (default 1)")
-    p.add_argument("--scale", type=float, default=1.0, help="resize images, calibration and ground truth "
-                   "by this factor (default 1)")
+    p.add_argument("--scale", default="1", help="resize images, calibration and ground truth by this factor "
+                   "(default 1); per camera: 0.5,rear=0.25")
+    p.add_argument("--cameras", help="comma list of camera names: one stereo camera per name, under "
+                   "<namespace>/<name>/; {camera} in file options stands for the name")
     p.add_argument("--storage", choices=STORAGES, default="sqlite3", help="rosbag2 storage (default sqlite3)")
     p.add_argument("--bag-version", type=int, choices=(8, 9), default=8,
                    help="rosbag2 metadata version: 8 for Humble and newer (default), 9 Jazzy and newer")
-    p.add_argument("--namespace", default="/stereo", help="topic namespace (default /stereo)")
+    p.add_argument("--namespace", help="topic namespace (default /stereo; with --cameras none: /<camera>/...)")
     p.add_argument("--raw", action="store_true", help="name the image topics image_raw: the images are not "
                    "rectified and the node must rectify them with the calibration")
     p.add_argument("--encoding", choices=ENCODINGS, default="rgb8", help="image encoding (default rgb8)")
@@ -291,56 +353,119 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality 1..100 (default 95, as "
                    "compressed_image_transport)")
     p.add_argument("--png-level", type=int, default=3, help="PNG compression level 0..9 (default 3)")
-    p.add_argument("--frame-id", default="stereo_left_optical_frame", help="frame_id of the left camera")
-    p.add_argument("--right-frame-id", default="stereo_right_optical_frame", help="frame_id of the right camera")
+    p.add_argument("--frame-id", help="frame_id of the left camera (default stereo_left_optical_frame; with "
+                   "--cameras <camera>_left_optical_frame)")
+    p.add_argument("--right-frame-id", help="frame_id of the right camera (default stereo_right_optical_frame; "
+                   "with --cameras <camera>_right_optical_frame)")
     p.add_argument("--translation-unit", choices=("m", "cm", "mm"), default="m",
                    help="unit of T/P in OpenCV calibration files (default m)")
     return p
 
 
+CAMERA_FIELD = "{camera}"  # stands for the camera's name in file and frame-id options
+
+
+def camera_names(text: Optional[str]) -> List[str]:
+    """``--cameras front,rear`` -> ['front', 'rear'] (ROS name tokens, each once); None -> []."""
+    if text is None:
+        return []
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ValueError("--cameras: empty list")
+    for n in names:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*", n):
+            raise ValueError(f"--cameras: {n!r} is not a ROS namespace (letters, digits, '_' and '/')")
+    if len(set(names)) != len(names):
+        raise ValueError(f"--cameras: a camera is named twice in {names}")
+    return names
+
+
+def scale_factors(text: str, cameras: Sequence[str]) -> Dict[str, float]:
+    """``--scale 0.5`` (every camera) or ``--scale 0.5,rear=0.25`` (per camera) -> {camera: factor}."""
+    default, per_camera = 1.0, {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, eq, value = item.rpartition("=")
+        try:
+            factor = float(value)
+        except ValueError:
+            raise ValueError(f"--scale: {item!r} is not a number or CAMERA=NUMBER") from None
+        if not np.isfinite(factor) or factor <= 0:
+            raise ValueError(f"--scale must be positive, got {value}")
+        if not eq:
+            default = factor
+        elif name not in cameras:
+            raise ValueError(f"--scale {item!r}: no camera {name!r} in --cameras {','.join(cameras) or '(none)'}")
+        else:
+            per_camera[name] = factor
+    return {c: per_camera.get(c, default) for c in cameras}
+
+
+def _for_camera(values: Optional[Sequence[str]], name: str) -> Optional[List[str]]:
+    return None if values is None else [v.replace(CAMERA_FIELD, name) for v in values]
+
+
+def camera_stream(args: argparse.Namespace, name: str, scale: float, topics: StereoTopics) -> CameraStream:
+    """The frames (read lazily), calibration, topics and frame ids of one camera of the command
+    line (``name`` '' for a bag of one camera)."""
+    lefts, rights = expand(_for_camera(args.left, name), "--left"), expand(_for_camera(args.right, name), "--right")
+    if len(lefts) != len(rights):
+        raise ValueError(f"{len(lefts)} left and {len(rights)} right images; they must pair up")
+    gts = expand(_for_camera(args.gt_disparity, name), "--gt-disparity") if args.gt_disparity else None
+    depths = expand(_for_camera(args.gt_depth, name), "--gt-depth") if args.gt_depth else None
+    for option, files in (("--gt-disparity", gts), ("--gt-depth", depths)):
+        if files is not None and len(files) != len(lefts):
+            raise ValueError(f"{len(files)} {option} files for {len(lefts)} pairs")
+    first = read_rgb(lefts[0])
+    calib = load_stereo_calibration(_for_camera(args.calib, name), size=(first.shape[1], first.shape[0]),
+                                    translation_unit=args.translation_unit)
+
+    def frames() -> Iterable[StereoFrame]:
+        for _ in range(args.repeat):
+            for i, (lp, rp) in enumerate(zip(lefts, rights)):
+                fr = StereoFrame(read_rgb(lp), read_rgb(rp),
+                                 read_disparity_file(gts[i], args.gt_disparity_scale) if gts else None,
+                                 read_depth_file(depths[i], args.gt_depth_scale) if depths else None)
+                try:
+                    yield resize_frame(fr, scale)
+                except ValueError as exc:
+                    raise ValueError(f"pair {i} ({lp.name}, {rp.name}): {exc}") from None
+
+    prefix = f"{name.replace('/', '_')}_" if name else "stereo_"
+    frame_id = args.frame_id or f"{prefix}left_optical_frame"
+    right_frame_id = args.right_frame_id or f"{prefix}right_optical_frame"
+    return CameraStream(frames(), calib.scaled(scale), topics, frame_id.replace(CAMERA_FIELD, name),
+                        right_frame_id.replace(CAMERA_FIELD, name))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        lefts, rights = expand(args.left, "--left"), expand(args.right, "--right")
-        if len(lefts) != len(rights):
-            raise ValueError(f"{len(lefts)} left and {len(rights)} right images; they must pair up")
-        gts = expand(args.gt_disparity, "--gt-disparity") if args.gt_disparity else None
-        depths = expand(args.gt_depth, "--gt-depth") if args.gt_depth else None
-        for name, files in (("--gt-disparity", gts), ("--gt-depth", depths)):
-            if files is not None and len(files) != len(lefts):
-                raise ValueError(f"{len(files)} {name} files for {len(lefts)} pairs")
+        cameras = camera_names(args.cameras)
         if args.repeat < 1:
             raise ValueError(f"--repeat must be >= 1, got {args.repeat}")
-        if not np.isfinite(args.scale) or args.scale <= 0:
-            raise ValueError(f"--scale must be positive, got {args.scale}")
-        first = read_rgb(lefts[0])
-        calib = load_stereo_calibration(args.calib, size=(first.shape[1], first.shape[0]),
-                                        translation_unit=args.translation_unit)
-
-        def frames() -> Iterable[StereoFrame]:
-            for _ in range(args.repeat):
-                for i, (lp, rp) in enumerate(zip(lefts, rights)):
-                    fr = StereoFrame(read_rgb(lp), read_rgb(rp),
-                                     read_disparity_file(gts[i], args.gt_disparity_scale) if gts else None,
-                                     read_depth_file(depths[i], args.gt_depth_scale) if depths else None)
-                    try:
-                        yield resize_frame(fr, args.scale)
-                    except ValueError as exc:
-                        raise ValueError(f"pair {i} ({lp.name}, {rp.name}): {exc}") from None
-
+        scales = scale_factors(args.scale, cameras or [""])
+        image = "image_raw" if args.raw else "image_rect"
+        namespace = args.namespace if args.namespace is not None else ("" if cameras else "/stereo")
+        streams = {}
+        for name in cameras or [""]:
+            topics = StereoTopics.under(f"{namespace.rstrip('/')}/{name}" if name else namespace, image)
+            try:
+                streams[name] = camera_stream(args, name, scales[name], topics)
+            except ValueError as exc:
+                raise ValueError(f"camera {name}: {exc}" if name else str(exc)) from None
         start = None if args.start_time is None else int(round(args.start_time * 1e9))
-        topics = StereoTopics.under(args.namespace, "image_raw" if args.raw else "image_rect")
-        options = BagOptions(rate_hz=args.rate, start_ns=start, storage=args.storage, topics=topics,
-                             encoding=args.encoding, frame_id=args.frame_id, right_frame_id=args.right_frame_id,
+        options = BagOptions(rate_hz=args.rate, start_ns=start, storage=args.storage, encoding=args.encoding,
                              version=args.bag_version, compressed=args.compressed, jpeg_quality=args.jpeg_quality,
                              png_level=args.png_level)
-        summary = write_stereo_bag(args.output, frames(), calib.scaled(args.scale), options)
+        summaries = write_camera_bag(args.output, streams, options)
     except ValueError as exc:
         print(f"foundation-stereo-make-bag: error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {summary.frames} stereo pairs to {summary.path} ({args.storage}, {args.rate:g} Hz)")
-    for topic, count in sorted(summary.counts.items()):
-        print(f"  {topic}: {count}")
+    for name, summary in summaries.items():
+        what = f"camera {name}: " if name else ""
+        print(f"{what}wrote {summary.frames} stereo pairs to {summary.path} ({args.storage}, {args.rate:g} Hz)")
+        for topic, count in sorted(summary.counts.items()):
+            print(f"  {topic}: {count}")
     return 0
 
 

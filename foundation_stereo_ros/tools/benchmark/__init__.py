@@ -14,6 +14,9 @@ building) is timed per resolution through the node's real code with the network 
 stored disparity, with the geometry on the host and on the network's device, and related to the
 network's time.
 
+``--cameras 1,2,4`` instead measures several cameras on one network: pairs per second batched
+against one pair at a time, and the memory of one node serving N cameras against N nodes.
+
 Weights are random unless ``--checkpoint`` is given: timing does not depend on them. Results are
 printed as tables and, with ``--json``, written after every configuration, so a run that is cut
 short keeps what it measured.
@@ -25,6 +28,8 @@ Modules, each imported only by those after it:
   live_node       the live node's frame rate with the network replaced by a wait (rclpy)
   network         one network configuration timed: latency, memory, stages
   flops, tables   FLOP counts and the printed tables
+  cameras         several cameras on one network (also the memory worker's entry point; not
+                  imported here, so ``python -m`` runs it cleanly)
   cli             the command line (``python -m foundation_stereo_ros.tools.benchmark``)
 """
 from .cli import build_parser, main

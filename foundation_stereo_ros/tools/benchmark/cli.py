@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run the live node (rclpy) with the network replaced by a wait of MS milliseconds and "
                         "report its frame rate and what it adds, with and without the publisher pipeline")
     p.add_argument("--node-rate-seconds", type=float, default=4.0, help="measuring time per --node-rate run")
+    p.add_argument("--cameras", type=comma_list(positive_int), default=None, metavar="N[,N]",
+                   help="instead of the grid: pairs per second of N cameras batched vs one pair at a time, and the "
+                        "memory of one node serving N cameras vs N single-camera nodes (first variant and "
+                        "iteration count, each size; e.g. --cameras 1,2,4 --sizes 96x128)")
     p.add_argument("--checkpoint", default=None, help="real weights (then --variants is taken from its cfg.yaml)")
     p.add_argument("--onnx-dir", default=None, help="where the onnxruntime mode writes exports (default: a temp dir)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: PyTorch's default)")
@@ -179,6 +183,22 @@ def _measure(args: argparse.Namespace, device: torch.device, modes: Sequence[Mod
             _time_variant(variant, args, options, modes, result, peak_tflops, flush)
 
 
+def _run_cameras(args: argparse.Namespace, device: torch.device) -> int:
+    """--cameras: the multi-camera benchmark (:mod:`.cameras`) for each size."""
+    from .cameras import CameraBenchmark, format_camera_tables, run_camera_benchmark  # also a worker's entry
+
+    result: Dict[str, Any] = dict(machine=machine_info(device), cameras=[])
+    flush = _json_writer(args.json, result)
+    for h, w in args.sizes:
+        bench = CameraBenchmark(args.variants[0], h, w, args.iters[0], tuple(args.cameras), args.repeats, args.warmup,
+                                str(device), args.checkpoint)
+        result["cameras"].append(run_camera_benchmark(bench))
+        flush()
+    print()
+    print("\n\n".join(format_camera_tables(r) for r in result["cameras"]))
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -201,6 +221,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result["settings"]["peak_tflops"] = peak_tflops
     print(f"# {result['machine'].get('gpu') or result['machine']['cpu']} ({device}), torch "
           f"{torch.__version__}", flush=True)
+    if args.cameras:
+        return _run_cameras(args, device)
     if args.flops_only:
         return count_only(args, result, peak_tflops, flush)
     _measure(args, device, modes, onnx_dir, result, peak_tflops, flush)
