@@ -95,9 +95,9 @@ PROCESSOR_PARAMETERS: Tuple[ParamSpec, ...] = (
               "only the first start builds one (minutes on Jetson); empty: $ROS_HOME/foundation_stereo_trt "
               "(ROS_HOME defaults to ~/.ros)."),
     ParamSpec("geometry_device", "auto", "Where rectification, depth and points are computed for backend "
-              "'foundation_stereo': 'auto' (on the network's GPU when it runs on CUDA, so each output leaves the GPU "
-              "in one copy; otherwise on the host), 'network' (always on the network's device, the CPU included) "
-              "or 'host' (OpenCV and numpy).", choices=("auto", "network", "host")),
+              "'foundation_stereo': 'auto' (for a network on CUDA the faster of the GPU, where each output leaves it "
+              "in one copy, and the host, timed once on the first frame; otherwise the host), 'network' (always "
+              "on the network's device, the CPU included, where it is slower) or 'host' (OpenCV and numpy).", choices=("auto", "network", "host")),
     ParamSpec("scale", 1.0, "Network input resolution relative to the camera image; the disparity is resized "
               "back and multiplied by 1/scale.", min=0.05, max=2.0),
     ParamSpec("oom_min_scale_factor", 0.25, "Out-of-memory fallback of the network: a frame that runs out of GPU "
@@ -118,6 +118,11 @@ PROCESSOR_PARAMETERS: Tuple[ParamSpec, ...] = (
     ParamSpec("edge_filter", 0.0, "Flying-pixel filter: a pixel whose depth differs from one of its 4 neighbours' "
               "by more than this fraction of the nearer of the two (0.05: 5 %) lies on a depth discontinuity and is "
               "invalid in disparity, depth and points2; 0: off.", min=0.0, max=10.0),
+    ParamSpec("lr_check", 0.0, "Left-right consistency check of the network (backends 'foundation_stereo' and "
+              "'onnx'), tolerance in camera px: the network also matches the mirrored, swapped pair to get the right "
+              "view's disparity d_R (one batch of two: about twice the network time), and a pixel whose d_L(x) differs "
+              "from d_R(x - d_L(x)) (linearly interpolated) by more than this is invalid (occluded in the right image, "
+              "or mismatched); 0: off. Backend 'sgbm' has its own check (sgbm_disp12_max_diff).", min=0.0, max=64.0),
     ParamSpec("sgbm_num_disparities", 128, "SGBM disparity search range in px (multiple of 16).", min=16, max=1024,
               step=16),
     ParamSpec("sgbm_min_disparity", 0, "SGBM smallest disparity searched, px.", min=-512, max=512, step=1),
@@ -172,6 +177,7 @@ class ProcessorConfig:
     min_depth: float = SPECS["min_depth"].default
     max_depth: float = SPECS["max_depth"].default
     edge_filter: float = SPECS["edge_filter"].default
+    lr_check: float = SPECS["lr_check"].default
     sgbm_num_disparities: int = SPECS["sgbm_num_disparities"].default
     sgbm_min_disparity: int = SPECS["sgbm_min_disparity"].default
     sgbm_block_size: int = SPECS["sgbm_block_size"].default

@@ -5,7 +5,8 @@ disparity, and the upload that feeds them.
   torch.compile, CUDA graphs) on padded device tensors.
 - :class:`OnnxRunner` (``onnx_runner``): an ONNX export in an ONNX Runtime session on numpy images,
   with the GPU providers' memory options chosen by :func:`memory_plan` for the device (Jetson boards).
-- :class:`PinnedUpload` (``upload``): the pair to the device through one reused pinned buffer.
+- :class:`PinnedUpload` (``upload``): a pair (or several cameras' pairs) to the device through one
+  reused pinned buffer.
 
 The pipeline's *backends* (:mod:`foundation_stereo_ros.pipeline.backends`) build on these; the
 runners never import the pipeline. Nothing here changes the network; every path is checked against

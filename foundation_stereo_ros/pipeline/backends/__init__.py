@@ -8,7 +8,7 @@ by :class:`~foundation_stereo_ros.pipeline.processor.StereoProcessor`, identical
 backend. The network backends run the network through the *runners* of
 :mod:`foundation_stereo_ros.runtime` (which pad, infer and return its raw disparity).
 
-- ``base``: the interface, its errors, :func:`invalidate`
+- ``base``: the interface (one pair, or a batch of pairs of one size), its errors, :func:`invalidate`
 - ``sgbm``: :class:`SGBMBackend`
 - ``network``: :class:`FoundationStereoBackend` (scale, execution modes, out-of-memory fallback)
 - ``onnx``: :class:`OnnxBackend` and the ONNX Runtime provider policy
@@ -39,7 +39,7 @@ def make_backend(config: ProcessorConfig, previous: Optional[DisparityBackend] =
         return SGBMBackend(config)
     if config.backend == "onnx":
         if isinstance(previous, OnnxBackend) and previous.source == config.backend_key():
-            return previous
+            return previous.with_options(config)
         return OnnxBackend(config)
     if isinstance(previous, FoundationStereoBackend):
         if previous.source == (config.checkpoint, config.device):

@@ -8,7 +8,7 @@ the match would lie left of the right image (``u - d < 0``): :func:`invalidate`.
 from __future__ import annotations
 
 import abc
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -49,6 +49,14 @@ class DisparityBackend(abc.ABC):
     def compute(self, left: np.ndarray, right: np.ndarray, grey: bool = False) -> np.ndarray:
         """Raw disparity (H, W) float32, NaN where invalid, for rectified (H, W, 3) RGB uint8 images."""
 
+    def compute_batch(self, pairs: Sequence[Tuple[np.ndarray, np.ndarray, bool]]) -> List[np.ndarray]:
+        """:meth:`compute` for several ``(left, right, grey)`` pairs of one size (cameras whose
+        frames are ready together): each pair's raw disparity, as :meth:`compute` gives it. Here
+        one call per pair; a network backend matches them in one batch. :attr:`last_scale`,
+        :attr:`last_oom_retries` and :attr:`last_fast` then describe the whole call."""
+        check_same_size(pairs)
+        return [self.compute(left, right, grey) for left, right, grey in pairs]
+
     @abc.abstractmethod
     def search_range(self, width: int) -> Tuple[float, float]:
         """(smallest, largest) raw disparity that the estimator can report, px."""
@@ -62,11 +70,19 @@ class DisparityBackend(abc.ABC):
         """(x, y, width, height) of the region where valid disparities can occur."""
         return 0, 0, width, height
 
-    def prepare(self, width: int, height: int) -> bool:
+    def prepare(self, width: int, height: int, batch: int = 1) -> bool:
         """Get ready for camera images of this size before the first frame (compile, capture a
-        CUDA graph, build an engine). Returns whether there was anything to do. Raises
-        :class:`BackendError` when the backend cannot run at that size."""
+        CUDA graph, build an engine), and for :meth:`compute_batch` calls of ``batch`` pairs.
+        Returns whether there was anything to do. Raises :class:`BackendError` when the backend
+        cannot run at that size."""
         return False
+
+
+def check_same_size(pairs: Sequence[Tuple[np.ndarray, np.ndarray, bool]]) -> None:
+    """ValueError unless every pair's two images are (H, W, 3) of one size shared by all pairs."""
+    shapes = {image.shape for left, right, _ in pairs for image in (left, right)}
+    if len(shapes) > 1 or any(len(shape) != 3 or shape[2] != 3 for shape in shapes):
+        raise ValueError(f"a batch needs (H, W, 3) pairs of one size; got {sorted(shapes)}")
 
 
 def invalidate(disparity: np.ndarray) -> np.ndarray:

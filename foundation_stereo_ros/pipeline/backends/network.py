@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Optional, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..config import ProcessorConfig
 from ..errors import FrameError, InferenceMemoryError
-from .base import BackendError, DisparityBackend, ExecutionModeError, first_line, invalidate
-from .resize import infer_at_network_size, infer_at_network_size_on_device
+from ..consistency import left_right_check, left_right_check_torch
+from .base import BackendError, DisparityBackend, ExecutionModeError, check_same_size, first_line, invalidate
+from .resize import (disparity_to_camera_size, disparity_to_camera_size_on_device, images_to_network_size,
+                     images_to_network_size_on_device)
 
 
 #: Words of the allocator failures that the CUDA libraries report in a RuntimeError's message:
@@ -111,13 +113,27 @@ class FoundationStereoBackend(DisparityBackend):
     back as soon as the memory does. :attr:`last_scale` and
     :attr:`last_oom_retries` tell the caller what happened to the last frame.
 
+    Batches (:meth:`compute_batch`, :meth:`compute_on_device_batch`): N pairs of one size go
+    through the network as one batch of N; nothing in the network mixes batch elements (its
+    normalisations are per image or frozen), so each pair's disparity equals its single-pair one
+    up to summation order. Scale and out-of-memory fallback apply to the whole call.
+
+    Left-right check (``config.lr_check`` > 0, :mod:`~foundation_stereo_ros.pipeline.consistency`):
+    the network also matches each pair mirrored and swapped, ``(flip(right), flip(left))``, in
+    the same call (batch 2N); that disparity flipped back is the right view's ``d_R`` in right-image
+    columns. Both are brought to the camera resolution, and pixels of the left disparity that
+    fail the check become NaN, on the host (:meth:`compute`) as on the device
+    (:meth:`compute_on_device`). ``d_R`` is used as the network gives it (not invalidated).
+
     Execution modes (``config.execution``, see :mod:`foundation_stereo_ros.runtime.fastpath`):
     ``eager`` runs :meth:`FoundationStereo.infer`; the others run a
     :class:`~foundation_stereo_ros.runtime.fastpath.NetworkRunner` prepared for one padded
-    network input size, by :meth:`prepare` (``warmup_width`` x ``warmup_height``) or on the first
-    frame at the configured scale. Frames of any other size (out-of-memory fallback, a camera
-    that changed mode) run eager, so they never trigger minutes of recompilation mid-stream.
-    On CUDA the pair is uploaded through one reused pinned buffer.
+    network input size and one network batch (pairs x 2 with the left-right check), by
+    :meth:`prepare` (``warmup_width`` x ``warmup_height``, ``batch`` pairs) or on the first call
+    at the configured scale (its size and batch). Calls of any other size or batch (out-of-memory
+    fallback, a camera that changed mode, fewer cameras ready) run eager, so they never trigger
+    minutes of recompilation mid-stream. On CUDA the images are uploaded through one reused
+    pinned buffer.
     """
 
     name = "foundation_stereo"
@@ -155,9 +171,11 @@ class FoundationStereoBackend(DisparityBackend):
         self.max_disp = float(model.cfg.max_disp)  # a _DeferredModel knows its cfg too
         self.execution = config.execution
         self.warmup_size = (config.warmup_width, config.warmup_height) if config.warmup_width else None
+        self.lr_check = config.lr_check
         self._torch = torch
         self._runner: Any = None  # NetworkRunner of a non-eager execution mode, once prepared
         self._fast_size: Optional[Tuple[int, int]] = None  # padded (H, W) the runner is prepared for
+        self._fast_batch = 0  # and the network batch (pairs x views_per_pair) it is prepared for
         self._fast_error: Optional[str] = None  # why preparing the runner failed (then: eager)
         self._upload: Any = None  # runtime.PinnedUpload, made on first use
         self._fallback_scale: Optional[float] = None  # the reduced scale in use after an out-of-memory error
@@ -188,29 +206,47 @@ class FoundationStereoBackend(DisparityBackend):
         backend.source = self.source
         backend._upload = self._upload
         if backend._runner_key() == self._runner_key() and backend.scale == self.scale:
-            backend._runner, backend._fast_size, backend._fast_error = self._runner, self._fast_size, self._fast_error
+            backend._runner, backend._fast_error = self._runner, self._fast_error
+            if backend.views_per_pair == self.views_per_pair:
+                backend._fast_size, backend._fast_batch = self._fast_size, self._fast_batch
+            # else: the network batch changes with the left-right check; the same runner is
+            # prepared again for it (by prepare, or the next frame).
         return backend
 
     def _runner_key(self) -> Tuple:
         return self.execution, self.precision, self.iters, self.warmup_size
 
     @property
+    def views_per_pair(self) -> int:
+        """Network batch entries per camera pair: 2 with the left-right check (the mirrored,
+        swapped pair too), else 1."""
+        return 2 if self.lr_check > 0 else 1
+
+    @property
     def prepared_size(self) -> Optional[Tuple[int, int]]:
         """Padded network input (H, W) the execution mode is prepared for (None: not yet, or eager)."""
         return self._fast_size
 
-    def prepare(self, width: int, height: int) -> bool:
+    @property
+    def prepared_batch(self) -> Optional[int]:
+        """How many pairs per call the execution mode is prepared for (None: not yet, or eager)."""
+        return self._fast_batch // self.views_per_pair if self._fast_size is not None else None
+
+    def prepare(self, width: int, height: int, batch: int = 1) -> bool:
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1 pair, got {batch}")
         if self.execution == "eager" or self.hierarchical:
             return False
         try:
             self._ensure_model()
-            self._prepare_runner(width, height)
+            self._prepare_runner(width, height, batch * self.views_per_pair)
         except Exception as e:  # noqa: BLE001 - compile / capture failures come in many types
-            raise BackendError(f"execution {self.execution!r} could not be prepared for {width}x{height} images: "
-                               f"{type(e).__name__}: {first_line(e)} (use execution 'eager')") from None
+            raise BackendError(f"execution {self.execution!r} could not be prepared for {width}x{height} images"
+                               f"{f' (batches of {batch})' if batch > 1 else ''}: {type(e).__name__}: "
+                               f"{first_line(e)} (use execution 'eager')") from None
         return True
 
-    def _prepare_runner(self, width: int, height: int) -> None:
+    def _prepare_runner(self, width: int, height: int, network_batch: int) -> None:
         from ...model.padding import InputPadder
         from ...runtime.fastpath import NetworkRunner
 
@@ -219,8 +255,8 @@ class FoundationStereoBackend(DisparityBackend):
         if self._runner is None:
             self._runner = NetworkRunner(self.model, self.iters, self.precision, self.execution,
                                          compile_backend=self.compile_backend)
-        self._runner.warmup(*size)
-        self._fast_size = size
+        self._runner.warmup(*size, batch=network_batch)
+        self._fast_size, self._fast_batch = size, network_batch
 
     def network_size(self, width: int, height: int, scale: Optional[float] = None) -> Tuple[int, int]:
         """(width, height) of the network input for a camera image of this size (at ``scale``,
@@ -229,17 +265,25 @@ class FoundationStereoBackend(DisparityBackend):
         return max(int(round(width * scale)), 8), max(int(round(height * scale)), 8)
 
     def compute(self, left: np.ndarray, right: np.ndarray, grey: bool = False) -> np.ndarray:
-        self._ensure_model()
-        return self._with_memory_fallback(lambda scale: self._infer(left, right, scale))
+        return self.compute_batch([(left, right, grey)])[0]
 
-    def upload(self, left: np.ndarray, right: np.ndarray) -> Any:
-        """(2, H, W, 3) uint8 tensor of an (H, W, 3) uint8 pair on the network's device, through
-        one reused pinned buffer on CUDA (finish with it before the next call)."""
+    def compute_batch(self, pairs: Sequence[Tuple[np.ndarray, np.ndarray, bool]]) -> List[np.ndarray]:
+        """:meth:`compute` for N pairs of one size in one network call (batch N, 2N with the
+        left-right check); see :meth:`DisparityBackend.compute_batch`."""
+        if not pairs:
+            return []
+        check_same_size(pairs)
+        self._ensure_model()
+        return self._with_memory_fallback(lambda scale: self._infer(pairs, scale))
+
+    def upload(self, *images: np.ndarray) -> Any:
+        """(K, H, W, 3) uint8 tensor of K (H, W, 3) uint8 images (a pair: K = 2) on the network's
+        device, through one reused pinned buffer on CUDA (finish with it before the next call)."""
         if self._upload is None:
             from ...runtime.upload import PinnedUpload
 
             self._upload = PinnedUpload(self.device)
-        return self._upload(left, right)
+        return self._upload(*images)
 
     def compute_on_device(self, images: Any) -> Any:
         """:meth:`compute` for a (2, 3, H, W) float tensor of the left and right image (0..255) on
@@ -248,6 +292,14 @@ class FoundationStereoBackend(DisparityBackend):
         otherwise, as OpenCV does on the host)."""
         if images.ndim != 4 or images.shape[0] != 2 or images.shape[1] != 3:
             raise ValueError(f"images must be (2, 3, H, W), got {tuple(images.shape)}")
+        return self.compute_on_device_batch(images[None])[0]
+
+    def compute_on_device_batch(self, images: Any) -> Any:
+        """:meth:`compute_on_device` for N pairs in one network call: (N, 2, 3, H, W) float
+        (0..255, left then right) on the network's device -> (N, H, W) float32 raw disparity
+        there, NaN where invalid."""
+        if images.ndim != 5 or images.shape[1] != 2 or images.shape[2] != 3 or images.shape[0] < 1:
+            raise ValueError(f"images must be (N, 2, 3, H, W) with N >= 1, got {tuple(images.shape)}")
         self._ensure_model()
         return self._with_memory_fallback(lambda scale: self._infer_tensor(images, scale))
 
@@ -294,54 +346,81 @@ class FoundationStereoBackend(DisparityBackend):
         if self._torch.cuda.is_initialized():
             self._torch.cuda.empty_cache()
 
-    def _infer(self, left: np.ndarray, right: np.ndarray, scale: float) -> np.ndarray:
-        h, w = left.shape[:2]
+    def _infer(self, pairs: Sequence[Tuple[np.ndarray, np.ndarray, bool]], scale: float) -> List[np.ndarray]:
+        h, w = pairs[0][0].shape[:2]
         nw, nh = self.network_size(w, h, scale)
+        images = images_to_network_size([image for left, right, _ in pairs for image in (left, right)], (nw, nh),
+                                        area=nw < w)
+        with self._torch.no_grad():
+            flat = self.upload(*images).permute(0, 3, 1, 2).float()  # (2N, 3, nh, nw): L1, R1, L2, R2 ...
+            d_left, d_right = self._match(flat, w, h, scale)
+            d_left = d_left[:, 0].cpu().numpy()  # (N, nh, nw)
+            d_right = None if d_right is None else d_right[:, 0].cpu().numpy()
+        out = []
+        for i in range(len(pairs)):
+            disparity = invalidate(disparity_to_camera_size(d_left[i], (w, h)))  # negative, or left of the image
+            if d_right is not None:
+                left_right_check(disparity, disparity_to_camera_size(d_right[i], (w, h)), self.lr_check)
+            out.append(disparity)
+        return out
 
-        def network(left: np.ndarray, right: np.ndarray) -> np.ndarray:
-            with self._torch.no_grad():
-                pair = self.upload(left, right).permute(0, 3, 1, 2).float()  # (2, 3, nh, nw)
-                return self._network(pair, w, h, scale)[0, 0].float().cpu().numpy()
+    def _match(self, flat: Any, width: int, height: int, scale: float) -> Tuple[Any, Optional[Any]]:
+        """The network on (2N, 3, h, w) images at network size, pairs interleaved (left, right,
+        left, right ...): the (N, 1, h, w) float32 left disparity, and with the left-right check
+        the right view's (N, 1, h, w), in right-image columns; one network call either way."""
+        left, right = flat[0::2], flat[1::2]  # (N, 3, h, w) each
+        n = left.shape[0]
+        if self.lr_check > 0:
+            # The mirrored, swapped pair: flip(right) is a left image whose matches lie in
+            # flip(left), so its disparity, flipped back, is the right view's.
+            left, right = (self._torch.cat([left, right.flip(-1)]),
+                           self._torch.cat([right, left.flip(-1)]))  # (2N, 3, h, w)
+        disparity = self._network(left, right, width, height, scale).float()  # (N or 2N, 1, h, w)
+        if self.lr_check > 0:
+            return disparity[:n], disparity[n:].flip(-1)
+        return disparity, None
 
-        disparity = infer_at_network_size(network, left, right, (nw, nh), area=nw < w)
-        return invalidate(disparity)  # negative, or a match left of the right image
-
-    def _network(self, pair: Any, width: int, height: int, scale: float) -> Any:
-        """(1, 1, h, w) disparity of a (2, 3, h, w) pair at network size, for camera images of
-        ``width`` x ``height`` matched at ``scale``: the prepared execution mode when the size is
-        the prepared one, eager otherwise."""
-        nh, nw = pair.shape[-2:]
-        runner = self._fast_runner(width, height, nw, nh, scale)
+    def _network(self, left: Any, right: Any, width: int, height: int, scale: float) -> Any:
+        """(B, 1, h, w) disparity of (B, 3, h, w) left and right images at network size, for
+        camera images of ``width`` x ``height`` matched at ``scale``: the prepared execution mode
+        when the size and batch are the prepared ones, eager otherwise."""
+        nh, nw = left.shape[-2:]
+        runner = self._fast_runner(width, height, nw, nh, scale, left.shape[0])
         if self.execution != "eager" and not self.hierarchical:
             self.last_fast = runner is not None
         if runner is not None:
             padder = runner[1]
-            lp, rp = padder.pad(pair[:1], pair[1:])
+            lp, rp = padder.pad(left, right)
             return padder.unpad(runner[0](lp, rp))
-        return self.model.infer(pair[:1], pair[1:], iters=self.iters, hierarchical=self.hierarchical,
+        return self.model.infer(left, right, iters=self.iters, hierarchical=self.hierarchical,
                                 precision=self.precision)
 
     def _infer_tensor(self, images: Any, scale: float) -> Any:
         torch = self._torch
-        h, w = images.shape[-2:]
+        n, h, w = images.shape[0], images.shape[-2], images.shape[-1]
         nw, nh = self.network_size(w, h, scale)
         with torch.no_grad():
-            disp = infer_at_network_size_on_device(lambda pair: self._network(pair, w, h, scale).float(), images,
-                                                   (nw, nh), area=nw < w)  # (1, 1, h, w)
-            d = disp[0, 0]
+            flat = images_to_network_size_on_device(images.reshape(2 * n, 3, h, w), (nw, nh), area=nw < w)
+            d_left, d_right = self._match(flat, w, h, scale)
+            d = disparity_to_camera_size_on_device(d_left, (w, h))[:, 0]  # (N, H, W)
             columns = torch.arange(w, device=d.device, dtype=torch.float32)
-            return d.masked_fill((d < 0) | (d > columns), float("nan"))  # match left of the right image
+            d = d.masked_fill((d < 0) | (d > columns), float("nan"))  # match left of the right image
+            if d_right is not None:
+                d = left_right_check_torch(d, disparity_to_camera_size_on_device(d_right, (w, h))[:, 0],
+                                           self.lr_check)
+            return d
 
-    def _fast_runner(self, width: int, height: int, nw: int, nh: int, scale: float):
-        """(runner, padder) when this frame's network size is the prepared one, else None (eager)."""
+    def _fast_runner(self, width: int, height: int, nw: int, nh: int, scale: float, batch: int):
+        """(runner, padder) when this call's network size and batch are the prepared ones, else
+        None (eager)."""
         if self.execution == "eager" or self.hierarchical or self._fast_error is not None:
             return None
         from ...model.padding import InputPadder
 
         padder = InputPadder(nh, nw)
         if self._fast_size is None and scale == self.scale:
-            try:  # the first frame at the configured scale decides the size
-                self._prepare_runner(width, height)
+            try:  # the first call at the configured scale decides the size and the batch
+                self._prepare_runner(width, height, batch)
             except Exception as e:  # noqa: BLE001 - compile / capture failures come in many types
                 if is_out_of_memory(e):
                     raise  # the caller retries at a lower scale, eager
@@ -349,7 +428,7 @@ class FoundationStereoBackend(DisparityBackend):
                 raise ExecutionModeError("execution_failed", f"execution {self.execution!r} could not be prepared "
                                                              f"for {width}x{height} images ({self._fast_error}); "
                                                              f"this frame is skipped and later frames run eager") from None
-        if padder.padded_size != self._fast_size:
+        if padder.padded_size != self._fast_size or batch != self._fast_batch:
             return None
         return self._runner, padder
 

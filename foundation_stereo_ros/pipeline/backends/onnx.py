@@ -7,6 +7,7 @@ this module is.
 """
 from __future__ import annotations
 
+import copy
 import os
 from typing import List, Optional, Sequence, Tuple
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from ..config import ProcessorConfig
 from ..errors import FrameError, InferenceMemoryError
+from ..consistency import left_right_check
 from .base import BackendError, DisparityBackend, first_line, invalidate
 from .resize import infer_at_network_size
 
@@ -52,6 +54,11 @@ def onnx_provider_list(provider: str, device: str, available: Optional[Sequence[
     return [first] + [p for p in order[order.index(first) + 1:] if p in available]
 
 
+def _lr_check_note(tolerance: float) -> str:
+    return (f"lr_check {tolerance:g} px: the ONNX graph has batch 1, so each frame runs it twice (the pair, then "
+            f"the mirrored swapped pair): about twice the network time")
+
+
 class OnnxBackend(DisparityBackend):
     """The network exported by ``foundation-stereo-export``, run by ONNX Runtime
     (:class:`foundation_stereo_ros.runtime.OnnxRunner`).
@@ -62,6 +69,11 @@ class OnnxBackend(DisparityBackend):
     ``width / export_width``, as ``scale`` does for the PyTorch backend. An allocation failure
     in ONNX Runtime raises :class:`~foundation_stereo_ros.pipeline.errors.InferenceMemoryError`
     (the frame is skipped).
+
+    The left-right check (``lr_check`` > 0) runs the graph twice, on the pair and on the mirrored,
+    swapped pair (the exported graph has batch 1), then masks as
+    :class:`~foundation_stereo_ros.pipeline.backends.FoundationStereoBackend` does; batches
+    (:meth:`compute_batch`) run pair by pair.
     """
 
     name = "onnx"
@@ -110,15 +122,32 @@ class OnnxBackend(DisparityBackend):
                          "resolution, 0.5 px in the output at 640 px width; use precision fp32 (TensorRT's TF32) or "
                          "the PyTorch backend's fp16, which keep them fp32, where sub-pixel accuracy matters "
                          "(docs/deployment.md)")
+        if config.lr_check > 0:
+            notes.append(_lr_check_note(config.lr_check))
         if self.iters and self.iters != config.iters:
             notes.append(f"the ONNX model runs {self.iters} GRU iterations (fixed at export); the iters parameter "
                          f"({config.iters}) does not apply")
         self.notes = tuple(notes)
+        self.lr_check = config.lr_check
         self.source = config.backend_key()
         self.last_scale = None
         self.last_oom_retries = 0
 
-    def prepare(self, width: int, height: int) -> bool:
+    def with_options(self, config: ProcessorConfig) -> "OnnxBackend":
+        """This backend (its ONNX Runtime session) with the per-call options of ``config``
+        (``lr_check``); ``config`` must have this backend's :attr:`source`."""
+        if config.backend_key() != self.source:
+            raise ValueError("with_options keeps the ONNX session: the model, provider and device must not change")
+        if config.lr_check == self.lr_check:
+            return self
+        backend = copy.copy(self)
+        backend.lr_check = config.lr_check
+        backend.notes = tuple(n for n in self.notes if n != _lr_check_note(self.lr_check))
+        if config.lr_check > 0:
+            backend.notes += (_lr_check_note(config.lr_check),)
+        return backend
+
+    def prepare(self, width: int, height: int, batch: int = 1) -> bool:
         # The first run builds the TensorRT engine (or loads it from the cache): do it now.
         gen = np.random.default_rng(0)
         left = gen.integers(0, 256, (height, width, 3), dtype=np.uint8)
@@ -137,7 +166,13 @@ class OnnxBackend(DisparityBackend):
         return self.image_size[1], self.image_size[0]
 
     def compute(self, left: np.ndarray, right: np.ndarray, grey: bool = False) -> np.ndarray:
-        return invalidate(self.network_disparity(left, right))  # negative, or left of the right image
+        disparity = invalidate(self.network_disparity(left, right))  # negative, or left of the right image
+        if self.lr_check > 0:
+            # The mirrored, swapped pair's disparity flipped back: the right view's, in its columns.
+            mirrored = self.network_disparity(np.ascontiguousarray(right[:, ::-1]),
+                                              np.ascontiguousarray(left[:, ::-1]))
+            left_right_check(disparity, np.ascontiguousarray(mirrored[:, ::-1]), self.lr_check)
+        return disparity
 
     def network_disparity(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
         """The network's disparity at the camera resolution, camera px, before invalid pixels become NaN."""

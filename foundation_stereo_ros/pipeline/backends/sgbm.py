@@ -18,7 +18,8 @@ class SGBMBackend(DisparityBackend):
     """OpenCV semi-global block matching on the grey images (CPU), 1/16 px steps.
 
     Invalid output (no unique match, failed left-right check, speckles, the left border where
-    the search range leaves the right image) becomes NaN.
+    the search range leaves the right image) becomes NaN. Its left-right check is OpenCV's
+    (``sgbm_disp12_max_diff``); the network's ``lr_check`` does not apply.
     """
 
     name = "sgbm"
@@ -36,6 +37,9 @@ class SGBMBackend(DisparityBackend):
             disp12MaxDiff=config.sgbm_disp12_max_diff, preFilterCap=config.sgbm_pre_filter_cap,
             uniquenessRatio=config.sgbm_uniqueness_ratio, speckleWindowSize=config.sgbm_speckle_window_size,
             speckleRange=config.sgbm_speckle_range, mode=_SGBM_MODES[config.sgbm_mode])
+        if config.lr_check > 0:
+            self.notes = (f"lr_check ({config.lr_check:g} px) applies to the network backends only; SGBM keeps its "
+                          f"own left-right check, sgbm_disp12_max_diff ({config.sgbm_disp12_max_diff} px, -1: off)",)
 
     def compute(self, left: np.ndarray, right: np.ndarray, grey: bool = False) -> np.ndarray:
         if left.shape[1] <= self.num_disparities + self.block_size:
