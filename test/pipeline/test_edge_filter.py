@@ -158,3 +158,32 @@ def test_sgbm_and_a_reconfigured_processor_filter_too():
     assert np.array_equal(np.isnan(on.disparity), expected)
     assert np.array_equal(np.isnan(on.depth), np.isnan(on.disparity) | np.isnan(off.depth))
     assert expected.sum() > np.isnan(off.disparity).sum()  # the box's edges were discontinuities
+
+
+def test_on_the_aloe_pair_with_sgbm_the_filter_removes_few_pixels_and_worse_ones(opencv_data):
+    """The README's figures: fraction of SGBM's valid pixels removed and bad-3 of those kept, per
+    threshold, against no filter (printed; ``pytest -s`` shows them)."""
+    from foundation_stereo_ros.tools.main_job import aloe_frames
+
+    (frame,), _ = aloe_frames(opencv_data, scale=1 / 3, frames=1, window=1.0)  # 427x370, as the main job
+    left, right, gt, calib = frame.left, frame.right, frame.gt_disparity, frame.calibration
+    h, w = left.shape[:2]
+    known = np.isfinite(gt) & (gt > 0)
+    rows = {}
+    for threshold in (0.0, 0.02, 0.05, 0.1):
+        proc = StereoProcessor(ProcessorConfig(backend="sgbm", sgbm_num_disparities=96, edge_filter=threshold))
+        d = proc.process(DecodedPair(left, right, grey=False), calib, ALL_OUTPUTS).disparity
+        valid = np.isfinite(d) & known
+        bad3 = float((np.abs(d[valid] - gt[valid]) > 3.0).mean())
+        rows[threshold] = (int(valid.sum()), bad3)
+    base_valid, base_bad3 = rows[0.0]
+    print(f"\nAloe {w}x{h}, SGBM 96 disparities: no filter {base_valid} pixels with ground truth, bad-3 "
+          f"{100 * base_bad3:.2f} %")
+    for threshold in (0.02, 0.05, 0.1):
+        n, bad3 = rows[threshold]
+        print(f"edge_filter {threshold}: removes {100 * (1 - n / base_valid):.2f} % of them, bad-3 of those kept "
+              f"{100 * bad3:.2f} %")
+    removed = 1 - rows[0.05][0] / base_valid
+    assert 0.0 < removed < 0.25  # it removes some pixels, not the picture
+    assert rows[0.05][1] < base_bad3  # and those it keeps are better than before
+    assert rows[0.02][0] <= rows[0.05][0] <= rows[0.1][0] <= base_valid  # a smaller threshold removes more
