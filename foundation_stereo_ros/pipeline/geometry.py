@@ -7,10 +7,16 @@ All functions take the *published* (pre-adjusted) disparity ``d' = x_left - x_ri
 """
 from __future__ import annotations
 
+import array
+import sys
 from typing import Any, Callable, Optional, Tuple
 
 import cv2
 import numpy as np
+
+#: cv2.mixChannels (source channel, byte of a 16-byte x, y, z, rgb point) that writes ``0x00RRGGBB``
+#: as a little-endian uint32 into bytes 12-15: B, G, R, then 0 (a negative source fills zeros).
+_RGB_TO_POINT_BYTES = (2, 12, 1, 13, 0, 14, -1, 15)
 
 
 def check_focal_baseline(f: float, baseline: float) -> None:
@@ -84,6 +90,32 @@ def disparity_to_depth(disparity: np.ndarray, f: float, baseline: float, min_dep
     return depth
 
 
+def message_buffer(shape: Tuple[int, ...], dtype: Any) -> np.ndarray:
+    """A zeroed C-ordered array whose memory is an ``array.array('B')``: a ROS message's ``uint8[]``
+    field can take that array over as it is (:func:`message_buffer_owner`), so an output written
+    here reaches its message without a copy. A numpy array in every other respect."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    return np.frombuffer(array.array("B", b"\0") * nbytes, dtype=dtype).reshape(shape)
+
+
+def message_buffer_owner(a: np.ndarray) -> Optional["array.array[int]"]:
+    """The ``array.array('B')`` that holds exactly the bytes of ``a`` (C order, from its first
+    byte to its last), as :func:`message_buffer` makes; None for any other array."""
+    if not isinstance(a, np.ndarray) or not a.flags.c_contiguous:
+        return None
+    base: Any = a
+    while isinstance(base, np.ndarray):
+        base = base.base
+    owner = base.obj if isinstance(base, memoryview) else None
+    if not isinstance(owner, array.array) or owner.typecode != "B":
+        return None
+    address, length = owner.buffer_info()
+    if length != a.nbytes or address != a.__array_interface__["data"][0]:
+        return None
+    return owner
+
+
 class PointProjector:
     """Back-projects depth images; the per-column and per-row ray factors are cached per geometry."""
 
@@ -106,9 +138,9 @@ class PointProjector:
 
     def cloud(self, depth: np.ndarray, rgb: np.ndarray, fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
         """(H, W, 4) float32 x, y, z and the bits of packed ``0x00RRGGBB`` colour: the PointCloud2
-        point layout, filled in place so the message needs no second pass over the points."""
-        buf = self._back_project(depth, np.empty(depth.shape + (4,), np.float32), fx, fy, cx, cy)
-        buf[..., 3] = pack_rgb(rgb).view(np.float32)
+        point layout, written once into a :func:`message_buffer` that the message takes over."""
+        buf = self._back_project(depth, message_buffer(depth.shape + (4,), np.float32), fx, fy, cx, cy)
+        write_packed_rgb(rgb, buf)
         return buf
 
     def _back_project(self, depth: np.ndarray, out: np.ndarray, fx: float, fy: float, cx: float,
@@ -149,6 +181,21 @@ def pack_rgb(rgb: np.ndarray) -> np.ndarray:
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"pack_rgb needs (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
     return pack_rgb_channels(rgb[..., 0].astype(np.uint32), rgb[..., 1].astype(np.uint32), rgb[..., 2])
+
+
+def write_packed_rgb(rgb: np.ndarray, cloud: np.ndarray) -> None:
+    """Channel 3 of an (H, W, 4) float32 ``cloud`` := the bits of :func:`pack_rgb` of ``rgb``, in
+    one pass over the image and no temporary array (OpenCV copies each colour byte to its place)."""
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"write_packed_rgb needs (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
+    if cloud.shape != rgb.shape[:2] + (4,) or cloud.dtype != np.float32 or not cloud.flags.c_contiguous:
+        raise ValueError(f"cloud must be C-ordered (H, W, 4) float32 of the image's size, got {cloud.shape} "
+                         f"{cloud.dtype}")
+    if sys.byteorder != "little":  # the byte places below are those of a little-endian uint32
+        cloud[..., 3] = pack_rgb(rgb).view(np.float32)
+        return
+    cv2.mixChannels([np.ascontiguousarray(rgb)], [cloud.view(np.uint8)], _RGB_TO_POINT_BYTES)
 
 
 def unpack_rgb(packed: np.ndarray) -> np.ndarray:

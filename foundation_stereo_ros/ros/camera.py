@@ -15,6 +15,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from stereo_msgs.msg import DisparityImage
 
+from ..pipeline.geometry import message_buffer
 from .conversions import camera_info_msg, depth_image_msg, disparity_image_msg, numpy_to_image, pointcloud2_msg
 from .diagnostics import Stats, ThrottledLog
 from .sync import SyncOptions, TimeJumpGuard, stamp_ns, subscribe_synchronized
@@ -169,5 +170,7 @@ class Camera:
 def picture(rgb: np.ndarray, grey: bool, header: Any) -> Image:
     """An rgb8 image, or mono8 when the camera is grey (the three channels are equal: a third of the bytes)."""
     if grey:
-        return numpy_to_image(np.ascontiguousarray(rgb[..., 0]), "mono8", header)
+        mono = message_buffer(rgb.shape[:2], np.uint8)  # one copy, into memory the message takes over
+        np.copyto(mono, rgb[..., 0])
+        return numpy_to_image(mono, "mono8", header)
     return numpy_to_image(rgb, "rgb8", header)

@@ -11,12 +11,14 @@ sensor_msgs field names (rclpy or rosbags).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
+import cv2
 import numpy as np
 
 from ..pipeline.calibration import CameraModel
 from ..pipeline.compressed import compress_image
+from ..pipeline.geometry import message_buffer
 from ..pipeline.image import ENCODINGS, image_fields, image_to_numpy
 
 NS_PER_S = 1_000_000_000
@@ -31,6 +33,12 @@ _POINT_STEP = 16
 _FIELD_DTYPES = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 8: "f8"}
 
 
+def construct_with_data(cls: Any, data: Any, fields: Dict[str, Any]) -> Any:
+    """A message of class ``cls`` from its ``data`` field's value and its other fields: the
+    constructor (the default of :attr:`MessageClasses.with_data`)."""
+    return cls(data=data, **fields)
+
+
 @dataclass(frozen=True)
 class MessageClasses:
     """Where the message classes come from, and how their array fields are filled.
@@ -38,6 +46,9 @@ class MessageClasses:
     ``bytes_field`` turns a C-ordered array into the value of a ``uint8[]`` field (``data``);
     ``float64_field`` a float64 array into the value of a ``float64[]`` sequence (``CameraInfo.d``).
     Fixed-size arrays (``k``, ``r``, ``p``) take float64 numpy arrays in both worlds.
+    ``with_data(cls, data, fields)`` builds a message with a ``data`` field from that value and the
+    other fields, in as few copies of ``data`` as the classes allow (rclpy's constructor copies it
+    twice; :mod:`.conversions` sets it afterwards instead).
     """
 
     Time: Any
@@ -51,6 +62,7 @@ class MessageClasses:
     PointField: Any
     bytes_field: Callable[[np.ndarray], Any]
     float64_field: Callable[[np.ndarray], Any]
+    with_data: Callable[[Any, Any, Dict[str, Any]], Any] = construct_with_data
 
     @classmethod
     def from_typestore(cls, typestore: Any) -> "MessageClasses":
@@ -110,9 +122,9 @@ def image_msg(classes: MessageClasses, array_: np.ndarray, encoding: str, header
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise ValueError("cannot write an empty image")
     a = np.ascontiguousarray(a.astype(dtype.newbyteorder("<"), copy=False))
-    return classes.Image(header=header, height=int(a.shape[0]), width=int(a.shape[1]), encoding=encoding,
-                         is_bigendian=0, step=int(a.shape[1] * channels * dtype.itemsize),
-                         data=classes.bytes_field(a))
+    return classes.with_data(classes.Image, classes.bytes_field(a), dict(
+        header=header, height=int(a.shape[0]), width=int(a.shape[1]), encoding=encoding, is_bigendian=0,
+        step=int(a.shape[1] * channels * dtype.itemsize)))
 
 
 def compressed_image_msg(classes: MessageClasses, array_: np.ndarray, encoding: str, header: Any,
@@ -121,8 +133,8 @@ def compressed_image_msg(classes: MessageClasses, array_: np.ndarray, encoding: 
     data compressed_image_transport's publisher writes (see
     :func:`foundation_stereo_ros.pipeline.compressed.compress_image`)."""
     fmt, data = compress_image(array_, encoding, codec, jpeg_quality, png_level)
-    return classes.CompressedImage(header=header, format=fmt,
-                                   data=classes.bytes_field(np.frombuffer(data, dtype=np.uint8)))
+    return classes.with_data(classes.CompressedImage, classes.bytes_field(np.frombuffer(data, dtype=np.uint8)),
+                             dict(header=header, format=fmt))
 
 
 def image_to_array(msg: Any) -> np.ndarray:
@@ -193,8 +205,10 @@ def disparity_image_msg(classes: MessageClasses, disparity: np.ndarray, header: 
     (x, y, width, height) defaults to the whole image.
     """
     d = np.asarray(disparity, dtype=np.float32)
-    if fill_invalid:
-        d = np.where(np.isnan(d), np.float32(min_disparity - 1.0), d).astype(np.float32, copy=False)
+    if fill_invalid:  # one copy, straight into memory the message takes over
+        filled = message_buffer(d.shape, np.float32)
+        np.copyto(filled, d)
+        d = cv2.patchNaNs(filled, float(np.float32(min_disparity - 1.0)))
     x, y, w, h = valid_window if valid_window is not None else (0, 0, d.shape[1], d.shape[0])
     return classes.DisparityImage(header=header, image=image_msg(classes, d, "32FC1", header), f=float(f),
                                   t=float(t), valid_window=_roi(classes, x, y, w, h),
@@ -238,9 +252,9 @@ def pointcloud2_msg(classes: MessageClasses, points: np.ndarray, colors: Optiona
         h, w = buf.shape[:2]
     pf = classes.PointField
     fields = [pf(name=n, offset=o, datatype=pf.FLOAT32, count=1) for n, o in POINT_FIELDS]
-    return classes.PointCloud2(header=header, height=int(h), width=int(w), fields=fields, is_bigendian=False,
-                               point_step=_POINT_STEP, row_step=_POINT_STEP * int(w), data=classes.bytes_field(buf),
-                               is_dense=not organized)
+    return classes.with_data(classes.PointCloud2, classes.bytes_field(buf), dict(
+        header=header, height=int(h), width=int(w), fields=fields, is_bigendian=False, point_step=_POINT_STEP,
+        row_step=_POINT_STEP * int(w), is_dense=not organized))
 
 
 def pointcloud2_to_array(msg: Any) -> np.ndarray:

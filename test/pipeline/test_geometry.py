@@ -214,6 +214,53 @@ def test_packed_rgb_round_trip(seed):
     np.testing.assert_array_equal(unpack_rgb(packed.view(np.float32)), rgb)
 
 
+def test_message_buffer_is_a_numpy_array_over_one_byte_array():
+    import array
+
+    from foundation_stereo_ros.pipeline.geometry import message_buffer, message_buffer_owner
+
+    buf = message_buffer((3, 5, 4), np.float32)
+    assert buf.shape == (3, 5, 4) and buf.dtype == np.float32 and buf.flags.writeable and not buf.any()
+    owner = message_buffer_owner(buf)
+    assert isinstance(owner, array.array) and owner.typecode == "B" and len(owner) == buf.nbytes
+    buf[1, 2, 3] = 7.5
+    assert np.frombuffer(owner, np.float32)[(1 * 5 + 2) * 4 + 3] == 7.5  # the same memory
+    assert message_buffer_owner(buf[..., :3]) is None  # not C-ordered
+    assert message_buffer_owner(buf[1:]) is None  # a part only
+    assert message_buffer_owner(np.zeros((3, 5, 4), np.float32)) is None  # numpy's own memory
+    assert message_buffer_owner(buf.reshape(-1).view(np.uint8)) is owner  # views of the whole keep it
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(1, 9), st.integers(1, 9), st.integers(0, 2 ** 32 - 1))
+def test_cloud_is_bit_identical_to_the_previous_three_pass_layout(h, w, seed):
+    """The cloud is written once (x, y, z, then colour bytes by OpenCV) into a message buffer; the
+    previous implementation filled np.empty in passes and packed colour with pack_rgb."""
+    from foundation_stereo_ros.pipeline import PointProjector
+    from foundation_stereo_ros.pipeline.geometry import message_buffer_owner, write_packed_rgb
+
+    rng = np.random.default_rng(seed)
+    depth = rng.uniform(0.1, 50.0, (h, w)).astype(np.float32)
+    depth[rng.random((h, w)) < 0.3] = np.nan
+    rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    fx, fy, cx, cy = rng.uniform(20, 900), rng.uniform(20, 900), rng.uniform(-5, w + 5), rng.uniform(-5, h + 5)
+    cloud = PointProjector().cloud(depth, rgb, fx, fy, cx, cy)
+    # The previous implementation, formula for formula.
+    xr = ((np.arange(w, dtype=np.float64) - cx) / fx).astype(np.float32)[None, :]
+    yr = ((np.arange(h, dtype=np.float64) - cy) / fy).astype(np.float32)[:, None]
+    old = np.empty((h, w, 4), np.float32)
+    np.multiply(depth, xr, out=old[..., 0])
+    np.multiply(depth, yr, out=old[..., 1])
+    old[..., 2] = depth
+    old[..., 3] = pack_rgb(rgb).view(np.float32)
+    np.testing.assert_array_equal(cloud.view(np.uint32), old.view(np.uint32))  # bits: NaN patterns too
+    assert message_buffer_owner(cloud) is not None
+    with pytest.raises(ValueError, match="uint8"):
+        write_packed_rgb(rgb.astype(np.uint16), cloud)
+    with pytest.raises(ValueError, match="cloud"):
+        write_packed_rgb(rgb, cloud[..., :3])
+
+
 # ---------------------------------------------------------------------------------------------- processor
 def scene_calibration(delta_cx=0.0):
     return calib(info(p=[F, 0, 100.0, 0, 0, F, 32, 0, 0, 0, 1, 0]), info(p=right_p(cx=100.0 - delta_cx)))
