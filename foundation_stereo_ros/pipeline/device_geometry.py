@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .geometry import check_focal_baseline, depth_and_invalid, depth_edges
+from .geometry import check_focal_baseline, depth_and_invalid, depth_edges, pack_rgb_channels
 
 Device = Union[str, torch.device]
 
@@ -78,8 +78,29 @@ def depth_to_points(depth: torch.Tensor, fx: float, fy: float, cx: float, cy: fl
     """(H, W, 3) float32 points of an (H, W) depth image; NaN stays NaN."""
     if depth.ndim != 2:
         raise ValueError(f"depth must be (H, W), got {tuple(depth.shape)}")
-    h, w = depth.shape
-    z = depth.float()
-    xr = (torch.arange(w, device=z.device, dtype=torch.float64) - cx) / fx
-    yr = (torch.arange(h, device=z.device, dtype=torch.float64) - cy) / fy
-    return torch.stack([z * xr.float()[None, :], z * yr.float()[:, None], z], dim=-1)
+    return _back_project(depth.float(), torch.empty(depth.shape + (3,), dtype=torch.float32, device=depth.device),
+                         fx, fy, cx, cy)
+
+
+def point_cloud(depth: torch.Tensor, rgb: torch.Tensor, fx: float, fy: float, cx: float, cy: float) -> torch.Tensor:
+    """(H, W, 4) float32 x, y, z and the bits of packed ``0x00RRGGBB`` colour of an (H, W) depth
+    and the (3, H, W) RGB image it belongs to (0..255, any dtype): the PointCloud2 layout, each
+    channel written once into one tensor (the host's :meth:`~.geometry.PointProjector.cloud`)."""
+    if depth.ndim != 2 or rgb.shape != (3,) + tuple(depth.shape):
+        raise ValueError(f"depth must be (H, W) and rgb (3, H, W), got {tuple(depth.shape)} and {tuple(rgb.shape)}")
+    cloud = _back_project(depth.float(), torch.empty(depth.shape + (4,), dtype=torch.float32, device=depth.device),
+                          fx, fy, cx, cy)
+    channels = rgb.to(torch.int32)
+    cloud[..., 3] = pack_rgb_channels(channels[0], channels[1], channels[2]).view(torch.float32)
+    return cloud
+
+
+def _back_project(z: torch.Tensor, out: torch.Tensor, fx: float, fy: float, cx: float, cy: float) -> torch.Tensor:
+    """x, y, z of each pixel of the (H, W) float32 depth ``z`` written into channels 0-2 of ``out``."""
+    h, w = z.shape
+    xr = ((torch.arange(w, device=z.device, dtype=torch.float64) - cx) / fx).float()
+    yr = ((torch.arange(h, device=z.device, dtype=torch.float64) - cy) / fy).float()
+    torch.mul(z, xr[None, :], out=out[..., 0])
+    torch.mul(z, yr[:, None], out=out[..., 1])
+    out[..., 2] = z
+    return out

@@ -162,6 +162,10 @@ class StereoProcessor:
         #: Wait for the GPU after each stage of the device path, so ``timings`` holds each stage's
         #: device time (the benchmark); off, the stages are launched ahead and 'download' waits.
         self.sync_stages = False
+        #: ``geometry_device: auto``: whether the network's device does the geometry faster, timed on
+        #: the first frame (:meth:`_time_geometry_paths`); None until then. ``auto_geometry_ms``: those times.
+        self._auto_on_device: Optional[bool] = None
+        self.auto_geometry_ms: Dict[str, float] = {}
 
     def reconfigured(self, config: ProcessorConfig) -> "StereoProcessor":
         """A processor for ``config`` that reuses this one's loaded network (same checkpoint and
@@ -246,6 +250,9 @@ class StereoProcessor:
         does not affect the others, a failed network call fails the frames in it. Stage times:
         each frame's own, and the shared ``match`` time of its batch."""
         out: List[Union[StereoResult, FrameError, None]] = [None] * len(items)
+        if items and self._auto_on_device is None and self._geometry_choice() == "auto" \
+                and self.backend.device.type == "cuda":
+            self._time_geometry_paths(items[0])  # once, on the first frame
         staged: List[_Staged] = []
         for i, item in enumerate(items):
             try:
@@ -363,10 +370,50 @@ class StereoProcessor:
     @property
     def geometry_on_device(self) -> bool:
         """Whether rectification, depth and points run on the network's device (``geometry_device``)."""
+        choice = self._geometry_choice()
+        if choice == "auto":  # on a GPU the faster path, timed on the first frame; on a CPU the host
+            return self._auto_on_device if self._auto_on_device is not None else self.backend.device.type == "cuda"
+        return choice == "network"
+
+    def _geometry_choice(self) -> str:
+        """``geometry_device`` as it applies to this backend: 'host' for any but the network's."""
+        if not isinstance(self.backend, FoundationStereoBackend):
+            return "host"
+        return self.config.geometry_device
+
+    def _time_geometry_paths(self, item: "BatchItem", repeats: int = 3) -> None:
+        """``geometry_device: auto``: time the node's own work on this frame both ways, with a stand-in
+        disparity instead of the network (rectify; on the device the upload too, on the host the upload
+        of the rectified pair; depth, points, the copies back), and keep the faster path for every frame.
+        Best of ``repeats`` each, so one-off setup (remap tables) does not count. Run for a network on a
+        GPU: on a CPU the device path is the same memory with PyTorch's kernels instead of OpenCV's
+        fixed-point remap and numpy, slower at every size (README), so ``auto`` takes the host there."""
+        import torch  # the network's backend only: it has torch
+
         backend = self.backend
-        if not isinstance(backend, FoundationStereoBackend) or self.config.geometry_device == "host":
-            return False
-        return self.config.geometry_device == "network" or backend.device.type == "cuda"
+        best: Dict[bool, float] = {}
+        try:
+            for on_device in (False, True):
+                self._auto_on_device = on_device
+                best[on_device] = float("inf")
+                for _ in range(repeats):
+                    t = time.perf_counter()
+                    frame = self._stage(0, item)
+                    h, w = frame.size
+                    if on_device:
+                        frame.disparity = torch.full((h, w), 16.0, device=backend.device)
+                    else:
+                        backend.upload(frame.left, frame.right)  # what the network's input costs on this path
+                        if backend.device.type == "cuda":
+                            torch.cuda.synchronize(backend.device)
+                        frame.disparity = np.full((h, w), 16.0, np.float32)
+                    self._finish(frame)
+                    best[on_device] = min(best[on_device], time.perf_counter() - t)
+        except FrameError:  # this frame cannot be processed (it is refused below): decide on a later one
+            self._auto_on_device = None
+            return
+        self._auto_on_device = best[True] < best[False]
+        self.auto_geometry_ms = {"host": best[False] * 1e3, "network": best[True] * 1e3}
 
     def _device_remaps(self, calibration: StereoCalibration, device: Any) -> Tuple[Any, Any]:
         """Left and right :class:`~foundation_stereo_ros.pipeline.device_geometry.DeviceRemap` of a
@@ -468,9 +515,9 @@ def to_host(tensors: Dict[str, Any]) -> Dict[str, np.ndarray]:
     if device.type != "cuda":  # copies: a tensor on the host may be a buffer its producer reuses
         out = {}
         for k, v in tensors.items():
-            a = v.cpu().numpy()
-            out[k] = message_buffer(a.shape, a.dtype)
-            np.copyto(out[k], a)
+            v = v.cpu()
+            out[k] = message_buffer(tuple(v.shape), v.numpy().dtype)
+            torch.from_numpy(out[k]).copy_(v)  # PyTorch's copy: fast for permuted (channel-last) views too
         return out
     out = {}
     for k, v in tensors.items():

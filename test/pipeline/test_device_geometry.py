@@ -83,3 +83,40 @@ def test_depth_and_points_match_the_pipeline():
         disparity_to_depth(torch.ones(2, 2), 0.0, 0.1)
     with pytest.raises(ValueError, match=r"\(H, W\)"):
         depth_to_points(torch.ones(1, 2, 2), f, f, cx, cy)
+
+
+def test_point_cloud_matches_the_host_cloud_bit_for_bit():
+    from foundation_stereo_ros.pipeline.device_geometry import point_cloud
+
+    rng = np.random.default_rng(3)
+    depth = rng.uniform(0.2, 30.0, (24, 32)).astype(np.float32)
+    depth[rng.random((24, 32)) < 0.25] = np.nan
+    rgb = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    host = host_geometry.PointProjector().cloud(depth, rgb, 40.0, 41.0, 15.3, 11.8)
+    dev = point_cloud(torch.from_numpy(depth).to(DEVICE), torch.from_numpy(rgb).permute(2, 0, 1).float().to(DEVICE),
+                      40.0, 41.0, 15.3, 11.8)
+    np.testing.assert_array_equal(dev.cpu().numpy().view(np.uint32), host.view(np.uint32))
+    with pytest.raises(ValueError, match="rgb"):
+        point_cloud(torch.zeros(24, 32), torch.zeros(3, 24, 31), 40.0, 41.0, 15.3, 11.8)
+
+
+def test_auto_geometry_takes_the_path_it_timed_faster():
+    """``geometry_device: auto`` on a CPU network takes the host without timing; the timing a GPU
+    network runs on its first frame (called here on the CPU) keeps the faster path."""
+    from foundation_stereo_ros.pipeline import ALL_OUTPUTS, BatchItem, DecodedPair
+    from foundation_stereo_ros.pipeline.calibration import StereoCalibration
+    from foundation_stereo_ros.tools.benchmark.node_stages import _synthetic_calibration, stored_disparity_processor
+
+    h, w = 48, 64
+    processor = stored_disparity_processor(h, w, "cpu", geometry="auto")
+    calibration = StereoCalibration(*_synthetic_calibration(h, w))
+    rng = np.random.default_rng(0)
+    pair = DecodedPair(*(rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(2)), False)
+    processor.process(pair, calibration, ALL_OUTPUTS)
+    assert not processor.geometry_on_device and processor.auto_geometry_ms == {}  # CPU: host, nothing timed
+    processor._time_geometry_paths(BatchItem(pair, calibration, ALL_OUTPUTS))
+    times = processor.auto_geometry_ms
+    assert set(times) == {"host", "network"} and all(t > 0 for t in times.values())
+    assert processor.geometry_on_device == (times["network"] < times["host"])
+    result = processor.process(pair, calibration, ALL_OUTPUTS)
+    assert result.cloud is not None and result.depth is not None
