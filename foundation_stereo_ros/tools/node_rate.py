@@ -20,9 +20,16 @@ from ..pipeline.calibration import make_camera_model
 # What the node publishes and the robot side takes (the benchmark waits until it takes all of them).
 OUTPUT_TOPICS = ("disparity", "depth", "points2", "left_rect/image")
 
+#: How the robot side takes the outputs. 'messages': each as a Python message, as a Python
+#: subscriber would; 'raw': each as its serialised bytes (every byte still crosses DDS, but the
+#: probe skips rclpy's conversion to Python, a share of the same two cores the node runs on).
+PROBES = ("messages", "raw")
 
-def _robot_side(namespace: str, height: int, width: int, period_s: float) -> int:
-    """Publish a rectified pair with CameraInfo every ``period_s`` (fresh stamps) and take every output."""
+
+def _robot_side(namespace: str, height: int, width: int, period_s: float, outputs: Sequence[str] = OUTPUT_TOPICS,
+                raw: bool = False) -> int:
+    """Publish a rectified pair with CameraInfo every ``period_s`` (fresh stamps) and take ``outputs``
+    (as serialised bytes when ``raw``)."""
     # ROS is imported here, not at the top: the benchmark reads OUTPUT_TOPICS on machines without it.
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -45,8 +52,8 @@ def _robot_side(namespace: str, height: int, width: int, period_s: float) -> int
     pubs = [node.create_publisher(Image, "left/image_rect", qos), node.create_publisher(CameraInfo, "left/camera_info", qos),
             node.create_publisher(Image, "right/image_rect", qos), node.create_publisher(CameraInfo, "right/camera_info", qos)]
     types = {"disparity": DisparityImage, "depth": Image, "points2": PointCloud2, "left_rect/image": Image}
-    for topic in OUTPUT_TOPICS:  # taking every output is the subscriber's share of the work
-        node.create_subscription(types[topic], topic, lambda _msg: None, qos)
+    for topic in outputs:  # taking every output is the subscriber's share of the work
+        node.create_subscription(types[topic], topic, lambda _msg: None, qos, raw=raw)
 
     def send() -> None:
         now = node.get_clock().now().to_msg()
@@ -77,8 +84,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--height", type=int, required=True)
     p.add_argument("--width", type=int, required=True)
     p.add_argument("--period-s", type=float, required=True)
+    p.add_argument("--outputs", default=",".join(OUTPUT_TOPICS), help="comma list of the outputs to take")
+    p.add_argument("--probe", choices=PROBES, default="messages", help="how the outputs are taken")
     args = p.parse_args(argv)
-    return _robot_side(args.namespace, args.height, args.width, args.period_s)
+    outputs = [t for t in args.outputs.split(",") if t]
+    unknown = sorted(set(outputs) - set(OUTPUT_TOPICS))
+    if unknown:
+        p.error(f"unknown outputs {unknown}; the node's are {', '.join(OUTPUT_TOPICS)}")
+    return _robot_side(args.namespace, args.height, args.width, args.period_s, outputs, raw=args.probe == "raw")
 
 
 if __name__ == "__main__":

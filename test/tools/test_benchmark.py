@@ -156,8 +156,8 @@ def test_node_stage_timing_runs_the_node_code_on_both_geometry_paths(monkeypatch
     from foundation_stereo_ros.ros import conversions  # needs the ROS 2 message packages
 
     calls = []
-    real_process = StereoProcessor.process
-    monkeypatch.setattr(StereoProcessor, "process",
+    real_process = StereoProcessor.process_batch  # every frame's way through the processor
+    monkeypatch.setattr(StereoProcessor, "process_batch",
                         lambda self, *a, **k: calls.append("process") or real_process(self, *a, **k))
     real_cloud = conversions.pointcloud2_msg
     monkeypatch.setattr(conversions, "pointcloud2_msg", lambda *a, **k: calls.append("cloud") or real_cloud(*a, **k))
@@ -206,3 +206,24 @@ def test_node_rate_runs_the_live_node_and_relates_its_period_to_the_network(tmp_
     result = json.loads(out.read_text())
     assert result["rows"] == []  # --no-network
     assert "the live node" in capsys.readouterr().out
+
+
+def test_node_rate_robot_side_rejects_unknown_outputs(capsys):
+    from foundation_stereo_ros.tools import node_rate
+
+    with pytest.raises(SystemExit):
+        node_rate.main(["--robot-side", "--namespace", "/x", "--height", "8", "--width", "8", "--period-s", "0.1",
+                        "--outputs", "depth,points3"])
+    assert "points3" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_node_rate_with_a_raw_probe_of_fewer_outputs():
+    """The probe's own share of the cores is measured apart: a robot side that takes only depth, as
+    serialised bytes; the node then builds depth only and still runs at the wait's pace at most."""
+    from foundation_stereo_ros.tools.benchmark.live_node import NodeRateOptions, measure_node_rate
+
+    row = measure_node_rate(NodeRateOptions(48, 64, 50.0, seconds=1.5, probe="raw", outputs=("depth",)))
+    assert row["probe"] == "raw" and row["outputs"] == ["depth"]
+    assert row["frames"] >= 3 and row["period_ms"] >= 50.0 * 0.97
+    assert set(row["problems"]) <= {"unpaired"}, row["problems"]

@@ -352,7 +352,8 @@ class FoundationStereoBackend(DisparityBackend):
         images = images_to_network_size([image for left, right, _ in pairs for image in (left, right)], (nw, nh),
                                         area=nw < w)
         with self._torch.no_grad():
-            flat = self.upload(*images).permute(0, 3, 1, 2).float()  # (2N, 3, nh, nw): L1, R1, L2, R2 ...
+            # uint8 until the network, which converts on its device (the model's infer; the runner below)
+            flat = self.upload(*images).permute(0, 3, 1, 2)  # (2N, 3, nh, nw): L1, R1, L2, R2 ...
             d_left, d_right = self._match(flat, w, h, scale)
             d_left = d_left[:, 0].cpu().numpy()  # (N, nh, nw)
             d_right = None if d_right is None else d_right[:, 0].cpu().numpy()
@@ -390,7 +391,7 @@ class FoundationStereoBackend(DisparityBackend):
             self.last_fast = runner is not None
         if runner is not None:
             padder = runner[1]
-            lp, rp = padder.pad(left, right)
+            lp, rp = padder.pad(left.float(), right.float())
             return padder.unpad(runner[0](lp, rp))
         return self.model.infer(left, right, iters=self.iters, hierarchical=self.hierarchical,
                                 precision=self.precision)

@@ -20,7 +20,7 @@ from ...model.checkpoint import resolve_checkpoint
 from ...model.config import VIT_SPECS, FoundationStereoConfig
 from ..cli_args import comma_list, parse_size, positive_int, resolve_device
 from .flops import add_flops, count_only
-from .live_node import print_node_rates, run_node_rates
+from .live_node import PROBES, print_node_rates, run_node_rates
 from .machine import machine_info, peak_tflops_for
 from .modes import PRESETS, mode_name, parse_mode
 from .network import NetworkConfig, RunOptions, build_model, run_config
@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run the live node (rclpy) with the network replaced by a wait of MS milliseconds and "
                         "report its frame rate and what it adds, with and without the publisher pipeline")
     p.add_argument("--node-rate-seconds", type=float, default=4.0, help="measuring time per --node-rate run")
+    p.add_argument("--node-rate-probe", choices=PROBES, default="messages",
+                   help="how the --node-rate robot side takes the node's outputs: as Python messages, or 'raw' as "
+                        "serialised bytes (all still cross DDS; the probe's own conversions leave the shared cores)")
     p.add_argument("--cameras", type=comma_list(positive_int), default=None, metavar="N[,N]",
                    help="instead of the grid: pairs per second of N cameras batched vs one pair at a time, and the "
                         "memory of one node serving N cameras vs N single-camera nodes (first variant and "

@@ -7,7 +7,9 @@ message conversions, rclpy publishers). The network is a stored disparity return
 A second process plays the rest of the robot (:mod:`foundation_stereo_ros.tools.node_rate`): it
 publishes camera pairs faster than the node can take them and subscribes to disparity, depth,
 points2 and left_rect/image, so every output is built and sent over DDS. The node's frame period
-against ``network_ms`` is what it adds.
+against ``network_ms`` is what it adds. The node takes its inputs with its default best-effort QoS
+(``NodeRateOptions.input_qos``); the robot side can take fewer outputs, or take them as serialised
+bytes (``probe='raw'``), to measure its own share of the machine apart from the node's.
 
 ``serial`` runs the same with the pipeline off (the worker waits for each frame's publication
 before it takes the next pair), to show what the publisher thread saves.
@@ -24,9 +26,11 @@ import threading
 import time
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..node_rate import OUTPUT_TOPICS
+from ..node_rate import OUTPUT_TOPICS, PROBES
+
+__all__ = ["NodeRateOptions", "PROBES", "format_rows", "measure_node_rate", "print_node_rates", "run_node_rates"]
 from .node_stages import stored_disparity_processor
 from .stats import summarize
 
@@ -47,6 +51,13 @@ class NodeRateOptions:
     serial: bool = False  # publisher pipeline off
     domain_id: Optional[int] = None  # ROS domain (default: one derived from the process id)
     feed_ratio: float = 0.5  # the robot side sends a pair every network_ms * feed_ratio
+    probe: str = "messages"  # how the robot side takes the outputs (node_rate.PROBES)
+    #: The node's input QoS (its qos_reliability parameter). Its default, best effort, as a camera
+    #: driver's sensor-data stream: a pair lost on the way is replaced by the next. 'reliable' makes
+    #: DDS resend what a busy reader missed, and the pairs then arrive in bursts (a measured 60-140 ms
+    #: without any, then several at once), which the node's period shows as waiting.
+    input_qos: str = "best_effort"
+    outputs: Tuple[str, ...] = OUTPUT_TOPICS  # which outputs it takes (the node builds only those)
 
     @property
     def pipeline(self) -> str:
@@ -61,7 +72,7 @@ def _start_node(context, namespace: str, options: NodeRateOptions):
     from ...ros.stereo_depth_node import StereoDepthNode
 
     node = StereoDepthNode(context=context, namespace=namespace, parameter_overrides=[
-        Parameter("backend", value="sgbm"), Parameter("qos_reliability", value="reliable"),
+        Parameter("backend", value="sgbm"), Parameter("qos_reliability", value=options.input_qos),
         Parameter("rectify", value="always"), Parameter("diagnostics_period_s", value=60.0)])
     try:
         processor = stored_disparity_processor(options.height, options.width, options.device, options.geometry,
@@ -84,13 +95,15 @@ def _start_robot_side(namespace: str, options: NodeRateOptions, env: Dict[str, s
     period_s = max(options.network_ms * options.feed_ratio / 1e3, 0.005)
     return subprocess.Popen([sys.executable, "-m", ROBOT_SIDE_MODULE, "--robot-side", "--namespace", namespace,
                              "--height", str(options.height), "--width", str(options.width),
-                             "--period-s", str(period_s)], env=env, stdout=subprocess.PIPE,
+                             "--period-s", str(period_s), "--probe", options.probe,
+                             "--outputs", ",".join(options.outputs)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
-def _wait_until_connected(node, namespace: str, robot: subprocess.Popen) -> None:
+def _wait_until_connected(node, namespace: str, robot: subprocess.Popen,
+                          outputs: Sequence[str] = OUTPUT_TOPICS) -> None:
     deadline = time.monotonic() + 60.0
-    while not all(node.count_subscribers(f"{namespace}/{topic}") > 0 for topic in OUTPUT_TOPICS):
+    while not all(node.count_subscribers(f"{namespace}/{topic}") > 0 for topic in outputs):
         if time.monotonic() > deadline or robot.poll() is not None:
             raise RuntimeError(f"the robot side did not connect: {robot.stderr.read() if robot.poll() else ''}")
         time.sleep(0.05)
@@ -144,7 +157,7 @@ def measure_node_rate(options: NodeRateOptions) -> Dict[str, Any]:
     try:
         node, executor, processor = _start_node(context, namespace, options)
         robot = _start_robot_side(namespace, options, env)
-        _wait_until_connected(node, namespace, robot)
+        _wait_until_connected(node, namespace, robot, options.outputs)
         measured = _measure_window(node, options.seconds)
     finally:
         _shut_down(robot, node, executor)
@@ -164,7 +177,8 @@ def _rate_row(options: NodeRateOptions, on_device: bool, measured: SimpleNamespa
                 frames=len(window), rate_hz=1e3 / period_ms, period_ms=period_ms,
                 overhead_pct=(period_ms / network_ms - 1.0) * 100.0 if network_ms > 0 else None,
                 processing_ms=summarize([p.processing_s * 1e3 for p in window]), pairs_received=measured.received,
-                pairs_dropped=measured.dropped, problems=measured.problems, outputs=list(OUTPUT_TOPICS))
+                pairs_dropped=measured.dropped, problems=measured.problems, outputs=list(options.outputs),
+                probe=options.probe, input_qos=options.input_qos)
 
 
 def _rate_or_reason(options: NodeRateOptions) -> Dict[str, Any]:
@@ -189,7 +203,7 @@ def run_node_rates(args: argparse.Namespace, device) -> List[Dict[str, Any]]:
             for geometry in geometries:
                 for serial in (False, True):
                     options = NodeRateOptions(h, w, ms, device, geometry, seconds=args.node_rate_seconds,
-                                              serial=serial)
+                                              serial=serial, probe=getattr(args, "node_rate_probe", "messages"))
                     row = _rate_or_reason(options)
                     rows.append(row)
                     print(f"node rate {h}x{w}, network {ms:g} ms, geometry {geometry}, {options.pipeline}: "

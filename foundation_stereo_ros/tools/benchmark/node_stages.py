@@ -40,8 +40,10 @@ def _synthetic_calibration(height: int, width: int):
 
 class _FixedDisparityNetwork:
     """Stands in for the network so that only the node's own work is timed: ``infer`` returns a
-    disparity already on the device, of the input's size, at once or after ``delay_s`` of waiting
-    with the GIL released (a GPU network's time, during which the host is free)."""
+    disparity on the device, of the input's size, one per pair of the batch, at once or after
+    ``delay_s`` of waiting with the GIL released (a GPU network's time, during which the host is
+    free). Each call returns new memory, as a network does: the pipeline writes into its result
+    (the principal-point shift, invalid pixels), which must not change the stored disparity."""
 
     def __init__(self, height: int, width: int, device, delay_s: float = 0.0) -> None:
         self.cfg = FoundationStereoConfig(vit_size="vits")
@@ -52,7 +54,7 @@ class _FixedDisparityNetwork:
     def infer(self, left, right, **_options):
         if self.delay_s > 0:
             time.sleep(self.delay_s)
-        return self._disparity
+        return self._disparity.expand(left.shape[0], -1, -1, -1).clone()  # (B, 1, H, W)
 
 
 def stored_disparity_processor(height: int, width: int, device, geometry: str = "host", delay_s: float = 0.0):
