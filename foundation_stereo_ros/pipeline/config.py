@@ -97,7 +97,8 @@ PROCESSOR_PARAMETERS: Tuple[ParamSpec, ...] = (
     ParamSpec("geometry_device", "auto", "Where rectification, depth and points are computed for backend "
               "'foundation_stereo': 'auto' (for a network on CUDA the faster of the GPU, where each output leaves it "
               "in one copy, and the host, timed once on the first frame; otherwise the host), 'network' (always "
-              "on the network's device, the CPU included, where it is slower) or 'host' (OpenCV and numpy).", choices=("auto", "network", "host")),
+              "on the network's device, the CPU included, where it is slower) or 'host' (OpenCV and numpy).",
+              choices=("auto", "network", "host")),
     ParamSpec("scale", 1.0, "Network input resolution relative to the camera image; the disparity is resized "
               "back and multiplied by 1/scale.", min=0.05, max=2.0),
     ParamSpec("oom_min_scale_factor", 0.25, "Out-of-memory fallback of the network: a frame that runs out of GPU "
