@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import cv2
 import numpy as np
@@ -127,3 +127,36 @@ def read_ply(path: PathLike) -> Tuple[np.ndarray, np.ndarray]:
         dt = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
         v = np.frombuffer(f.read(), dtype=dt, count=n)
     return np.stack([v["x"], v["y"], v["z"]], 1), np.stack([v["red"], v["green"], v["blue"]], 1)
+
+
+def read_disparity_file(path: Path, scale: Optional[float] = None) -> np.ndarray:
+    """Raw disparity in px (0 = unknown) from PFM, .npy or PNG; ``scale``: stored = scale * disparity
+    (default 256 for 16-bit PNG as KITTI, else 1)."""
+    return _read_map(path, scale, png16_default=256.0, what="disparity", unknown=0.0)
+
+
+def read_depth_file(path: Path, scale: Optional[float] = None) -> np.ndarray:
+    """Depth in metres (NaN = unknown) from PFM, .npy or PNG; ``scale``: stored = scale * metres
+    (default 1000 for 16-bit PNG, millimetres as REP 118, else 1)."""
+    return _read_map(path, scale, png16_default=1000.0, what="depth", unknown=np.nan)
+
+
+def _read_map(path: Path, scale: Optional[float], png16_default: float, what: str, unknown: float) -> np.ndarray:
+    suffix = path.suffix.lower()
+    if suffix == ".pfm":
+        values, default = read_pfm(path), 1.0
+    elif suffix == ".npy":
+        values, default = np.load(path, allow_pickle=False), 1.0
+    else:
+        values = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if values is None:
+            raise ValueError(f"{path}: not a {what} map OpenCV can read")
+        default = png16_default if values.dtype == np.uint16 else 1.0
+    if values.ndim == 3:
+        raise ValueError(f"{path}: a {what} map must have one channel, got {values.shape[2]}")
+    s = default if scale is None else scale
+    if not np.isfinite(s) or s <= 0:
+        raise ValueError(f"{what} scale must be positive, got {s}")
+    out = values.astype(np.float32) / np.float32(s)
+    out[~np.isfinite(out) | (out <= 0)] = unknown
+    return out

@@ -14,13 +14,13 @@ marks the host's pixels exactly (one definition, :func:`~.geometry.depth_edges`)
 """
 from __future__ import annotations
 
-from typing import Tuple, Union
+from typing import Any, Dict, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .geometry import check_focal_baseline, depth_and_invalid, depth_edges, pack_rgb_channels
+from .geometry import check_focal_baseline, depth_and_invalid, depth_edges, message_buffer, pack_rgb_channels
 
 Device = Union[str, torch.device]
 
@@ -104,3 +104,27 @@ def _back_project(z: torch.Tensor, out: torch.Tensor, fx: float, fy: float, cx: 
     torch.mul(z, yr[:, None], out=out[..., 1])
     out[..., 2] = z
     return out
+
+
+def to_host(tensors: Dict[str, Any]) -> Dict[str, np.ndarray]:
+    """Each tensor as a numpy array of its own. On CUDA: non-blocking copies into pinned memory
+    (PyTorch caches those blocks, and each array keeps its block until it is dropped), then one
+    wait for the stream; elsewhere one copy into a :func:`~.geometry.message_buffer`, which the
+    output's message then takes over without another."""
+    if not tensors:
+        return {}
+    device = next(iter(tensors.values())).device
+    if device.type != "cuda":  # copies: a tensor on the host may be a buffer its producer reuses
+        out = {}
+        for k, v in tensors.items():
+            v = v.cpu()
+            out[k] = message_buffer(tuple(v.shape), v.numpy().dtype)
+            torch.from_numpy(out[k]).copy_(v)  # PyTorch's copy: fast for permuted (channel-last) views too
+        return out
+    out = {}
+    for k, v in tensors.items():
+        buf = torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
+        buf.copy_(v, non_blocking=True)
+        out[k] = buf
+    torch.cuda.current_stream(device).synchronize()
+    return {k: v.numpy() for k, v in out.items()}

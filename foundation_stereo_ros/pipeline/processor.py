@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -16,104 +16,11 @@ from .backends import DisparityBackend, FoundationStereoBackend, make_backend
 from .calibration import CameraModel, Rectifier, StereoCalibration
 from .config import ProcessorConfig
 from .errors import CalibrationError, FrameError, PairMismatchError
-from .geometry import PointProjector, colorize_disparity, disparity_to_depth, message_buffer, remove_depth_edges
+from .geometry import PointProjector, colorize_disparity, disparity_to_depth, remove_depth_edges
 from .image import DecodedPair, decode_stereo_pair
+from .results import ALL_OUTPUTS, BatchItem, MessageFrame, Outputs, StereoResult
 
-
-@dataclass(frozen=True)
-class Outputs:
-    """Which optional products to compute (the node asks only for those with subscribers)."""
-
-    depth: bool = True
-    points: bool = True
-    disparity_color: bool = False
-    #: ``left_rect`` / ``right_rect`` on the host. Only the network-device path can leave them out
-    #: (``None``), saving the copy of the rectified pair back from the GPU; elsewhere they exist anyway.
-    rectified_images: bool = True
-    #: A calibration that can match but has no baseline (right P[0,3] = 0, problem ``zero_baseline``)
-    #: still gives the disparity (``t`` 0); depth and points are left out and the result's
-    #: ``depth_problem`` says why. False: such a frame raises ``zero_baseline``, as any unusable one.
-    disparity_without_baseline: bool = False
-
-
-ALL_OUTPUTS = Outputs(depth=True, points=True, disparity_color=True)
-
-
-@dataclass
-class StereoResult:
-    """Everything published for one pair. Arrays are new, owned by the result.
-
-    ``disparity`` follows stereo_msgs/DisparityImage: pre-adjusted for the principal-point
-    difference (``d = x_l - x_r - delta_cx``) so that ``depth = f * t / disparity``; NaN where
-    invalid (the ROS conversion writes ``min_disparity - 1`` there, as stereo_image_proc does).
-    """
-
-    disparity: np.ndarray  # (H, W) float32, published convention, NaN invalid
-    #: (H, W, 3) uint8 RGB: the left image that was matched (rectified if rectified); None only when
-    #: the geometry ran on the network's device and ``Outputs.rectified_images`` was False.
-    left_rect: Optional[np.ndarray]
-    right_rect: Optional[np.ndarray]  # (H, W, 3) uint8 RGB, None like left_rect
-    grey: bool  # the camera gave grey images (left_rect's channels are equal)
-    rectified: bool  # whether the images were remapped
-    camera: CameraModel  # rectified left camera: CameraInfo of depth, disparity and left_rect
-    right_camera: CameraModel  # rectified right camera (P with its -fx * baseline): CameraInfo of right_rect
-    f: float  # DisparityImage.f: focal length, px (right P)
-    t: float  # DisparityImage.t: baseline (right P), metres; 0 when the calibration has none (depth_problem)
-    delta_cx: float  # cx_left - cx_right, px (raw disparity = disparity + delta_cx)
-    min_disparity: float  # DisparityImage.min_disparity (published convention)
-    max_disparity: float  # DisparityImage.max_disparity (published convention)
-    delta_d: float  # DisparityImage.delta_d, px (0: continuous)
-    valid_window: Tuple[int, int, int, int]  # (x_offset, y_offset, width, height)
-    depth: Optional[np.ndarray] = None  # (H, W) float32 metres, NaN invalid
-    points: Optional[np.ndarray] = None  # (H, W, 3) float32 x, y, z in the left optical frame, NaN invalid
-    colors: Optional[np.ndarray] = None  # (H, W) uint32 0x00RRGGBB of left_rect
-    #: (H, W, 4) float32 x, y, z, colour bits: the PointCloud2 layout; ``points`` and ``colors`` are views of it.
-    cloud: Optional[np.ndarray] = None
-    disparity_color: Optional[np.ndarray] = None  # (H, W, 3) uint8 RGB colour map
-    timings: Dict[str, float] = field(default_factory=dict)  # seconds per stage, and 'total'
-    network_scale: Optional[float] = None  # resolution the network matched at (None: SGBM)
-    oom_retries: int = 0  # out-of-memory retries at lower resolution this frame needed
-    #: The network ran its prepared fast execution mode (None: eager configured; False: this frame's
-    #: size differs from the prepared one and ran eager).
-    fast_execution: Optional[bool] = None
-    #: Why this frame has no depth and points whatever was asked (``zero_baseline``: the calibration
-    #: has no baseline, see ``Outputs.disparity_without_baseline``); None when its calibration gives depth.
-    depth_problem: Optional[FrameError] = None
-
-    def set_cloud(self, cloud: np.ndarray) -> None:
-        """Store an (H, W, 4) x, y, z, colour-bits buffer and expose ``points`` and ``colors`` as views."""
-        self.cloud = cloud
-        self.points = cloud[..., :3]
-        self.colors = cloud[..., 3].view(np.uint32)
-
-    @property
-    def reduced_resolution(self) -> bool:
-        """The network ran below the configured scale because memory ran out (see backends)."""
-        return self.oom_retries > 0
-
-    @property
-    def valid(self) -> np.ndarray:
-        """(H, W) bool: pixels with a valid disparity."""
-        return np.isfinite(self.disparity)
-
-
-class BatchItem(NamedTuple):
-    """One decoded pair of :meth:`StereoProcessor.process_batch`, with its calibration and outputs."""
-
-    pair: DecodedPair
-    calibration: StereoCalibration
-    outputs: Outputs = Outputs()
-
-
-class MessageFrame(NamedTuple):
-    """One frame's messages for :meth:`StereoProcessor.process_messages_batch` (Image or
-    CompressedImage, and CameraInfo; rclpy or rosbags), with the outputs it needs."""
-
-    left_image: Any
-    right_image: Any
-    left_info: Any
-    right_info: Any
-    outputs: Outputs = Outputs()
+__all__ = ["ALL_OUTPUTS", "BatchItem", "MessageFrame", "Outputs", "StereoProcessor", "StereoResult", "check_frame_ids"]
 
 
 @dataclass
@@ -462,7 +369,7 @@ class StereoProcessor:
         the device and holds the rest."""
         import torch
 
-        from .device_geometry import disparity_to_depth as depth_on_device, point_cloud, remove_depth_edges
+        from .device_geometry import disparity_to_depth as depth_on_device, point_cloud, remove_depth_edges, to_host
 
         backend = self.backend
         calibration, outputs, timings, wanted = frame.calibration, frame.outputs, frame.timings, frame.wanted
@@ -500,32 +407,6 @@ class StereoProcessor:
         else:
             left = right = None
         return left, right, host["disparity"], host.get("depth"), host.get("points"), t
-
-
-def to_host(tensors: Dict[str, Any]) -> Dict[str, np.ndarray]:
-    """Each tensor as a numpy array of its own. On CUDA: non-blocking copies into pinned memory
-    (PyTorch caches those blocks, and each array keeps its block until it is dropped), then one
-    wait for the stream; elsewhere one copy into a :func:`~.geometry.message_buffer`, which the
-    output's message then takes over without another."""
-    import torch  # not at the top: SGBM users have no torch
-
-    if not tensors:
-        return {}
-    device = next(iter(tensors.values())).device
-    if device.type != "cuda":  # copies: a tensor on the host may be a buffer its producer reuses
-        out = {}
-        for k, v in tensors.items():
-            v = v.cpu()
-            out[k] = message_buffer(tuple(v.shape), v.numpy().dtype)
-            torch.from_numpy(out[k]).copy_(v)  # PyTorch's copy: fast for permuted (channel-last) views too
-        return out
-    out = {}
-    for k, v in tensors.items():
-        buf = torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
-        buf.copy_(v, non_blocking=True)
-        out[k] = buf
-    torch.cuda.current_stream(device).synchronize()
-    return {k: v.numpy() for k, v in out.items()}
 
 
 def _frame_id(msg: Any) -> str:

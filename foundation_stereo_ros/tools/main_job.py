@@ -38,13 +38,12 @@ from foundation_stereo_ros.evaluation.bag_pairing import StereoTopics
 from foundation_stereo_ros.evaluation.checkpoint_search import HOW_TO_GET, candidates, find_checkpoint
 from foundation_stereo_ros.evaluation.replay import ReplayOptions, replay_live
 from foundation_stereo_ros.evaluation.runner import BackendRun
-from foundation_stereo_ros.fileio import read_rgb
+from foundation_stereo_ros.fileio import read_disparity_file, read_rgb
 from foundation_stereo_ros.pipeline import ProcessorConfig
 from foundation_stereo_ros.pipeline.calibration import rectified_pair
 from foundation_stereo_ros.tools.cli_args import default_device_name
 from foundation_stereo_ros.tools.evaluate import EvaluationOptions, evaluate_bag, print_outcome
-from foundation_stereo_ros.tools.make_bag import (BagOptions, StereoFrame, read_disparity_file, resize_frame,
-                                                  write_stereo_bag)
+from foundation_stereo_ros.tools.make_bag import BagOptions, StereoFrame, resize_frame, write_stereo_bag
 from foundation_stereo_ros.tools.progress import Progress
 
 OPENCV_DATA_ENV = "OPENCV_SAMPLE_DATA"

@@ -47,7 +47,7 @@ import numpy as np
 from foundation_stereo_ros.evaluation.bag_io import (COMPRESSED_CODECS, STORAGES, StereoBagWriter, StereoTopics,
                                                      camera_info_msg, compressed_image_msg, disparity_msg, image_msg)
 from foundation_stereo_ros.evaluation.calibration_files import load_stereo_calibration
-from foundation_stereo_ros.fileio import read_pfm, read_rgb
+from foundation_stereo_ros.fileio import read_depth_file, read_disparity_file, read_rgb
 from foundation_stereo_ros.pipeline.calibration import StereoCalibration
 
 ENCODINGS = ("rgb8", "bgr8", "mono8")
@@ -257,39 +257,6 @@ def expand(patterns: Sequence[str], what: str) -> List[Path]:
                 raise ValueError(f"{what}: {m} is not a file")
         files.extend(Path(m) for m in matches)
     return files
-
-
-def read_disparity_file(path: Path, scale: Optional[float] = None) -> np.ndarray:
-    """Raw disparity in px (0 = unknown) from PFM, .npy or PNG; ``scale``: stored = scale * disparity
-    (default 256 for 16-bit PNG as KITTI, else 1)."""
-    return _read_map(path, scale, png16_default=256.0, what="disparity", unknown=0.0)
-
-
-def read_depth_file(path: Path, scale: Optional[float] = None) -> np.ndarray:
-    """Depth in metres (NaN = unknown) from PFM, .npy or PNG; ``scale``: stored = scale * metres
-    (default 1000 for 16-bit PNG, millimetres as REP 118, else 1)."""
-    return _read_map(path, scale, png16_default=1000.0, what="depth", unknown=np.nan)
-
-
-def _read_map(path: Path, scale: Optional[float], png16_default: float, what: str, unknown: float) -> np.ndarray:
-    suffix = path.suffix.lower()
-    if suffix == ".pfm":
-        values, default = read_pfm(path), 1.0
-    elif suffix == ".npy":
-        values, default = np.load(path, allow_pickle=False), 1.0
-    else:
-        values = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if values is None:
-            raise ValueError(f"{path}: not a {what} map OpenCV can read")
-        default = png16_default if values.dtype == np.uint16 else 1.0
-    if values.ndim == 3:
-        raise ValueError(f"{path}: a {what} map must have one channel, got {values.shape[2]}")
-    s = default if scale is None else scale
-    if not np.isfinite(s) or s <= 0:
-        raise ValueError(f"{what} scale must be positive, got {s}")
-    out = values.astype(np.float32) / np.float32(s)
-    out[~np.isfinite(out) | (out <= 0)] = unknown
-    return out
 
 
 def resize_frame(frame: StereoFrame, factor: float) -> StereoFrame:

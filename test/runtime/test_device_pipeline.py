@@ -152,7 +152,7 @@ def test_device_path_is_cached_per_calibration(processors, pair):
 def test_device_outputs_come_back_as_arrays_of_their_own():
     """to_host: one array per tensor, equal values, no memory shared with the device tensors or
     with each other (a result must survive the next frame). On CUDA through pinned memory."""
-    from foundation_stereo_ros.pipeline.processor import to_host
+    from foundation_stereo_ros.pipeline.device_geometry import to_host
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     a = torch.arange(12, dtype=torch.float32, device=device).reshape(3, 4)
