@@ -94,9 +94,9 @@ def test_cameras_faster_than_inference_keep_latency_bounded_and_memory_flat(monk
         frames, offered, newer_at_start = node.node._frames, [], []
         real_offer, real_match = frames.offer, frames._match
 
-        def offer(stamp, pair):
+        def offer(stamp, pair, **camera):
             offered.append(stamp)
-            real_offer(stamp, pair)
+            real_offer(stamp, pair, **camera)
 
         def match(settings, pair):
             current = frames.in_flight
