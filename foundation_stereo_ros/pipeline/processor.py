@@ -38,7 +38,6 @@ class _Staged:
     right: Optional[np.ndarray] = None
     images: Any = None  # network-device path: (2, 3, H, W) float tensor of the (rectified) pair
     wanted: Dict[str, Any] = field(default_factory=dict)  # network-device path: tensors to copy back
-    keep_host_images: bool = True  # network-device path: False when the rectified pair is not copied back
     disparity: Any = None  # raw disparity from the backend (array, or tensor on the device)
 
 
@@ -208,16 +207,16 @@ class StereoProcessor:
         """One network (or SGBM) call for frames of one size; stores each frame's raw disparity."""
         backend = self.backend
         t = time.perf_counter()
+        # One pair takes the backends' one-pair calls (compute, compute_on_device), which every
+        # backend defines; several take their batch calls.
         if self.geometry_on_device:
+            import torch  # the device path only: SGBM users have no torch
+
             if len(group) == 1:
                 disparities = [backend.compute_on_device(group[0].images)]
             else:
-                import torch  # the device path only: SGBM users have no torch
-
                 disparities = list(backend.compute_on_device_batch(torch.stack([f.images for f in group])))
             if self.sync_stages and backend.device.type == "cuda":
-                import torch
-
                 torch.cuda.synchronize(backend.device)
         elif len(group) == 1:
             disparities = [backend.compute(group[0].left, group[0].right, group[0].pair.grey)]
@@ -353,10 +352,8 @@ class StereoProcessor:
                 remap_left, remap_right = self._device_remaps(frame.calibration, images.device)
                 # Rounded like the host's uint8 remap, so the network sees the same kind of picture.
                 images = torch.cat([remap_left(images[:1]), remap_right(images[1:])]).round_().clamp_(0, 255)
-                if frame.outputs.rectified_images:
+                if frame.outputs.rectified_images:  # else nobody needs them on the host: no copy
                     frame.wanted["rect"] = images.to(torch.uint8).permute(0, 2, 3, 1)  # (2, H, W, 3)
-                else:  # nobody needs them on the host: no copy
-                    frame.keep_host_images = False
             if self.sync_stages and backend.device.type == "cuda":
                 torch.cuda.synchronize(backend.device)
         return images
@@ -402,7 +399,7 @@ class StereoProcessor:
             t = _lap(timings, "download", t)
         if "rect" in host:
             left, right = host["rect"][0], host["rect"][1]
-        elif frame.keep_host_images:
+        elif not frame.rectified:
             left, right = frame.pair.left, frame.pair.right  # not rectified: the images as they came
         else:
             left = right = None

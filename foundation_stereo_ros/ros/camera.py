@@ -24,13 +24,11 @@ from .sync import SyncOptions, TimeJumpGuard, stamp_ns, subscribe_synchronized
 INPUTS = (("left/image_rect", Image), ("left/camera_info", CameraInfo),
           ("right/image_rect", Image), ("right/camera_info", CameraInfo))
 
-#: The outputs of a camera, relative to its namespace: name -> (attribute, message type).
-OUTPUTS: Dict[str, Tuple[str, type]] = {
-    "disparity": ("disparity", DisparityImage), "depth": ("depth", Image),
-    "depth/camera_info": ("depth_info", CameraInfo), "points2": ("points", PointCloud2),
-    "left_rect/image": ("left", Image), "left_rect/camera_info": ("left_info", CameraInfo),
-    "right_rect/image": ("right", Image), "right_rect/camera_info": ("right_info", CameraInfo),
-    "disparity_color": ("color", Image),
+#: The outputs of a camera, relative to its namespace, and their message types.
+OUTPUTS: Dict[str, type] = {
+    "disparity": DisparityImage, "depth": Image, "depth/camera_info": CameraInfo, "points2": PointCloud2,
+    "left_rect/image": Image, "left_rect/camera_info": CameraInfo, "right_rect/image": Image,
+    "right_rect/camera_info": CameraInfo, "disparity_color": Image,
 }
 
 
@@ -89,10 +87,7 @@ class Camera:
         logger = node.get_logger()
         self.log = ThrottledLog(_Prefixed(logger, f"camera {name}: ") if name else logger, log_throttle_s)
         prefix = f"{name}/" if name else ""
-        self.publishers = {topic: node.create_publisher(t, prefix + topic, qos_out)
-                           for topic, (_, t) in OUTPUTS.items()}
-        for topic, (attribute, _) in OUTPUTS.items():
-            setattr(self, f"pub_{attribute}", self.publishers[topic])
+        self.publishers = {topic: node.create_publisher(t, prefix + topic, qos_out) for topic, t in OUTPUTS.items()}
         self._offer = offer
         self._time_jumps = TimeJumpGuard(sync.approximate, sync.tolerance_s)
         self.inputs = input_topics(node, image_transport, name)
@@ -146,25 +141,25 @@ class Camera:
     def publish(self, result: Any, want: Wanted, left_img: Any, right_img: Any, depth_format: str,
                 points_organized: bool) -> None:
         """Publish a frame's outputs that are wanted (``result``: a StereoResult)."""
-        header = left_img.header
+        header, pub = left_img.header, self.publishers
         if want.disparity:
-            self.pub_disparity.publish(disparity_image_msg(result, header))
+            pub["disparity"].publish(disparity_image_msg(result, header))
         cam_info = camera_info_msg(result.camera, header) if (want.depth or want.left) else None
         if want.depth:
-            self.pub_depth.publish(depth_image_msg(result.depth, header, depth_format))
-            self.pub_depth_info.publish(cam_info)
+            pub["depth"].publish(depth_image_msg(result.depth, header, depth_format))
+            pub["depth/camera_info"].publish(cam_info)
         if want.points:
-            self.pub_points.publish(pointcloud2_msg(result.points, result.colors, header, points_organized,
-                                                    cloud=result.cloud))
+            pub["points2"].publish(pointcloud2_msg(result.points, result.colors, header, points_organized,
+                                                   cloud=result.cloud))
         if want.left:
-            self.pub_left.publish(picture(result.left_rect, result.grey, header))
-            self.pub_left_info.publish(cam_info)
+            pub["left_rect/image"].publish(picture(result.left_rect, result.grey, header))
+            pub["left_rect/camera_info"].publish(cam_info)
         if want.right:
             right_header = right_img.header
-            self.pub_right.publish(picture(result.right_rect, result.grey, right_header))
-            self.pub_right_info.publish(camera_info_msg(result.right_camera, right_header))
+            pub["right_rect/image"].publish(picture(result.right_rect, result.grey, right_header))
+            pub["right_rect/camera_info"].publish(camera_info_msg(result.right_camera, right_header))
         if want.color:
-            self.pub_color.publish(numpy_to_image(result.disparity_color, "rgb8", header))
+            pub["disparity_color"].publish(numpy_to_image(result.disparity_color, "rgb8", header))
 
 
 def picture(rgb: np.ndarray, grey: bool, header: Any) -> Image:

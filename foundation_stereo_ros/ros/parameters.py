@@ -18,6 +18,7 @@ from rclpy.parameter import Parameter
 
 from ..pipeline import ProcessorConfig, StereoProcessor
 from ..pipeline.config import PROCESSOR_PARAMETERS, ParamSpec, config_problems
+from ..vocabulary import is_camera_namespace
 from .messages import DEPTH_FORMATS
 
 IMAGE_TRANSPORTS = ("raw", "compressed")
@@ -144,8 +145,7 @@ def camera_names(values: Sequence[str], max_cameras: int = 8) -> List[str]:
     for raw, name in zip(values, names):
         if not name:
             problems.append(f"{raw!r} is not a camera namespace")
-        elif not all(part and (part[0].isalpha() or part[0] == "_") and all(c.isalnum() or c == "_" for c in part)
-                     for part in name.lstrip("/").split("/")):
+        elif not is_camera_namespace(name, absolute=True):
             problems.append(f"{raw!r} is not a valid ROS namespace (letters, digits and '_', each part starting "
                             f"with a letter or '_', parts separated by '/')")
     repeated = sorted({n for n in names if names.count(n) > 1})

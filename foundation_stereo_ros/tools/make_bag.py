@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import re
 import shutil
 import sys
 import time
@@ -49,6 +48,7 @@ from foundation_stereo_ros.evaluation.bag_io import (COMPRESSED_CODECS, STORAGES
 from foundation_stereo_ros.evaluation.calibration_files import load_stereo_calibration
 from foundation_stereo_ros.fileio import read_depth_file, read_disparity_file, read_rgb
 from foundation_stereo_ros.pipeline.calibration import StereoCalibration
+from foundation_stereo_ros.vocabulary import is_camera_namespace
 
 ENCODINGS = ("rgb8", "bgr8", "mono8")
 
@@ -340,7 +340,7 @@ def camera_names(text: Optional[str]) -> List[str]:
     if not names:
         raise ValueError("--cameras: empty list")
     for n in names:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*", n):
+        if not is_camera_namespace(n):
             raise ValueError(f"--cameras: {n!r} is not a ROS namespace (letters, digits, '_' and '/')")
     if len(set(names)) != len(names):
         raise ValueError(f"--cameras: a camera is named twice in {names}")

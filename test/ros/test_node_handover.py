@@ -241,3 +241,34 @@ def test_stop_waits_for_the_publisher_thread_too(pipeline):
     release.set()
     assert handover.stop(WAIT_S)
     assert not handover.publisher.is_alive()
+
+
+def test_with_several_sources_the_worker_takes_every_waiting_pair_as_one_batch():
+    """batch=True (the node's cameras): one waiting pair per source, the newest of each wins and a
+    replaced one is counted in that source's counters; the worker takes them all, in source order."""
+    taken, published = [], []
+    first = threading.Event()
+
+    def match(settings, pairs):
+        taken.append(list(pairs))
+        first.wait(WAIT_S)
+        return pairs
+
+    stats, rear_stats = Stats(), Stats()
+    handover = FrameHandover("A", match, published.append, stats, ThrottledLog(Lines(), 0.0), thread_prefix="test",
+                             batch=True)
+    handover.start()
+    try:
+        handover.offer(1, "front1", source=0)
+        assert eventually(lambda: taken == [["front1"]])  # the worker does not wait for the other camera
+        handover.offer(2, "rear2", source=1, stats=rear_stats)
+        handover.offer(3, "front3", source=0)
+        handover.offer(4, "rear4", source=1, stats=rear_stats)
+        assert handover.pending == 4
+        assert (stats.pairs_received, stats.dropped) == (2, 0)
+        assert (rear_stats.pairs_received, rear_stats.dropped) == (2, 1)  # rear2 replaced by rear4
+        first.set()
+        assert eventually(lambda: published == [["front1"], ["front3", "rear4"]])
+    finally:
+        first.set()
+        assert handover.stop(WAIT_S)

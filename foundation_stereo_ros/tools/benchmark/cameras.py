@@ -61,17 +61,12 @@ class CameraBenchmark:
 
 def build_processor(bench: CameraBenchmark):
     """The node's StereoProcessor with the network of ``bench`` (random weights without a checkpoint)."""
-    import torch
-
-    from ...model import FoundationStereo, FoundationStereoConfig
     from ...pipeline import FoundationStereoBackend, ProcessorConfig, StereoProcessor
+    from .network import build_model  # PyTorch: imported by the benchmark and its workers only
 
     config = ProcessorConfig(backend="foundation_stereo", checkpoint=bench.checkpoint or "(random weights)",
                              device=bench.device, iters=bench.iters)
-    model = None
-    if not bench.checkpoint:
-        torch.manual_seed(0)
-        model = FoundationStereo(FoundationStereoConfig(vit_size=bench.variant)).eval().to(bench.device)
+    model, _ = build_model(bench.variant, bench.checkpoint, bench.device)
     return StereoProcessor(config, backend=FoundationStereoBackend(config, model=model))
 
 
