@@ -13,8 +13,11 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
-        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        # The Fast DDS profile is package data (the node finds it beside ros/dds.py); installed
+        # here too, for camera drivers started without the package's launch files.
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + [f"{PACKAGE}/ros/fastdds_large_data.xml"]),
     ],
+    package_data={PACKAGE: ["ros/fastdds_large_data.xml"]},
     python_requires=">=3.10",
     install_requires=["numpy", "pyyaml", "opencv-python-headless", "setuptools"],
     extras_require={
@@ -23,7 +26,7 @@ setup(
         "model": ["timm>=1.0"],
         "test": ["pytest", "hypothesis"],
     },
-    zip_safe=True,
+    zip_safe=False,  # the node reads its Fast DDS profile by path
     maintainer="foundation_stereo_ros maintainers",
     description="Zero-shot stereo depth for ROS 2 with FoundationStereo",
     license="Apache-2.0",

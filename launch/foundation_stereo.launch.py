@@ -70,6 +70,10 @@ ARGUMENTS: Tuple[Tuple[str, str, str], ...] = (
     ("right_image", "", "Right image topic; default: the config's remapping."),
     ("right_info", "", "Right CameraInfo topic; default: the config's remapping."),
     ("log_level", "info", "Node log level: debug, info, warn, error."),
+    ("dds_profile", "", "Fast DDS profile for every process of this launch (camera driver and node): empty for "
+                        "the package's large-sample profile (config/fastdds_large_data.xml) unless "
+                        "FASTRTPS_DEFAULT_PROFILES_FILE / FASTDDS_DEFAULT_PROFILES_FILE is set, a path for "
+                        "another, 'none' for Fast DDS's defaults."),
 )
 
 #: Launch arguments that become node parameters, with their parameter type.
@@ -301,8 +305,20 @@ def _remove(path: str) -> None:
         pass
 
 
+def dds_environment(choice: str, environ: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """Environment variables for the launched processes from the ``dds_profile`` argument (see
+    foundation_stereo_ros.ros.dds): the profile's variables, or with 'none' the choice itself, so
+    that the node does not load the package's profile on its own."""
+    from foundation_stereo_ros.ros import dds
+
+    environ = dict(os.environ) if environ is None else environ
+    if choice.strip().lower() == "none":
+        return {dds.CHOICE_VARIABLE: "none"}
+    return dds.profile_environment(environ, choice)
+
+
 def _launch_setup(context, *args, **kwargs):
-    from launch.actions import IncludeLaunchDescription, LogInfo, RegisterEventHandler
+    from launch.actions import IncludeLaunchDescription, LogInfo, RegisterEventHandler, SetEnvironmentVariable
     from launch.event_handlers import OnShutdown
     from launch.launch_description_sources import PythonLaunchDescriptionSource
     from launch_ros.actions import Node
@@ -312,7 +328,9 @@ def _launch_setup(context, *args, **kwargs):
     config = config_path(values["config"])
     settings = launch_settings(config)
     namespace = values["namespace"] or settings["namespace"] or "stereo"
-    actions = []
+    # Before the driver: the DDS profile matters most on the publishing side of the images.
+    environment = dds_environment(values["dds_profile"])
+    actions = [SetEnvironmentVariable(name, value) for name, value in environment.items()]
     if _to_bool(values["start_camera"] or "false"):
         driver = settings.get("driver")
         if not driver:

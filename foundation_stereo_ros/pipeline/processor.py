@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -15,12 +15,13 @@ import numpy as np
 from .backends import DisparityBackend, FoundationStereoBackend, make_backend
 from .calibration import CameraModel, Rectifier, StereoCalibration
 from .config import ProcessorConfig
-from .errors import CalibrationError, FrameError, PairMismatchError
+from .errors import FrameError, PairMismatchError
 from .geometry import PointProjector, colorize_disparity, disparity_to_depth, remove_depth_edges
 from .image import DecodedPair, decode_stereo_pair
-from .results import ALL_OUTPUTS, BatchItem, MessageFrame, Outputs, StereoResult
+from .results import ALL_OUTPUTS, BatchItem, MessageFrame, Outputs, PendingResult, StereoResult, check_frame_ids
 
-__all__ = ["ALL_OUTPUTS", "BatchItem", "MessageFrame", "Outputs", "StereoProcessor", "StereoResult", "check_frame_ids"]
+__all__ = ["ALL_OUTPUTS", "BatchItem", "MessageFrame", "Outputs", "PendingResult", "StereoProcessor", "StereoResult",
+           "check_frame_ids"]
 
 
 @dataclass
@@ -39,6 +40,13 @@ class _Staged:
     images: Any = None  # network-device path: (2, 3, H, W) float tensor of the (rectified) pair
     wanted: Dict[str, Any] = field(default_factory=dict)  # network-device path: tensors to copy back
     disparity: Any = None  # raw disparity from the backend (array, or tensor on the device)
+    #: What the backend said of this frame's match (scale, retries, execution, disparity range),
+    #: read when it was matched: a frame finished later must not see the next frame's.
+    facts: Dict[str, Any] = field(default_factory=dict)
+
+
+def _finished(pending: Union[PendingResult, FrameError]) -> Union["StereoResult", FrameError]:
+    return pending.finish() if isinstance(pending, PendingResult) else pending
 
 
 def _one(results: List[Union["StereoResult", FrameError]]) -> "StereoResult":
@@ -118,12 +126,19 @@ class StereoProcessor:
         ``depth_problem`` names what is missing."""
         return _one(self.process_batch([BatchItem(pair, calibration, outputs)]))
 
-    def process_messages_batch(self, frames: Sequence["MessageFrame"]) -> List[Union[StereoResult, FrameError]]:
+    def process_messages_batch(self, frames: Sequence["MessageFrame"],
+                               before_match: Optional[Callable[[], None]] = None) -> List[Union[StereoResult, FrameError]]:
         """:meth:`process_messages` for several frames (cameras) at once: each frame is decoded and
         checked on its own, then :meth:`process_batch` matches frames of one size in one network
         call. Per frame, its result or the :class:`FrameError` it raised (one bad frame never
-        costs the others theirs)."""
-        out: List[Union[StereoResult, FrameError, None]] = [None] * len(frames)
+        costs the others theirs). ``before_match``: see :meth:`process_batch`."""
+        return [_finished(p) for p in self.match_messages_batch(frames, before_match)]
+
+    def match_messages_batch(self, frames: Sequence["MessageFrame"], before_match: Optional[Callable[[], None]] = None
+                             ) -> List[Union[PendingResult, FrameError]]:
+        """:meth:`process_messages_batch` up to the match: per frame, a :class:`PendingResult` whose
+        ``finish()`` computes the rest on the host (in another thread if need be), or its error."""
+        out: List[Union[PendingResult, FrameError, None]] = [None] * len(frames)
         items: List[BatchItem] = []
         where: List[int] = []
         decode_s: List[float] = []
@@ -142,20 +157,29 @@ class StereoProcessor:
             items.append(BatchItem(pair, calib, frame.outputs))
             where.append(i)
             decode_s.append(time.perf_counter() - t0)
-        for i, seconds, result in zip(where, decode_s, self.process_batch(items)):
-            if isinstance(result, StereoResult):
-                result.timings["decode"] = seconds
-                result.timings["total"] += seconds
-            out[i] = result
+        for i, seconds, pending in zip(where, decode_s, self.match_batch(items, before_match)):
+            if isinstance(pending, PendingResult):
+                pending.timings["decode"] = seconds  # counted in the result's total when it is finished
+            out[i] = pending
         return out  # type: ignore[return-value]
 
-    def process_batch(self, items: Sequence["BatchItem"]) -> List[Union[StereoResult, FrameError]]:
+    def process_batch(self, items: Sequence["BatchItem"],
+                      before_match: Optional[Callable[[], None]] = None) -> List[Union[StereoResult, FrameError]]:
         """Process several decoded pairs with their calibrations (see :meth:`process`), one network
         call per image size: pairs of one size are matched as one batch. Per item, its result or
         the :class:`FrameError` it raised; a frame rejected by its own checks (size, calibration)
         does not affect the others, a failed network call fails the frames in it. Stage times:
-        each frame's own, and the shared ``match`` time of its batch."""
-        out: List[Union[StereoResult, FrameError, None]] = [None] * len(items)
+        each frame's own, and the shared ``match`` time of its batch. ``before_match()`` is called once
+        every frame is rectified, as the first network call starts (the node's publisher thread then
+        has the host to itself)."""
+        return [_finished(p) for p in self.match_batch(items, before_match)]
+
+    def match_batch(self, items: Sequence["BatchItem"], before_match: Optional[Callable[[], None]] = None
+                    ) -> List[Union[PendingResult, FrameError]]:
+        """:meth:`process_batch` up to the match: per item, a :class:`PendingResult` or its error.
+        With the geometry on the network's device the frames are finished here (their work is
+        queued on the device with the network's); on the host, ``finish()`` does it."""
+        out: List[Union[PendingResult, FrameError, None]] = [None] * len(items)
         if items and self._auto_on_device is None and self._geometry_choice() == "auto" \
                 and self.backend.device.type == "cuda":
             self._time_geometry_paths(items[0])  # once, on the first frame
@@ -168,6 +192,8 @@ class StereoProcessor:
         groups: "OrderedDict[Tuple[int, int], List[_Staged]]" = OrderedDict()
         for frame in staged:
             groups.setdefault(frame.size, []).append(frame)
+        if before_match is not None:
+            before_match()
         for group in groups.values():
             try:
                 self._match_group(group)
@@ -176,7 +202,10 @@ class StereoProcessor:
                     out[frame.index] = e
                 continue
             for frame in group:
-                out[frame.index] = self._finish(frame)
+                pending = PendingResult(lambda frame=frame: self._finish(frame), frame.timings)
+                if frame.images is not None:
+                    pending.finish()
+                out[frame.index] = pending
         return out  # type: ignore[return-value]
 
     def _stage(self, index: int, item: "BatchItem") -> "_Staged":
@@ -223,15 +252,22 @@ class StereoProcessor:
         else:
             disparities = backend.compute_batch([(f.left, f.right, f.pair.grey) for f in group])
         seconds = time.perf_counter() - t
+        facts = self._backend_facts(group[0].size)
         for frame, disparity in zip(group, disparities):
             frame.disparity = disparity
             frame.timings["match"] = seconds
+            frame.facts = facts
+
+    def _backend_facts(self, size: Tuple[int, int]) -> Dict[str, Any]:
+        """What the backend says of the match it just made, for frames of ``size`` (H, W)."""
+        backend, (h, w) = self.backend, size
+        return dict(search_range=backend.search_range(w), delta_d=backend.delta_d, valid_window=backend.valid_window(w, h),
+                    network_scale=backend.last_scale, oom_retries=backend.last_oom_retries,
+                    fast_execution=backend.last_fast)
 
     def _finish(self, frame: "_Staged") -> StereoResult:
         """Everything after the match: edge filter, depth, points, colours, the result."""
         calibration, outputs, timings = frame.calibration, frame.outputs, frame.timings
-        backend = self.backend
-        h, w = frame.size
         delta_cx = calibration.delta_cx
         depth_problem = calibration.depth_problem
         cam = calibration.rectified_left
@@ -245,15 +281,16 @@ class StereoProcessor:
             if self.config.edge_filter > 0:
                 remove_depth_edges(disparity, self.config.edge_filter)
                 t = _lap(timings, "edge_filter", t)
-        lo, hi = backend.search_range(w)
+        facts = frame.facts
+        lo, hi = facts["search_range"]
         result = StereoResult(
             disparity=disparity, left_rect=left, right_rect=right, grey=frame.pair.grey, rectified=frame.rectified,
             camera=cam, right_camera=calibration.rectified_right, f=calibration.f,
             t=0.0 if depth_problem is not None else calibration.baseline,
             delta_cx=delta_cx,
-            min_disparity=lo - delta_cx, max_disparity=hi - delta_cx, delta_d=backend.delta_d,
-            valid_window=backend.valid_window(w, h), timings=timings, network_scale=backend.last_scale,
-            oom_retries=backend.last_oom_retries, fast_execution=backend.last_fast, depth_problem=depth_problem)
+            min_disparity=lo - delta_cx, max_disparity=hi - delta_cx, delta_d=facts["delta_d"],
+            valid_window=facts["valid_window"], timings=timings, network_scale=facts["network_scale"],
+            oom_retries=facts["oom_retries"], fast_execution=facts["fast_execution"], depth_problem=depth_problem)
         if frame.images is not None:
             result.depth = depth
             if outputs.points:
@@ -313,6 +350,7 @@ class StereoProcessor:
                         if backend.device.type == "cuda":
                             torch.cuda.synchronize(backend.device)
                         frame.disparity = np.full((h, w), 16.0, np.float32)
+                    frame.facts = self._backend_facts(frame.size)
                     self._finish(frame)
                     best[on_device] = min(best[on_device], time.perf_counter() - t)
         except FrameError:  # this frame cannot be processed (it is refused below): decide on a later one
@@ -404,24 +442,6 @@ class StereoProcessor:
         else:
             left = right = None
         return left, right, host["disparity"], host.get("depth"), host.get("points"), t
-
-
-def _frame_id(msg: Any) -> str:
-    return str(getattr(getattr(msg, "header", None), "frame_id", "") or "")
-
-
-def check_frame_ids(image: Any, info: Any, name: str = "camera") -> None:
-    """Raise ``frame_id_mismatch`` when an image and its own CameraInfo name different frames.
-
-    A CameraInfo from another frame is a calibration of another camera (a remap gone wrong, two
-    drivers on one topic), and its geometry would give wrong depth. Left and right images are
-    different cameras and may have different frame ids; an empty frame id is not checked.
-    """
-    image_frame, info_frame = _frame_id(image), _frame_id(info)
-    if image_frame and info_frame and image_frame != info_frame:
-        raise CalibrationError("frame_id_mismatch", f"{name} image is in frame {image_frame!r} but its camera_info "
-                                                    f"is for frame {info_frame!r}: calibration of another camera? "
-                                                    f"(check the remappings; check_frame_ids=false disables this)")
 
 
 def _lap(timings: Dict[str, float], stage: str, since: float) -> float:

@@ -3,12 +3,12 @@ outputs to compute, one frame's result, and the items of a batch."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 
 from .calibration import CameraModel, StereoCalibration
-from .errors import FrameError
+from .errors import CalibrationError, FrameError
 from .image import DecodedPair
 
 
@@ -106,3 +106,39 @@ class MessageFrame(NamedTuple):
     left_info: Any
     right_info: Any
     outputs: Outputs = Outputs()
+
+
+class PendingResult:
+    """A matched frame whose :class:`StereoResult` :meth:`finish` computes (depth, points, colours on
+    the host), in the thread that calls it: the node's publisher thread, while the worker matches
+    the next frame. Frames whose geometry ran on the network's device are finished already."""
+
+    def __init__(self, finish: Callable[[], StereoResult], timings: Dict[str, float]) -> None:
+        self._finish: Optional[Callable[[], StereoResult]] = finish
+        self._result: Optional[StereoResult] = None
+        #: The frame's stage times so far (the result's ``timings`` once finished).
+        self.timings = timings
+
+    def finish(self) -> StereoResult:
+        """The frame's result (computed on the first call)."""
+        if self._finish is not None:
+            self._result, self._finish = self._finish(), None
+        return self._result  # type: ignore[return-value]
+
+
+def _frame_id(msg: Any) -> str:
+    return str(getattr(getattr(msg, "header", None), "frame_id", "") or "")
+
+
+def check_frame_ids(image: Any, info: Any, name: str = "camera") -> None:
+    """Raise ``frame_id_mismatch`` when an image and its own CameraInfo name different frames.
+
+    A CameraInfo from another frame is a calibration of another camera (a remap gone wrong, two
+    drivers on one topic), and its geometry would give wrong depth. Left and right images are
+    different cameras and may have different frame ids; an empty frame id is not checked.
+    """
+    image_frame, info_frame = _frame_id(image), _frame_id(info)
+    if image_frame and info_frame and image_frame != info_frame:
+        raise CalibrationError("frame_id_mismatch", f"{name} image is in frame {image_frame!r} but its camera_info "
+                                                    f"is for frame {info_frame!r}: calibration of another camera? "
+                                                    f"(check the remappings; check_frame_ids=false disables this)")

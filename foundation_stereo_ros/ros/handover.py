@@ -15,6 +15,13 @@ others back: the worker takes what is there, and a camera's pair waits one frame
 Everything a frame is processed with is one immutable settings object: :meth:`swap_in` stores
 the next one and the worker takes it before its next frame, so no frame sees half of a change.
 
+Publishing a frame holds the GIL for most of its time (rclpy converts and serialises each message
+with it held), and so does the worker's host work on the next frame (decode, rectify) before the
+network runs, which releases it. Run together, each slows the other down by its own length: the
+publisher therefore lets the worker's host work on the next frame go first (:meth:`host_work_done`,
+called when the network starts, ends it), for :data:`PUBLISH_WAIT_S` at most, and then publishes
+while the network runs.
+
 An exception in either stage is counted as the problem ``internal_error`` and logged (throttled),
 and the thread goes on with the next frame; while stopping it ends the thread quietly instead.
 :meth:`stop` waits a bounded time for a frame in flight, whose result is then not published.
@@ -30,6 +37,8 @@ from .diagnostics import Stats, ThrottledLog
 
 #: How often a waiting thread looks at the stop flag, seconds.
 POLL_S = 0.2
+#: Longest the publisher thread lets the worker's host work on the next frame go first, seconds.
+PUBLISH_WAIT_S = 0.02
 
 
 class FrameHandover:
@@ -59,6 +68,10 @@ class FrameHandover:
         self._in_flight: Optional[int] = None  # stamp of the frame the worker is matching
         self._matched: Optional[Tuple[int, Any]] = None  # (stamp, matched) the publisher has not taken yet
         self._publishing: Optional[int] = None  # stamp of the frame the publisher thread is publishing
+        self._worker_on_host = False  # the worker's host work on a frame, before its network call
+        #: Seconds the worker waited for a pair, and for the publisher to take a matched frame; seconds
+        #: the publisher let the worker's host work go first (the benchmark's profile of the node).
+        self.waits = {"worker_for_input": 0.0, "worker_for_publisher": 0.0, "publisher_for_worker": 0.0}
         #: True: the worker waits for each frame's publication before it takes the next pair (no
         #: overlap), only to measure what the pipeline saves (foundation-stereo-benchmark).
         self.serial = False
@@ -117,6 +130,15 @@ class FrameHandover:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    def host_work_done(self) -> None:
+        """The worker's frame leaves the host (its network starts and releases the GIL): the
+        publisher thread may publish now. ``match`` calls it; a ``match`` that does not lets the
+        publisher wait :data:`PUBLISH_WAIT_S` or until the frame is matched."""
+        with self._cond:
+            if self._worker_on_host:
+                self._worker_on_host = False
+                self._cond.notify_all()
+
     # ------------------------------------------------------------------ input
     def offer(self, stamp: int, pair: Any, source: Any = None, stats: Optional[Stats] = None) -> None:
         """Store ``pair`` of ``source`` (a camera) for the worker; a pair of that source still
@@ -151,8 +173,11 @@ class FrameHandover:
     def _worker_loop(self) -> None:
         while not self._stop.is_set():
             with self._cond:
+                t = time.perf_counter()
                 if not self._wait_until(lambda: bool(self._pending)):
                     return
+                self.waits["worker_for_input"] += time.perf_counter() - t
+                self._worker_on_host = True
                 if self._batch:
                     taken = [self._pending[source] for source in sorted(self._pending, key=_order)]
                     stamp, pair = taken[0][0], [p for _, p in taken]
@@ -172,11 +197,16 @@ class FrameHandover:
                     return
             finally:
                 with self._cond:
+                    self._worker_on_host = False
                     if matched is not None:
                         # One frame waits for the publisher at most: this frame is published after
                         # the one being published, and the worker goes on with the next pair.
+                        t = time.perf_counter()
                         if self._wait_until(lambda: self._matched is None):
+                            self.waits["worker_for_publisher"] += time.perf_counter() - t
                             entry = self._matched = (stamp, matched)
+                            # A pair waiting is taken at once: its host work goes before this publication.
+                            self._worker_on_host = bool(self._pending) and not self.serial
                             self._cond.notify_all()
                             if self.serial:
                                 self._wait_until(lambda: self._matched is not entry and self._publishing is None)
@@ -190,6 +220,11 @@ class FrameHandover:
                     return
                 (self._publishing, matched), self._matched = self._matched, None
                 self._cond.notify_all()  # the worker may hand over the next frame
+                t = time.perf_counter()
+                deadline = t + PUBLISH_WAIT_S
+                while self._worker_on_host and not self._stop.is_set() and time.perf_counter() < deadline:
+                    self._cond.wait(max(deadline - time.perf_counter(), 0.0))
+                self.waits["publisher_for_worker"] += time.perf_counter() - t
             try:
                 self._publish(matched)
             except Exception as e:  # noqa: BLE001 - the publisher must survive anything a frame does

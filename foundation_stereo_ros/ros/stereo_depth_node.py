@@ -71,6 +71,7 @@ from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from ..pipeline import FrameError, MessageFrame, Outputs, StereoProcessor
+from . import dds
 from .camera import Camera, Wanted
 from .diagnostics import StatsSnapshot, diagnose, resident_memory_mb
 from .handover import FrameHandover
@@ -90,11 +91,12 @@ MAX_CAMERAS = 8
 
 @dataclass
 class _Matched:
-    """A processed frame on its way from the worker to the publisher thread."""
+    """A matched frame on its way from the worker to the publisher thread, which finishes it
+    (depth, points: :class:`PendingResult`) while the worker matches the next one."""
 
     settings: FrameSettings
     camera: Camera
-    result: Any  # StereoResult
+    result: Any  # PendingResult, or the FrameError the frame raised
     left_img: Any  # Image or CompressedImage: only its header is used
     right_img: Any
     wanted: Wanted
@@ -220,8 +222,9 @@ class StereoDepthNode(Node):
 
     # ------------------------------------------------------------------ worker thread
     def _match(self, settings: FrameSettings, pairs: List[Tuple[Camera, Tuple[Any, ...]]]) -> Optional[List[_Matched]]:
-        """Process the pairs waiting (one per camera) for the outputs that have subscribers, frames
-        of one size in one network call; None when every frame is skipped."""
+        """Match the pairs waiting (one per camera) for the outputs that have subscribers, frames of
+        one size in one network call; None when no camera wants anything. The publisher thread
+        finishes and publishes them (:meth:`_publish_all`)."""
         processor = settings.processor
         frames, owners = [], []
         for camera, (left_img, left_info, right_img, right_info) in pairs:
@@ -242,7 +245,8 @@ class StereoDepthNode(Node):
             return None
         t0 = time.perf_counter()
         try:
-            results = processor.process_messages_batch(frames)
+            # The publisher thread publishes the frame before once these frames' host work is done.
+            results = processor.match_messages_batch(frames, before_match=self._frames.host_work_done)
         except Exception as e:  # noqa: BLE001 - counted for every camera of the batch, the worker goes on
             if self._frames.stopping or not rclpy.ok(context=self.context):
                 return None
@@ -253,19 +257,20 @@ class StereoDepthNode(Node):
             return None
         if self._frames.stopping:
             return None  # shutting down: the publishers are going away
-        matched = [m for (camera, want), frame, result in zip(owners, frames, results)
-                   for m in [self._checked(settings, camera, want, frame, result, t0)] if m is not None]
-        return matched or None
+        return [_Matched(settings, camera, result, frame.left_image, frame.right_image, want, t0)
+                for (camera, want), frame, result in zip(owners, frames, results)]
 
-    def _checked(self, settings: FrameSettings, camera: Camera, want: Wanted, frame: MessageFrame, result: Any,
-                 t0: float) -> Optional[_Matched]:
-        """A camera's processed frame ready to publish, its problems counted and logged; None when skipped."""
-        stamp = stamp_ns(frame.left_image)
+    def _checked(self, matched: _Matched) -> Optional[Tuple[Any, Wanted]]:
+        """A camera's frame finished and ready to publish (its result and what to publish of it), its
+        problems counted and logged; None when it is skipped."""
+        settings, camera, want = matched.settings, matched.camera, matched.wanted
+        stamp = stamp_ns(matched.left_img)
         stats, log, processor = camera.stats, camera.log, settings.processor
-        if isinstance(result, FrameError):
-            stats.problem(result.problem)
-            log.warn(result.problem, f"frame {stamp / 1e9:.6f} skipped: {result}")
+        if isinstance(matched.result, FrameError):
+            stats.problem(matched.result.problem)
+            log.warn(matched.result.problem, f"frame {stamp / 1e9:.6f} skipped: {matched.result}")
             return None
+        result = matched.result.finish()
         if result.depth_problem is not None:
             # A disparity needs no baseline: it is published; depth and points cannot be.
             problem = result.depth_problem
@@ -295,11 +300,11 @@ class StereoDepthNode(Node):
                      f"matched at scale {result.network_scale:g} after {result.oom_retries} retr"
                      f"{'y' if result.oom_retries == 1 else 'ies'} (coarser depth; the configured scale is "
                      f"tried again every {processor.config.oom_probe_period_s:g} s)")
-        return _Matched(settings, camera, result, frame.left_image, frame.right_image, want, t0)
+        return result, want
 
     # ------------------------------------------------------------------ publisher thread
     def _publish_all(self, matched: List[_Matched]) -> None:
-        """Publish the frames of one batch; a camera whose publishing fails does not stop the others."""
+        """Finish and publish the frames of one batch; a camera whose frame fails does not stop the others."""
         for frame in matched:
             try:
                 self._publish(frame)
@@ -311,8 +316,12 @@ class StereoDepthNode(Node):
                                                         f"{traceback.format_exc(limit=4)}", error=True)
 
     def _publish(self, matched: _Matched) -> None:
+        checked = self._checked(matched)
+        if checked is None:
+            return
+        result, want = checked
         settings = matched.settings
-        matched.camera.publish(matched.result, matched.wanted, matched.left_img, matched.right_img,
+        matched.camera.publish(result, want, matched.left_img, matched.right_img,
                                settings.depth_format, settings.points_organized)
         latency = (self.get_clock().now().nanoseconds - stamp_ns(matched.left_img)) / 1e9
         matched.camera.stats.published(latency, time.perf_counter() - matched.t0)
@@ -359,6 +368,11 @@ def main(args: Optional[List[str]] = None) -> int:
     """Console entry point: runs until Ctrl-C; exit code 1 when the node cannot start."""
     faulthandler.enable()  # a crash inside native code (drivers, CUDA) leaves the Python stacks in the log
     try:
+        profile = dds.use_profile()  # before the first participant: large messages (ros/dds.py)
+    except ValueError as e:
+        print(f"[{NODE_NAME}] cannot start: {e}", file=sys.stderr)
+        return 1
+    try:
         rclpy.init(args=args)
     except KeyboardInterrupt:
         return 0
@@ -371,6 +385,9 @@ def main(args: Optional[List[str]] = None) -> int:
         except StartupError as e:
             rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {e}")
             return 1
+        if profile is not None:
+            node.get_logger().info(f"Fast DDS profile {profile} (large samples; {dds.CHOICE_VARIABLE}=none keeps "
+                                   f"Fast DDS's defaults)")
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         try:

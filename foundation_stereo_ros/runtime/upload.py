@@ -13,7 +13,8 @@ class PinnedUpload:
     On CUDA the K images (a pair, or the pairs of several cameras) are written straight into a
     pinned (K, H, W, C) uint8 buffer (one host copy each) and leave in one asynchronous copy; the
     buffer is reallocated only when the shape changes. Elsewhere the images are stacked and
-    returned on the host. The caller must finish with the device copy (any device-to-host copy of
+    returned on the host (without a copy when they already are the consecutive slices of one
+    array, as the rectifier writes a pair). The caller must finish with the device copy (any device-to-host copy of
     a result does) before the next call, which overwrites the buffer.
     """
 
@@ -27,7 +28,8 @@ class PinnedUpload:
         if not images:
             raise ValueError("nothing to upload: give at least one image")
         if self.device.type != "cuda":
-            return torch.from_numpy(np.stack(images))
+            stacked = stacked_array(images)  # e.g. the rectifier's pair: no copy at all
+            return torch.from_numpy(stacked if stacked is not None else np.stack(images))
         shape = (len(images),) + tuple(images[0].shape)
         if self._buffer is None or tuple(self._buffer.shape) != shape:
             self._buffer = torch.empty(shape, dtype=torch.uint8, pin_memory=True)
@@ -36,3 +38,18 @@ class PinnedUpload:
         for i, image in enumerate(images):
             host[i] = image
         return self._buffer.to(self.device, non_blocking=True)
+
+
+def stacked_array(images) -> Optional[np.ndarray]:
+    """The C-ordered (K, ...) array whose K consecutive slices are exactly ``images``, or None."""
+    base = images[0].base
+    if not isinstance(base, np.ndarray) or not base.flags.c_contiguous or base.ndim == 0:
+        return None
+    if base.shape != (len(images),) + images[0].shape or base.dtype != images[0].dtype:
+        return None
+    start, step = base.__array_interface__["data"][0], base.strides[0]
+    for i, image in enumerate(images):
+        if (image.shape != base.shape[1:] or image.dtype != base.dtype or not image.flags.c_contiguous
+                or image.__array_interface__["data"][0] != start + i * step):
+            return None
+    return base

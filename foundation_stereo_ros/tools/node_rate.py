@@ -4,14 +4,17 @@ publishes, so each is built and sent over DDS.
 
 Started by :func:`foundation_stereo_ros.tools.benchmark.live_node.measure_node_rate` as
 ``python -m foundation_stereo_ros.tools.node_rate --robot-side ...``; it imports nothing of the
-benchmark, so it starts without loading PyTorch.
+benchmark, so it starts without loading PyTorch. As it ends (SIGTERM) it prints one JSON line with
+the times it sent its pairs, so the benchmark can count the pairs lost on the way to the node.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
-from typing import Optional, Sequence
+import time
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -19,6 +22,10 @@ from ..pipeline.calibration import make_camera_model
 
 # What the node publishes and the robot side takes (the benchmark waits until it takes all of them).
 OUTPUT_TOPICS = ("disparity", "depth", "points2", "left_rect/image")
+
+#: The key of the line the robot side prints as it ends: the time.monotonic() of every pair it sent
+#: (one clock for all processes of the machine).
+SENT_KEY = "pairs_sent_at"
 
 #: How the robot side takes the outputs. 'messages': each as a Python message, as a Python
 #: subscriber would; 'raw': each as its serialised bytes (every byte still crosses DDS, but the
@@ -55,7 +62,10 @@ def _robot_side(namespace: str, height: int, width: int, period_s: float, output
     for topic in outputs:  # taking every output is the subscriber's share of the work
         node.create_subscription(types[topic], topic, lambda _msg: None, qos, raw=raw)
 
+    sent: List[float] = []  # time.monotonic() of each pair sent: the benchmark counts those in its window
+
     def send() -> None:
+        sent.append(time.monotonic())
         now = node.get_clock().now().to_msg()
         for msg, frame in ((images[0], "left"), (infos[0], "left"), (images[1], "right"), (infos[1], "right")):
             msg.header.stamp = now
@@ -73,6 +83,7 @@ def _robot_side(namespace: str, height: int, width: int, period_s: float, output
         executor.spin()
     except Exception:  # noqa: BLE001 - ExternalShutdownException / KeyboardInterrupt end the run
         pass
+    print(json.dumps({SENT_KEY: sent}), flush=True)
     return 0
 
 

@@ -142,9 +142,9 @@ def batch_sizes(monkeypatch):
     sizes = []
     original = StereoProcessor.process_messages_batch
 
-    def spy(self, frames):
+    def spy(self, frames, **kw):
         sizes.append(len(frames))
-        return original(self, frames)
+        return original(self, frames, **kw)
 
     monkeypatch.setattr(StereoProcessor, "process_messages_batch", spy)
     return sizes

@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-rate-probe", choices=PROBES, default="messages",
                    help="how the --node-rate robot side takes the node's outputs: as Python messages, or 'raw' as "
                         "serialised bytes (all still cross DDS; the probe's own conversions leave the shared cores)")
+    p.add_argument("--node-rate-dds", default="", metavar="PROFILE",
+                   help="Fast DDS profile of both --node-rate sides: empty for the package's large-sample profile "
+                        "(as the launch files load it), 'none' for Fast DDS's defaults, or a path; read once per "
+                        "process, so compare profiles in separate runs")
     p.add_argument("--cameras", type=comma_list(positive_int), default=None, metavar="N[,N]",
                    help="instead of the grid: pairs per second of N cameras batched vs one pair at a time, and the "
                         "memory of one node serving N cameras vs N single-camera nodes (first variant and "

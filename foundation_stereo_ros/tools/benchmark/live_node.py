@@ -14,11 +14,22 @@ bytes (``probe='raw'``), to measure its own share of the machine apart from the 
 ``serial`` runs the same with the pipeline off (the worker waits for each frame's publication
 before it takes the next pair), to show what the publisher thread saves.
 
+Both sides load the package's Fast DDS profile for large samples (:mod:`foundation_stereo_ros.ros.dds`)
+as the launch files do, unless ``dds_profile`` says otherwise ('none': Fast DDS's defaults, under
+which a best-effort reader loses images). The profile is read once per process, at its first DDS
+participant: compare profiles in separate benchmark runs.
+
+Each row also profiles the node: the pairs the robot side sent in the window and how many reached
+the node whole; the CPU time per published frame of the node's worker, publisher and executor
+threads, of the rest of the node's process (DDS), and of the robot side; and how long the worker
+waited for a pair or for the publisher, and the publisher for the worker's host work.
+
 Needs rclpy, imported when a measurement starts: the rest of the benchmark runs without ROS.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -28,9 +39,10 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..node_rate import OUTPUT_TOPICS, PROBES
+from ...ros import dds
+from ..node_rate import OUTPUT_TOPICS, PROBES, SENT_KEY
 
-__all__ = ["NodeRateOptions", "PROBES", "format_rows", "measure_node_rate", "print_node_rates", "run_node_rates"]
+__all__ = ["NodeRateOptions", "PROBES", "format_profiles", "format_rows", "measure_node_rate", "print_node_rates", "run_node_rates"]
 from .node_stages import stored_disparity_processor
 from .stats import summarize
 
@@ -58,6 +70,8 @@ class NodeRateOptions:
     #: without any, then several at once), which the node's period shows as waiting.
     input_qos: str = "best_effort"
     outputs: Tuple[str, ...] = OUTPUT_TOPICS  # which outputs it takes (the node builds only those)
+    #: Fast DDS profile of both sides: '' the package's (as the launch files), 'none', or a path.
+    dds_profile: str = ""
 
     @property
     def pipeline(self) -> str:
@@ -109,26 +123,54 @@ def _wait_until_connected(node, namespace: str, robot: subprocess.Popen,
         time.sleep(0.05)
 
 
-def _measure_window(node, seconds: float) -> SimpleNamespace:
-    """The node's publications over ``seconds`` after a warm-up, and its counters' increase."""
+def _cpu_seconds(stat_path: str) -> float:
+    """User + system CPU seconds of a process or thread from its /proc stat file (0 if unreadable)."""
+    try:
+        with open(stat_path) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_sample(node, robot_pid: int) -> Dict[str, float]:
+    """CPU seconds so far of the node's worker, publisher and executor threads, of its whole
+    process, and of the robot side (Linux /proc; zeros elsewhere)."""
+    frames = node._frames
+    threads = {"worker": frames.worker.native_id, "publisher": frames.publisher.native_id,
+               "executor": node.spinner.native_id}
+    out = {name: _cpu_seconds(f"/proc/self/task/{tid}/stat") for name, tid in threads.items()}
+    out["process"] = _cpu_seconds("/proc/self/stat")
+    out["robot_side"] = _cpu_seconds(f"/proc/{robot_pid}/stat")
+    return out
+
+
+def _measure_window(node, seconds: float, robot_pid: int) -> SimpleNamespace:
+    """The node's publications over ``seconds`` after a warm-up, its counters' increase, and where
+    its time went (CPU per thread, the handover's waits)."""
     deadline = time.monotonic() + 60.0
     while node.stats_snapshot().frames_published < 3:  # warm-up: remap tables, first transfers, DDS matching
         if time.monotonic() > deadline:
             raise RuntimeError("the node published no frames")
         time.sleep(0.05)
-    start = node.stats_snapshot()
+    start, cpu0, waits0, t0 = node.stats_snapshot(), _cpu_sample(node, robot_pid), dict(node._frames.waits), time.monotonic()
     time.sleep(seconds)
-    end = node.stats_snapshot()
-    return SimpleNamespace(window=end.published_since(start.taken_at),
+    end, cpu1, waits1, t1 = node.stats_snapshot(), _cpu_sample(node, robot_pid), dict(node._frames.waits), time.monotonic()
+    cpu = {k: cpu1[k] - cpu0[k] for k in cpu0}
+    cpu["dds_and_rest"] = cpu.pop("process") - cpu["worker"] - cpu["publisher"] - cpu["executor"]
+    return SimpleNamespace(window=end.published_since(start.taken_at), span=(t0, t1),
                            received=end.pairs_received - start.pairs_received,
-                           dropped=end.dropped - start.dropped, problems=dict(end.problems))
+                           dropped=end.dropped - start.dropped, problems=dict(end.problems), cpu=cpu,
+                           waits={k: waits1[k] - waits0[k] for k in waits0})
 
 
-def _shut_down(robot: Optional[subprocess.Popen], node, executor) -> None:
+def _shut_down(robot: Optional[subprocess.Popen], node, executor) -> str:
+    """Stop both sides; the robot side's standard output."""
+    out = ""
     if robot is not None:
         robot.terminate()
         try:
-            robot.communicate(timeout=10)
+            out = robot.communicate(timeout=10)[0] or ""
         except subprocess.TimeoutExpired:
             robot.kill()
     if node is not None:
@@ -138,6 +180,17 @@ def _shut_down(robot: Optional[subprocess.Popen], node, executor) -> None:
     if node is not None:
         node.spinner.join(timeout=5.0)  # spin() returns once the executor is shut down
         node.destroy_node()
+    return out
+
+
+def _pairs_sent(robot_output: str, span: Tuple[float, float]) -> Optional[int]:
+    """How many pairs the robot side sent within ``span`` (time.monotonic()), from the line it
+    prints as it ends; None without that line."""
+    for line in robot_output.splitlines():
+        if SENT_KEY in line:
+            times = json.loads(line)[SENT_KEY]
+            return sum(span[0] <= t < span[1] for t in times)
+    return None
 
 
 def measure_node_rate(options: NodeRateOptions) -> Dict[str, Any]:
@@ -149,19 +202,23 @@ def measure_node_rate(options: NodeRateOptions) -> Dict[str, Any]:
     domain = options.domain_id if options.domain_id is not None else 1 + (os.getpid() * 13) % 100
     # Both sides on this machine only: the measurement must not depend on (or disturb) the network.
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    dds.use_profile(os.environ, options.dds_profile)  # this process's first participant reads it
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain))
     namespace = f"/node_rate_{os.getpid()}"
     context = Context()
     rclpy.init(context=context, domain_id=domain)
     node = executor = robot = None
+    robot_output = ""
     try:
         node, executor, processor = _start_node(context, namespace, options)
         robot = _start_robot_side(namespace, options, env)
         _wait_until_connected(node, namespace, robot, options.outputs)
-        measured = _measure_window(node, options.seconds)
+        measured = _measure_window(node, options.seconds, robot.pid)
     finally:
-        _shut_down(robot, node, executor)
+        robot_output = _shut_down(robot, node, executor)
         rclpy.try_shutdown(context=context)
+    measured.sent = _pairs_sent(robot_output, measured.span)
+    measured.dds_profile = next((os.environ[v] for v in dds.PROFILE_VARIABLES if os.environ.get(v)), None)
     return _rate_row(options, processor.geometry_on_device, measured)
 
 
@@ -172,7 +229,12 @@ def _rate_row(options: NodeRateOptions, on_device: bool, measured: SimpleNamespa
     times = [p.published_at for p in window]
     period_ms = (times[-1] - times[0]) / (len(times) - 1) * 1e3
     network_ms = options.network_ms
-    return dict(height=options.height, width=options.width, network_ms=network_ms, geometry_device=options.geometry,
+    frames = len(window)
+    profile = dict(cpu_ms_per_frame={k: v * 1e3 / frames for k, v in measured.cpu.items()},
+                   waits_ms_per_frame={k: v * 1e3 / frames for k, v in measured.waits.items()},
+                   pairs_sent=measured.sent,
+                   input_lost_pct=(100.0 * (1.0 - measured.received / measured.sent) if measured.sent else None))
+    return dict(profile, dds_profile=measured.dds_profile, height=options.height, width=options.width, network_ms=network_ms, geometry_device=options.geometry,
                 on_device=on_device, pipeline=options.pipeline,
                 frames=len(window), rate_hz=1e3 / period_ms, period_ms=period_ms,
                 overhead_pct=(period_ms / network_ms - 1.0) * 100.0 if network_ms > 0 else None,
@@ -203,7 +265,8 @@ def run_node_rates(args: argparse.Namespace, device) -> List[Dict[str, Any]]:
             for geometry in geometries:
                 for serial in (False, True):
                     options = NodeRateOptions(h, w, ms, device, geometry, seconds=args.node_rate_seconds,
-                                              serial=serial, probe=getattr(args, "node_rate_probe", "messages"))
+                                              serial=serial, probe=getattr(args, "node_rate_probe", "messages"),
+                                              dds_profile=getattr(args, "node_rate_dds", ""))
                     row = _rate_or_reason(options)
                     rows.append(row)
                     print(f"node rate {h}x{w}, network {ms:g} ms, geometry {geometry}, {options.pipeline}: "
@@ -225,11 +288,35 @@ def format_rows(rows: Sequence[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def format_profiles(rows: Sequence[Dict[str, Any]]) -> str:
+    """Where each measured row's time went: input pairs sent and lost, CPU ms per published frame
+    by thread, and the handover's waits (ms per frame)."""
+    hdr = (f"{'size':>9} {'pipeline':>9} {'sent':>5} {'lost':>6} {'worker':>7} {'publish':>7} {'exec':>6} "
+           f"{'dds+':>6} {'robot':>6} {'w:input':>7} {'w:pub':>6} {'p:worker':>8}")
+    lines = [hdr, "-" * len(hdr)]
+    for r in rows:
+        cpu, waits = r["cpu_ms_per_frame"], r["waits_ms_per_frame"]
+        lost = f"{r['input_lost_pct']:5.1f}%" if r.get("input_lost_pct") is not None else f"{'-':>6}"
+        sent = f"{r['pairs_sent']:5d}" if r.get("pairs_sent") is not None else f"{'-':>5}"
+        lines.append(f"{r['height']}x{r['width']:<5} {r['pipeline']:>9} {sent} {lost} {cpu['worker']:7.1f} "
+                     f"{cpu['publisher']:7.1f} {cpu['executor']:6.1f} {cpu['dds_and_rest']:6.1f} "
+                     f"{cpu['robot_side']:6.1f} {waits['worker_for_input']:7.1f} {waits['worker_for_publisher']:6.1f} "
+                     f"{waits['publisher_for_worker']:8.1f}")
+    return "\n".join(lines)
+
+
 def print_node_rates(rows: Sequence[Dict[str, Any]]) -> None:
-    """The measured rows as a table, then one line per row that has no figure."""
+    """The measured rows as a table and their profiles, then one line per row that has no figure."""
     done = [r for r in rows if r.get("status") == "ok"]
     print("\nthe live node with the network replaced by a wait (period: time per published frame)")
     print(format_rows(done) if done else "")
+    if done:
+        profiles = sorted({str(r.get("dds_profile")) for r in done})
+        print(f"\nwhere the time went (Fast DDS profile: {', '.join(profiles)}): pairs sent in the window and lost "
+              f"on the way; CPU ms per published frame of the node's worker, publisher and executor threads, the "
+              f"rest of its process (DDS) and the robot side; ms per frame the worker waited for input (w:input) "
+              f"or for the publisher (w:pub), and the publisher for the worker's host work (p:worker)")
+        print(format_profiles(done))
     for r in rows:
         if r.get("status") != "ok":
             print(f"node rate {r['height']}x{r['width']} {r['network_ms']:g} ms: {r['status']} ({r['reason']})")
