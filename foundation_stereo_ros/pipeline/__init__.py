@@ -83,11 +83,12 @@ from .geometry import (PointProjector, colorize_disparity, depth_to_points, disp
                        project_points, unpack_rgb)
 from .image import (ENCODINGS, DecodedPair, auto_max16, decode_image, decode_image_msg, decode_stereo_pair,
                     encoding_info, image_to_numpy, message_pixels, to_rgb8)
-from .processor import ALL_OUTPUTS, BatchItem, MessageFrame, Outputs, StereoProcessor, StereoResult, check_frame_ids
+from .processor import (ALL_OUTPUTS, BatchItem, MessageFrame, Outputs, PendingResult, StereoProcessor, StereoResult,
+                        check_frame_ids)
 
 __all__ = [
     "ALL_OUTPUTS", "BackendError", "BatchItem", "CalibrationError", "CameraModel", "CompressedImageError", "DecodedPair", "DisparityBackend", "ENCODINGS", "ExecutionModeError",
-    "FoundationStereoBackend", "FrameError", "ImageDecodeError", "InferenceMemoryError", "MessageFrame", "OnnxBackend", "Outputs", "PROCESSOR_PARAMETERS", "PairMismatchError",
+    "FoundationStereoBackend", "FrameError", "ImageDecodeError", "InferenceMemoryError", "MessageFrame", "OnnxBackend", "Outputs", "PROCESSOR_PARAMETERS", "PairMismatchError", "PendingResult",
     "ParamSpec", "PointProjector", "ProcessorConfig", "RECTIFY_MODES", "RectificationMaps", "Rectifier",
     "SGBMBackend", "SPECS", "StereoCalibration", "StereoInputError", "StereoProcessor", "StereoResult",
     "auto_max16", "camera_info_values", "check_frame_ids", "is_out_of_memory", "colorize_disparity", "config_problems", "decode_image",

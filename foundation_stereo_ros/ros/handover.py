@@ -54,8 +54,10 @@ class FrameHandover:
 
     def __init__(self, settings: Any, match: Callable[[Any, Any], Optional[Any]], publish: Callable[[Any], None],
                  stats: Stats, log: ThrottledLog, alive: Callable[[], bool] = lambda: True,
-                 thread_prefix: str = "stereo_depth", batch: bool = False) -> None:
+                 thread_prefix: str = "stereo_depth", batch: bool = False,
+                 publish_wait_s: float = PUBLISH_WAIT_S) -> None:
         self._match = match
+        self._publish_wait_s = publish_wait_s
         self._batch = batch
         self._publish = publish
         self._stats = stats
@@ -133,7 +135,7 @@ class FrameHandover:
     def host_work_done(self) -> None:
         """The worker's frame leaves the host (its network starts and releases the GIL): the
         publisher thread may publish now. ``match`` calls it; a ``match`` that does not lets the
-        publisher wait :data:`PUBLISH_WAIT_S` or until the frame is matched."""
+        publisher wait ``publish_wait_s`` (:data:`PUBLISH_WAIT_S`) or until the frame is matched."""
         with self._cond:
             if self._worker_on_host:
                 self._worker_on_host = False
@@ -221,7 +223,7 @@ class FrameHandover:
                 (self._publishing, matched), self._matched = self._matched, None
                 self._cond.notify_all()  # the worker may hand over the next frame
                 t = time.perf_counter()
-                deadline = t + PUBLISH_WAIT_S
+                deadline = t + self._publish_wait_s
                 while self._worker_on_host and not self._stop.is_set() and time.perf_counter() < deadline:
                     self._cond.wait(max(deadline - time.perf_counter(), 0.0))
                 self.waits["publisher_for_worker"] += time.perf_counter() - t

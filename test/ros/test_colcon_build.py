@@ -55,6 +55,11 @@ def test_install_tree_has_index_marker_share_files_and_executables(install):
         assert sorted(p.name for p in (share / folder).glob(pattern)) == source, folder
         for name in source:
             assert (share / folder / name).read_text() == (REPO / folder / name).read_text()
+    # The Fast DDS profile: package data (found by the node) and, from the same file, in config/.
+    profile = REPO / PACKAGE / "ros" / "fastdds_large_data.xml"
+    assert (share / "config" / profile.name).read_text() == profile.read_text()
+    installed = sorted(prefix.glob(f"lib/python3*/site-packages/{PACKAGE}/ros/{profile.name}"))
+    assert installed and installed[0].read_text() == profile.read_text(), installed
     scripts = _console_scripts()
     assert "stereo_depth_node" in scripts and len(scripts) >= 10
     lib = prefix / "lib" / PACKAGE

@@ -301,6 +301,8 @@ def _record(context):
         if value.endswith(".yaml") and os.path.isfile(value):
             with open(value) as fh:
                 got[name + ".content"] = fh.read()
+    # The environment its processes would get (the Fast DDS profile matters most in a driver).
+    got["environment"] = {k: v for k, v in context.environment.items() if k.endswith("PROFILES_FILE")}
     with open(os.path.join(os.environ["FAKE_DRIVER_RECORDS"], "{package}.json"), "w") as fh:
         json.dump(got, fh)
     return []
@@ -360,6 +362,11 @@ def test_start_camera_tells_each_driver_what_the_node_needs(colcon_install, tmp_
         assert rc == 0 and "Traceback" not in output, output
         assert not _group_alive(procs[name].pid), output
         got = json.loads((records / f"{package}.json").read_text())
+        # The driver's processes load the package's Fast DDS profile (none was set by the user).
+        profile = Path(got["environment"]["FASTRTPS_DEFAULT_PROFILES_FILE"])
+        assert profile.name == "fastdds_large_data.xml" and profile.is_file(), got["environment"]
+        assert got["environment"]["FASTDDS_DEFAULT_PROFILES_FILE"] == str(profile)
+        assert colcon_install in profile.parents  # the installed package's copy
         if package == "zed_wrapper":
             assert got["camera_model"] == "zed2i"
             assert Path(got["ros_params_override_path"]) == share / "zed.yaml"

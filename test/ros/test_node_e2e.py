@@ -215,6 +215,26 @@ def test_only_outputs_with_subscribers_are_computed():
         h.close()
 
 
+def test_depth_and_points_are_computed_in_the_publisher_thread_after_the_next_frames_host_work():
+    """The worker matches; the publisher thread finishes (depth, points) and publishes, while the
+    worker goes on with the next pair. The worker tells the handover when a frame leaves the host."""
+    h = harness(dict(backend="sgbm", sgbm_num_disparities=32), subscribe=("depth", "points2"))
+    try:
+        node, proc = h.node, h.node.processor
+        threads, told = [], []
+        original_finish, original_done = type(proc)._finish, node._frames.host_work_done
+        proc._finish = lambda frame: (threads.append(threading.current_thread().name), original_finish(proc, frame))[1]
+        node._frames.host_work_done = lambda: (told.append(threading.current_thread().name), original_done())[1]
+        left, right, _ = textured_scene(H, W)
+        stamp = time.time_ns()
+        h.publish_arrays(left, right, "rgb8", rectified_infos(W, H, F, B, CX_L, CX_R, CY), stamp)
+        out = h.wait_outputs(stamp, ["depth", "points2"])
+        assert threads == [node._frames.publisher.name] and told == [node._frames.worker.name]
+        assert np.isfinite(image_to_array(out["depth"])).any()
+    finally:
+        h.close()
+
+
 @pytest.mark.slow
 def test_slow_inference_drops_old_pairs_and_keeps_the_newest():
     # 640x480 with 256 disparities keeps SGBM busy long enough for pairs to pile up.

@@ -272,3 +272,87 @@ def test_with_several_sources_the_worker_takes_every_waiting_pair_as_one_batch()
     finally:
         first.set()
         assert handover.stop(WAIT_S)
+
+
+def gated_pipeline(publish_wait_s: float, calls_host_work_done: bool = True):
+    """A handover whose match of a pair waits on ``host[pair]`` (its host work), then tells the
+    handover its host work is done (unless ``calls_host_work_done`` is False), then waits on
+    ``network[pair]``: (handover, stages, host, network)."""
+    stages = Stages()
+    host: Dict[int, threading.Event] = {}
+    network: Dict[int, threading.Event] = {}
+    handover: Optional[FrameHandover] = None
+
+    def match(settings: Any, pair: int) -> Any:
+        host.setdefault(pair, threading.Event()).wait(WAIT_S)
+        if calls_host_work_done:
+            handover.host_work_done()
+        network.setdefault(pair, threading.Event()).wait(WAIT_S)
+        return stages.match(settings, pair)
+
+    handover = FrameHandover("A", match, stages.publish, Stats(), ThrottledLog(Lines(), 0.0), thread_prefix="gate",
+                             publish_wait_s=publish_wait_s)
+    handover.start()
+    return handover, stages, host, network
+
+
+def _release(events: Dict[int, threading.Event], pair: int) -> None:
+    events.setdefault(pair, threading.Event()).set()
+
+
+def test_the_publisher_lets_the_next_frames_host_work_go_first_then_publishes_during_its_network():
+    """Publishing and the worker's host work both hold the GIL: a frame is published once the next
+    frame's host work is done (its network runs), not beside it."""
+    handover, stages, host, network = gated_pipeline(publish_wait_s=WAIT_S)
+    try:
+        _release(host, 1)
+        handover.offer(1, 1)
+        assert eventually(lambda: handover.in_flight == 1)
+        handover.offer(2, 2)  # waiting when frame 1 is handed over: the worker takes it at once
+        _release(network, 1)
+        assert eventually(lambda: handover.in_flight == 2 and handover.publishing == 1)
+        time.sleep(0.3)
+        assert stages.published == []  # frame 2's host work is still running
+        _release(host, 2)  # its network starts: frame 1 is published meanwhile
+        assert eventually(lambda: [s for _, s in stages.published] == [1])
+        assert handover.in_flight == 2
+        _release(network, 2)
+        assert eventually(lambda: [s for _, s in stages.published] == [1, 2])
+        assert handover.waits["publisher_for_worker"] >= 0.3
+    finally:
+        for pair in (1, 2):
+            _release(host, pair)
+            _release(network, pair)
+        assert handover.stop(WAIT_S)
+
+
+def test_the_publisher_waits_for_the_next_frame_a_bounded_time_and_not_at_all_without_one():
+    handover, stages, host, network = gated_pipeline(publish_wait_s=WAIT_S)
+    try:
+        for pair in (1, 2):
+            _release(host, pair)
+            _release(network, pair)
+        t = time.monotonic()
+        handover.offer(1, 1)  # nothing waits behind it: published at once, not after publish_wait_s
+        assert eventually(lambda: [s for _, s in stages.published] == [1])
+        assert time.monotonic() - t < WAIT_S / 2
+        assert handover.waits["publisher_for_worker"] < WAIT_S / 2
+    finally:
+        assert handover.stop(WAIT_S)
+    # A match that never says its host work is done holds the publication publish_wait_s at most.
+    handover, stages, host, network = gated_pipeline(publish_wait_s=0.2, calls_host_work_done=False)
+    try:
+        _release(host, 1)
+        handover.offer(1, 1)
+        assert eventually(lambda: handover.in_flight == 1)
+        handover.offer(2, 2)
+        _release(network, 1)
+        assert eventually(lambda: [s for _, s in stages.published] == [1])
+        assert handover.in_flight == 2  # published while frame 2's host work was still held
+        assert 0.15 <= handover.waits["publisher_for_worker"] < WAIT_S / 2
+        assert handover.waits["worker_for_input"] >= 0.0 and handover.waits["worker_for_publisher"] >= 0.0
+    finally:
+        for pair in (1, 2):
+            _release(host, pair)
+            _release(network, pair)
+        assert handover.stop(WAIT_S)

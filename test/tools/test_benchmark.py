@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import mmap
+import os
 import re
 import sys
 import time
@@ -187,7 +188,10 @@ def test_node_stage_timing_without_ros_times_all_but_the_messages(monkeypatch, c
 def test_node_rate_runs_the_live_node_and_relates_its_period_to_the_network(tmp_path, capsys):
     """--node-rate: a live node (rclpy, a second process publishing and subscribing) whose network is
     a wait; it can never be faster than that wait, and its rows say what it adds."""
+    from foundation_stereo_ros.ros import dds
+
     out = tmp_path / "rate.json"
+    before = dict(os.environ)
     code = benchmark.main(["--device", "cpu", "--variants", "vits", "--sizes", "48x64", "--no-network", "--no-node", "--node-rate", "60", "--node-rate-seconds", "1.5",
                            "--json", str(out)])
     assert code == 0
@@ -203,6 +207,13 @@ def test_node_rate_runs_the_live_node_and_relates_its_period_to_the_network(tmp_
         # A pair can lose one image in the DDS queues of an overloaded 2-core machine ('unpaired');
         # nothing else may go wrong.
         assert set(r["problems"]) <= {"unpaired"}, r["problems"]
+        # Where the time went: the pairs sent and lost, CPU per thread, the handover's waits.
+        assert r["pairs_sent"] > 0 and 0.0 <= r["input_lost_pct"] <= 100.0
+        assert set(r["cpu_ms_per_frame"]) == {"worker", "publisher", "executor", "dds_and_rest", "robot_side"}
+        assert r["cpu_ms_per_frame"]["worker"] > 0 and r["cpu_ms_per_frame"]["robot_side"] > 0
+        assert set(r["waits_ms_per_frame"]) == {"worker_for_input", "worker_for_publisher", "publisher_for_worker"}
+        assert r["dds_profile"] == os.environ.get("FASTRTPS_DEFAULT_PROFILES_FILE", dds.LARGE_DATA_PROFILE)
+    assert not any(os.environ.get(v) != before.get(v) for v in dds.PROFILE_VARIABLES)  # not left behind
     result = json.loads(out.read_text())
     assert result["rows"] == []  # --no-network
     assert "the live node" in capsys.readouterr().out

@@ -202,8 +202,12 @@ def measure_node_rate(options: NodeRateOptions) -> Dict[str, Any]:
     domain = options.domain_id if options.domain_id is not None else 1 + (os.getpid() * 13) % 100
     # Both sides on this machine only: the measurement must not depend on (or disturb) the network.
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    dds.use_profile(os.environ, options.dds_profile)  # this process's first participant reads it
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain))
+    profile = dds.profile_environment(os.environ, options.dds_profile)
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), **profile)
+    # Set for this process's first DDS participant (which reads it), then taken back: the processes
+    # this one starts later must not inherit it.
+    saved = {name: os.environ.get(name) for name in profile}
+    os.environ.update(profile)
     namespace = f"/node_rate_{os.getpid()}"
     context = Context()
     rclpy.init(context=context, domain_id=domain)
@@ -217,8 +221,13 @@ def measure_node_rate(options: NodeRateOptions) -> Dict[str, Any]:
     finally:
         robot_output = _shut_down(robot, node, executor)
         rclpy.try_shutdown(context=context)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     measured.sent = _pairs_sent(robot_output, measured.span)
-    measured.dds_profile = next((os.environ[v] for v in dds.PROFILE_VARIABLES if os.environ.get(v)), None)
+    measured.dds_profile = next((env[v] for v in dds.PROFILE_VARIABLES if env.get(v)), None)
     return _rate_row(options, processor.geometry_on_device, measured)
 
 
@@ -233,7 +242,9 @@ def _rate_row(options: NodeRateOptions, on_device: bool, measured: SimpleNamespa
     profile = dict(cpu_ms_per_frame={k: v * 1e3 / frames for k, v in measured.cpu.items()},
                    waits_ms_per_frame={k: v * 1e3 / frames for k, v in measured.waits.items()},
                    pairs_sent=measured.sent,
-                   input_lost_pct=(100.0 * (1.0 - measured.received / measured.sent) if measured.sent else None))
+                   # pairs sent just before the window may arrive in it: never below 0
+                   input_lost_pct=(max(100.0 * (1.0 - measured.received / measured.sent), 0.0) if measured.sent
+                                   else None))
     return dict(profile, dds_profile=measured.dds_profile, height=options.height, width=options.width, network_ms=network_ms, geometry_device=options.geometry,
                 on_device=on_device, pipeline=options.pipeline,
                 frames=len(window), rate_hz=1e3 / period_ms, period_ms=period_ms,

@@ -1,0 +1,103 @@
+"""What makes the node's own work cheaper keeps its outputs: the rectified pair written into one
+array (and uploaded without a copy), the faster invalidation, and the host work after the match
+finished later, in another thread (the node's publisher), from what the backend said at match time."""
+from __future__ import annotations
+
+import threading
+
+import cv2
+import numpy as np
+import pytest
+from _stereo_rig import rig_calibration
+
+from foundation_stereo_ros.pipeline import (ALL_OUTPUTS, BatchItem, DecodedPair, PendingResult, ProcessorConfig,
+                                            StereoProcessor)
+from foundation_stereo_ros.pipeline.backends.base import invalidate
+from foundation_stereo_ros.runtime.upload import PinnedUpload, stacked_array
+
+H, W = 48, 64
+
+
+def _pair(seed: int = 0) -> DecodedPair:
+    rng = np.random.default_rng(seed)
+    left = cv2.GaussianBlur(rng.integers(0, 256, (H, W, 3), dtype=np.uint8), (5, 5), 1.5)
+    return DecodedPair(left, np.ascontiguousarray(np.roll(left, -6, axis=1)), grey=False)
+
+
+def test_the_rectified_pair_is_one_array_equal_to_two_separate_remaps():
+    processor = StereoProcessor(ProcessorConfig(backend="sgbm", rectify="always"))
+    calibration = rig_calibration(W, H, 50.0, 0.1, True, delta_cx=2.0)
+    pair = _pair()
+    left, right = processor.rectifier.rectify(pair.left, pair.right, calibration)
+    maps = processor.rectifier.maps(calibration)
+    assert np.array_equal(left, cv2.remap(pair.left, maps.left[0], maps.left[1], cv2.INTER_LINEAR))
+    assert np.array_equal(right, cv2.remap(pair.right, maps.right[0], maps.right[1], cv2.INTER_LINEAR))
+    both = stacked_array([left, right])
+    assert both is not None and both.shape == (2, H, W, 3)
+    uploaded = PinnedUpload("cpu")(left, right)  # on the CPU the network takes that array as it is
+    assert uploaded.data_ptr() == both.ctypes.data
+    assert np.array_equal(uploaded.numpy(), np.stack([left, right]))
+
+
+def test_stacked_array_finds_only_consecutive_slices_of_one_array():
+    a = np.zeros((3, 4, 5, 3), np.uint8)
+    assert stacked_array([a[0], a[1], a[2]]) is a
+    assert stacked_array([a[1], a[0], a[2]]) is None  # out of order
+    assert stacked_array([a[0], a[1]]) is None  # not the whole array
+    assert stacked_array([a[0, :, :4], a[1, :, :4]]) is None  # not contiguous
+    assert stacked_array([np.zeros((4, 5, 3), np.uint8)] * 3) is None
+    b = np.zeros((4, 5, 3), np.uint8)
+    assert np.array_equal(PinnedUpload("cpu")(b, b + 1).numpy(), np.stack([b, b + 1]))  # stacked otherwise
+
+
+def test_invalidate_equals_its_definition_on_every_kind_of_value():
+    u = np.arange(8, dtype=np.float32)
+    d = np.array([[-1.0, 0.0, 2.0, 3.0, 4.0001, np.nan, np.inf, -np.inf],
+                  [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0],
+                  [-0.0, 1e-30, -1e-30, 3.0, 4.0, 5.0, 6.5, 8.0]], np.float32)
+    expected = d.copy()
+    expected[(expected < 0) | (u[None] - expected < 0)] = np.nan  # NaN below 0 or left of the right image
+    got = invalidate(d.copy())
+    assert got.tobytes() == expected.tobytes()
+    assert np.isnan(got[0, [0, 4, 6, 7]]).all() and np.isnan(got[2, [2, 6, 7]]).all()
+    assert not np.isnan(got[1]).any()  # d == u: the match is the right image's first column
+    assert not np.isnan(got[2, [0, 1, 3, 4, 5]]).any()
+
+
+@pytest.fixture
+def processor():
+    return StereoProcessor(ProcessorConfig(backend="sgbm", rectify="always", sgbm_num_disparities=16))
+
+
+def test_a_pending_result_finished_in_another_thread_equals_the_processed_one(processor):
+    calibration = rig_calibration(W, H, 50.0, 0.1, True, delta_cx=2.0)
+    item = BatchItem(_pair(), calibration, ALL_OUTPUTS)
+    expected = processor.process_batch([item])[0]
+    calls = []
+    pending = processor.match_batch([item], before_match=lambda: calls.append("match"))[0]
+    assert calls == ["match"] and isinstance(pending, PendingResult)
+    assert "depth" not in pending.timings  # matched, not finished
+    results = []
+    thread = threading.Thread(target=lambda: results.append(pending.finish()))
+    thread.start()
+    thread.join()
+    got = results[0]
+    assert pending.finish() is got  # computed once
+    for name in ("disparity", "depth", "left_rect", "right_rect", "disparity_color"):
+        assert np.array_equal(getattr(got, name), getattr(expected, name), equal_nan=True), name
+    assert got.cloud.tobytes() == expected.cloud.tobytes()
+    assert (got.min_disparity, got.max_disparity, got.delta_d) == (expected.min_disparity, expected.max_disparity,
+                                                                   expected.delta_d)
+    assert {"rectify", "match", "depth", "points"} <= set(got.timings)
+
+
+def test_a_pending_result_keeps_what_the_backend_said_of_its_own_match(processor):
+    """The node's publisher finishes a frame while the worker matches the next: the next match's
+    scale or retries must not reach the frame before."""
+    calibration = rig_calibration(W, H, 50.0, 0.1, True, delta_cx=2.0)
+    backend = processor.backend
+    pending = processor.match_batch([BatchItem(_pair(), calibration, ALL_OUTPUTS)])[0]
+    said = (backend.last_scale, backend.last_oom_retries, backend.last_fast)
+    backend.last_scale, backend.last_oom_retries, backend.last_fast = 0.25, 3, False  # "the next frame's"
+    result = pending.finish()
+    assert (result.network_scale, result.oom_retries, result.fast_execution) == said
