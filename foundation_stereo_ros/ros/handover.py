@@ -153,7 +153,7 @@ class FrameHandover:
                 if source in self._pending:
                     stats.dropped += 1  # the waiting pair is stale
             self._pending[source] = (stamp, pair)
-            self._cond.notify()
+            self._cond.notify_all()  # the worker, not only whichever thread waits first (the publisher waits too)
 
     # ------------------------------------------------------------------ threads
     def _wait_until(self, ready: Callable[[], bool]) -> bool:

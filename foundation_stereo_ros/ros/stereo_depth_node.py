@@ -96,7 +96,7 @@ class _Matched:
 
     settings: FrameSettings
     camera: Camera
-    result: Any  # PendingResult, or the FrameError the frame raised
+    result: Any  # PendingResult
     left_img: Any  # Image or CompressedImage: only its header is used
     right_img: Any
     wanted: Wanted
@@ -257,19 +257,21 @@ class StereoDepthNode(Node):
             return None
         if self._frames.stopping:
             return None  # shutting down: the publishers are going away
-        return [_Matched(settings, camera, result, frame.left_image, frame.right_image, want, t0)
-                for (camera, want), frame, result in zip(owners, frames, results)]
+        matched = []
+        for (camera, want), frame, result in zip(owners, frames, results):
+            if isinstance(result, FrameError):  # counted here: a refused frame never waits for the publisher
+                camera.stats.problem(result.problem)
+                camera.log.warn(result.problem, f"frame {stamp_ns(frame.left_image) / 1e9:.6f} skipped: {result}")
+            else:
+                matched.append(_Matched(settings, camera, result, frame.left_image, frame.right_image, want, t0))
+        return matched or None
 
-    def _checked(self, matched: _Matched) -> Optional[Tuple[Any, Wanted]]:
+    def _checked(self, matched: _Matched) -> Tuple[Any, Wanted]:
         """A camera's frame finished and ready to publish (its result and what to publish of it), its
-        problems counted and logged; None when it is skipped."""
+        problems counted and logged."""
         settings, camera, want = matched.settings, matched.camera, matched.wanted
         stamp = stamp_ns(matched.left_img)
         stats, log, processor = camera.stats, camera.log, settings.processor
-        if isinstance(matched.result, FrameError):
-            stats.problem(matched.result.problem)
-            log.warn(matched.result.problem, f"frame {stamp / 1e9:.6f} skipped: {matched.result}")
-            return None
         result = matched.result.finish()
         if result.depth_problem is not None:
             # A disparity needs no baseline: it is published; depth and points cannot be.
@@ -316,10 +318,7 @@ class StereoDepthNode(Node):
                                                         f"{traceback.format_exc(limit=4)}", error=True)
 
     def _publish(self, matched: _Matched) -> None:
-        checked = self._checked(matched)
-        if checked is None:
-            return
-        result, want = checked
+        result, want = self._checked(matched)
         settings = matched.settings
         matched.camera.publish(result, want, matched.left_img, matched.right_img,
                                settings.depth_format, settings.points_organized)

@@ -58,8 +58,10 @@ def test_install_tree_has_index_marker_share_files_and_executables(install):
     # The Fast DDS profile: package data (found by the node) and, from the same file, in config/.
     profile = REPO / PACKAGE / "ros" / "fastdds_large_data.xml"
     assert (share / "config" / profile.name).read_text() == profile.read_text()
-    installed = sorted(prefix.glob(f"lib/python3*/site-packages/{PACKAGE}/ros/{profile.name}"))
-    assert installed and installed[0].read_text() == profile.read_text(), installed
+    proc = in_install_space(install, f"{sys.executable} -c 'from {PACKAGE}.ros import dds; "
+                                     f"print(dds.LARGE_DATA_PROFILE)'")  # where the node looks for it
+    assert proc.returncode == 0, proc.stderr
+    assert Path(proc.stdout.strip()).read_text() == profile.read_text()
     scripts = _console_scripts()
     assert "stereo_depth_node" in scripts and len(scripts) >= 10
     lib = prefix / "lib" / PACKAGE

@@ -356,3 +356,26 @@ def test_the_publisher_waits_for_the_next_frame_a_bounded_time_and_not_at_all_wi
             _release(host, pair)
             _release(network, pair)
         assert handover.stop(WAIT_S)
+
+
+def test_an_offered_pair_wakes_the_worker_even_when_the_publisher_waits_too(monkeypatch):
+    """Both threads wait on one condition: an offer must reach the worker, not only whichever thread
+    waits first (a lost wake-up left a pair waiting a whole poll period). With the poll period made
+    longer than the test's bound, a lost wake-up fails the test."""
+    import foundation_stereo_ros.ros.handover as handover_module
+
+    monkeypatch.setattr(handover_module, "POLL_S", 3 * WAIT_S)
+    stages = Stages()
+    handover = FrameHandover("A", stages.match, stages.publish, Stats(), ThrottledLog(Lines(), 0.0),
+                             thread_prefix="wake")
+    handover.start()
+    try:
+        for stamp in range(1, 31):
+            handover.offer(stamp, stamp)
+            assert eventually(lambda: len(stages.published) == stamp), stamp
+            time.sleep(0.005)  # both threads back to waiting
+    finally:
+        handover._stop.set()
+        with handover._cond:
+            handover._cond.notify_all()
+        assert handover.stop(WAIT_S)
