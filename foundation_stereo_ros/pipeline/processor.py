@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import cv2
@@ -18,31 +18,11 @@ from .config import ProcessorConfig
 from .errors import FrameError, PairMismatchError
 from .geometry import PointProjector, colorize_disparity, disparity_to_depth, remove_depth_edges
 from .image import DecodedPair, decode_stereo_pair
-from .results import ALL_OUTPUTS, BatchItem, MessageFrame, Outputs, PendingResult, StereoResult, check_frame_ids
+from .results import (ALL_OUTPUTS, BatchItem, MessageFrame, Outputs, PendingResult, StagedBatch, StagedFrame,
+                      StereoResult, check_frame_ids)
 
-__all__ = ["ALL_OUTPUTS", "BatchItem", "MessageFrame", "Outputs", "PendingResult", "StereoProcessor", "StereoResult",
-           "check_frame_ids"]
-
-
-@dataclass
-class _Staged:
-    """A frame of a batch between its rectification and its result."""
-
-    index: int  # position in the batch
-    pair: DecodedPair
-    calibration: StereoCalibration
-    outputs: Outputs  # what is computed (no depth or points when the calibration has no baseline)
-    rectified: bool
-    timings: Dict[str, float]
-    size: Tuple[int, int]  # (H, W)
-    left: Optional[np.ndarray] = None  # host path: the (rectified) pair the backend matches
-    right: Optional[np.ndarray] = None
-    images: Any = None  # network-device path: (2, 3, H, W) float tensor of the (rectified) pair
-    wanted: Dict[str, Any] = field(default_factory=dict)  # network-device path: tensors to copy back
-    disparity: Any = None  # raw disparity from the backend (array, or tensor on the device)
-    #: What the backend said of this frame's match (scale, retries, execution, disparity range),
-    #: read when it was matched: a frame finished later must not see the next frame's.
-    facts: Dict[str, Any] = field(default_factory=dict)
+__all__ = ["ALL_OUTPUTS", "BatchItem", "MessageFrame", "Outputs", "PendingResult", "StagedBatch", "StereoProcessor",
+           "StereoResult", "check_frame_ids"]
 
 
 def _finished(pending: Union[PendingResult, FrameError]) -> Union["StereoResult", FrameError]:
@@ -138,10 +118,15 @@ class StereoProcessor:
                              ) -> List[Union[PendingResult, FrameError]]:
         """:meth:`process_messages_batch` up to the match: per frame, a :class:`PendingResult` whose
         ``finish()`` computes the rest on the host (in another thread if need be), or its error."""
-        out: List[Union[PendingResult, FrameError, None]] = [None] * len(frames)
+        return self.match_staged(self.stage_messages_batch(frames), before_match)
+
+    def stage_messages_batch(self, frames: Sequence["MessageFrame"]) -> StagedBatch:
+        """The host work before the match: decode, check and rectify each frame (see
+        :meth:`match_staged`, which may run in another thread, the network's)."""
+        errors: Dict[int, FrameError] = {}
         items: List[BatchItem] = []
         where: List[int] = []
-        decode_s: List[float] = []
+        decode_s: Dict[int, float] = {}
         for i, frame in enumerate(frames):
             t0 = time.perf_counter()
             try:
@@ -152,16 +137,16 @@ class StereoProcessor:
                                          require_baseline=not frame.outputs.disparity_without_baseline)
                 pair = decode_stereo_pair(frame.left_image, frame.right_image, expected_size=calib.left.size)
             except FrameError as e:
-                out[i] = e
+                errors[i] = e
                 continue
             items.append(BatchItem(pair, calib, frame.outputs))
             where.append(i)
-            decode_s.append(time.perf_counter() - t0)
-        for i, seconds, pending in zip(where, decode_s, self.match_batch(items, before_match)):
-            if isinstance(pending, PendingResult):
-                pending.timings["decode"] = seconds  # counted in the result's total when it is finished
-            out[i] = pending
-        return out  # type: ignore[return-value]
+            decode_s[i] = time.perf_counter() - t0
+        batch = self._stage_items(items, where, len(frames))
+        batch.out.update(errors)
+        for frame in batch.frames:
+            frame.timings["decode"] = decode_s[frame.index]  # counted in the result's total when it is finished
+        return batch
 
     def process_batch(self, items: Sequence["BatchItem"],
                       before_match: Optional[Callable[[], None]] = None) -> List[Union[StereoResult, FrameError]]:
@@ -176,21 +161,17 @@ class StereoProcessor:
 
     def match_batch(self, items: Sequence["BatchItem"], before_match: Optional[Callable[[], None]] = None
                     ) -> List[Union[PendingResult, FrameError]]:
-        """:meth:`process_batch` up to the match: per item, a :class:`PendingResult` or its error.
-        With the geometry on the network's device the frames are finished here (their work is
-        queued on the device with the network's); on the host, ``finish()`` does it."""
-        out: List[Union[PendingResult, FrameError, None]] = [None] * len(items)
-        if items and self._auto_on_device is None and self._geometry_choice() == "auto" \
-                and self.backend.device.type == "cuda":
-            self._time_geometry_paths(items[0])  # once, on the first frame
-        staged: List[_Staged] = []
-        for i, item in enumerate(items):
-            try:
-                staged.append(self._stage(i, item))
-            except FrameError as e:
-                out[i] = e
-        groups: "OrderedDict[Tuple[int, int], List[_Staged]]" = OrderedDict()
-        for frame in staged:
+        """:meth:`process_batch` up to the match: per item, a :class:`PendingResult` or its error."""
+        return self.match_staged(self._stage_items(items, range(len(items)), len(items)), before_match)
+
+    def match_staged(self, batch: StagedBatch, before_match: Optional[Callable[[], None]] = None
+                     ) -> List[Union[PendingResult, FrameError]]:
+        """Match staged frames, one network call per size: per frame, a :class:`PendingResult` or its
+        error. With the geometry on the network's device the frames are finished here (their work
+        is queued on the device with the network's); on the host, ``finish()`` does it."""
+        out = batch.out
+        groups: "OrderedDict[Tuple[int, int], List[StagedFrame]]" = OrderedDict()
+        for frame in batch.frames:
             groups.setdefault(frame.size, []).append(frame)
         if before_match is not None:
             before_match()
@@ -206,9 +187,28 @@ class StereoProcessor:
                 if frame.images is not None:
                     pending.finish()
                 out[frame.index] = pending
-        return out  # type: ignore[return-value]
+        return [out[i] for i in range(batch.size)]
 
-    def _stage(self, index: int, item: "BatchItem") -> "_Staged":
+    @property
+    def stages_on_host(self) -> bool:
+        """Whether :meth:`stage_messages_batch` does host work only (no device transfers), so that it
+        may run beside the network in another thread."""
+        return not self.geometry_on_device
+
+    def _stage_items(self, items: Sequence["BatchItem"], positions: Sequence[int], size: int) -> StagedBatch:
+        """Each item checked and rectified (its position in the batch from ``positions``)."""
+        batch = StagedBatch(size)
+        if items and self._auto_on_device is None and self._geometry_choice() == "auto" \
+                and self.backend.device.type == "cuda":
+            self._time_geometry_paths(items[0])  # once, on the first frame
+        for position, item in zip(positions, items):
+            try:
+                batch.frames.append(self._stage(position, item))
+            except FrameError as e:
+                batch.out[position] = e
+        return batch
+
+    def _stage(self, index: int, item: "BatchItem") -> "StagedFrame":
         """A frame's checks and rectification (on the host, or uploaded and rectified on the device)."""
         pair, calibration, outputs = item.pair, item.calibration, item.outputs
         if calibration.depth_problem is not None:
@@ -221,7 +221,7 @@ class StereoProcessor:
                                                      f"(H, W, 3) of the same size")
         h, w = left.shape[:2]
         calibration.check_image_size(w, h)
-        frame = _Staged(index, pair, calibration, outputs, calibration.needs_rectification(self.config.rectify),
+        frame = StagedFrame(index, pair, calibration, outputs, calibration.needs_rectification(self.config.rectify),
                         timings, (h, w))
         if self.geometry_on_device:
             frame.images = self._rectify_on_device(frame)
@@ -232,7 +232,7 @@ class StereoProcessor:
         _lap(timings, "rectify", t)
         return frame
 
-    def _match_group(self, group: List["_Staged"]) -> None:
+    def _match_group(self, group: List["StagedFrame"]) -> None:
         """One network (or SGBM) call for frames of one size; stores each frame's raw disparity."""
         backend = self.backend
         t = time.perf_counter()
@@ -265,7 +265,7 @@ class StereoProcessor:
                     network_scale=backend.last_scale, oom_retries=backend.last_oom_retries,
                     fast_execution=backend.last_fast)
 
-    def _finish(self, frame: "_Staged") -> StereoResult:
+    def _finish(self, frame: "StagedFrame") -> StereoResult:
         """Everything after the match: edge filter, depth, points, colours, the result."""
         calibration, outputs, timings = frame.calibration, frame.outputs, frame.timings
         delta_cx = calibration.delta_cx
@@ -378,7 +378,7 @@ class StereoProcessor:
             self._remaps.move_to_end(key)
         return remaps
 
-    def _rectify_on_device(self, frame: "_Staged") -> Any:
+    def _rectify_on_device(self, frame: "StagedFrame") -> Any:
         """Upload a frame's pair once and rectify it on the network's device: (2, 3, H, W) float
         0..255. The rectified pair's copy for the host is launched here when it is wanted."""
         import torch  # PyTorch only here: this module is also imported by SGBM users who have no torch
@@ -396,7 +396,7 @@ class StereoProcessor:
                 torch.cuda.synchronize(backend.device)
         return images
 
-    def _finish_on_device(self, frame: "_Staged", t: float):
+    def _finish_on_device(self, frame: "StagedFrame", t: float):
         """Edge filter, depth and points on the network's device; one copy back per output, all in
         one transfer at the end. Returns (left_rect, right_rect, disparity, depth, cloud, time) on
         the host, the cloud (H, W, 4) in the PointCloud2 layout of :meth:`StereoResult.set_cloud`.

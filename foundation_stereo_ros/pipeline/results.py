@@ -3,7 +3,7 @@ outputs to compute, one frame's result, and the items of a batch."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -106,6 +106,38 @@ class MessageFrame(NamedTuple):
     left_info: Any
     right_info: Any
     outputs: Outputs = Outputs()
+
+
+@dataclass
+class StagedFrame:
+    """A frame of a batch between its rectification and its result (the processor's own)."""
+
+    index: int  # position in the batch
+    pair: DecodedPair
+    calibration: StereoCalibration
+    outputs: Outputs  # what is computed (no depth or points when the calibration has no baseline)
+    rectified: bool
+    timings: Dict[str, float]
+    size: Tuple[int, int]  # (H, W)
+    left: Optional[np.ndarray] = None  # host path: the (rectified) pair the backend matches
+    right: Optional[np.ndarray] = None
+    images: Any = None  # network-device path: (2, 3, H, W) float tensor of the (rectified) pair
+    wanted: Dict[str, Any] = field(default_factory=dict)  # network-device path: tensors to copy back
+    disparity: Any = None  # raw disparity from the backend (array, or tensor on the device)
+    #: What the backend said of this frame's match (scale, retries, execution, disparity range),
+    #: read when it was matched: a frame finished later must not see the next frame's.
+    facts: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StagedBatch:
+    """Frames decoded, checked and rectified, waiting for their match
+    (:meth:`~foundation_stereo_ros.pipeline.processor.StereoProcessor.match_staged`): ``frames`` by
+    their position in the batch, ``out`` the error of each position refused so far."""
+
+    size: int
+    frames: List[StagedFrame] = field(default_factory=list)
+    out: Dict[int, Any] = field(default_factory=dict)
 
 
 class PendingResult:

@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Tuple
 
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from stereo_msgs.msg import DisparityImage
 
 from ..pipeline.geometry import message_buffer
 from .conversions import camera_info_msg, depth_image_msg, disparity_image_msg, numpy_to_image, pointcloud2_msg
-from .diagnostics import Stats, ThrottledLog
+from .diagnostics import Stats, ThrottledLog, diagnose
 from .sync import SyncOptions, TimeJumpGuard, stamp_ns, subscribe_synchronized
 
 #: The inputs of a camera, relative to its namespace.
@@ -127,6 +128,17 @@ class Camera:
         self._offer(self, stamp, (left_img, left_info, right_img, right_info))
 
     # ------------------------------------------------------------------ worker thread
+    def diagnostic_status(self, node: Node, processor: Any, rss_mb: float) -> DiagnosticStatus:
+        """This camera's /diagnostics status: the health of its counters since the last status."""
+        snapshot = self.stats.snapshot()
+        health = diagnose(snapshot, self.diag_previous, processor.config, getattr(processor.backend, "providers", ()),
+                          rss_mb)
+        self.diag_previous = snapshot
+        name = f"{node.get_name()}: stereo depth" + (f" ({self.name})" if self.name else "")
+        hardware_id = node.get_fully_qualified_name() + (f"/{self.name}" if self.name else "")
+        return DiagnosticStatus(level=bytes([health.level]), name=name, message=health.message, hardware_id=hardware_id,
+                                values=[KeyValue(key=k, value=v) for k, v in health.values])
+
     def wanted(self) -> Wanted:
         """Which outputs have subscribers now."""
         def any_subscriber(*topics: str) -> bool:

@@ -5,7 +5,7 @@ shared-memory segment, too small for the samples a stereo node exchanges (0.9 MB
 image, 4.9 MB per point cloud of it): a best-effort reader then loses samples on an idle machine,
 and reliable writers fragment and resend. ``fastdds_large_data.xml`` (beside this module,
 installed also as ``share/foundation_stereo_ros/config/fastdds_large_data.xml``) gives each
-process a 16 MiB segment; its comment has the measurements.
+process a 32 MiB segment; its comment has the measurements.
 
 It is loaded by environment variable, which must be set before the process's first DDS
 participant (``rclpy.init``). The node's ``main`` and the launch files set it unless the user has

@@ -22,7 +22,15 @@ publisher therefore lets the worker's host work on the next frame go first (:met
 called when the network starts, ends it), for :data:`PUBLISH_WAIT_S` at most, and then publishes
 while the network runs.
 
-An exception in either stage is counted as the problem ``internal_error`` and logged (throttled),
+With a ``stage`` function the host work before the network (decode, rectify) is split from
+``match``, and a third thread, the *stager*, does it for the next pair while the network still runs
+on the current one: just in time, started when the network is expected to end (the running
+estimates of both durations, :data:`STAGE_MARGIN_S` early), so the staged pair is hardly older than
+one the worker would take itself. When the network ends before that, or no estimate exists yet,
+the worker stages the pair itself. ``ahead(settings)`` says whether frames of those settings may be
+staged beside the network at all (not when staging uses the network's device).
+
+An exception in any stage is counted as the problem ``internal_error`` and logged (throttled),
 and the thread goes on with the next frame; while stopping it ends the thread quietly instead.
 :meth:`stop` waits a bounded time for a frame in flight, whose result is then not published.
 """
@@ -39,6 +47,10 @@ from .diagnostics import Stats, ThrottledLog
 POLL_S = 0.2
 #: Longest the publisher thread lets the worker's host work on the next frame go first, seconds.
 PUBLISH_WAIT_S = 0.02
+#: How much earlier than the network's expected end the stager has the next pair staged, seconds.
+STAGE_MARGIN_S = 0.002
+#: Weight of the newest duration in the running estimates of the network's and the staging's time.
+_SMOOTHING = 0.2
 
 
 class FrameHandover:
@@ -55,9 +67,20 @@ class FrameHandover:
     def __init__(self, settings: Any, match: Callable[[Any, Any], Optional[Any]], publish: Callable[[Any], None],
                  stats: Stats, log: ThrottledLog, alive: Callable[[], bool] = lambda: True,
                  thread_prefix: str = "stereo_depth", batch: bool = False,
-                 publish_wait_s: float = PUBLISH_WAIT_S) -> None:
+                 publish_wait_s: float = PUBLISH_WAIT_S, stage: Optional[Callable[[Any, Any], Any]] = None,
+                 ahead: Callable[[Any], bool] = lambda settings: True) -> None:
         self._match = match
         self._publish_wait_s = publish_wait_s
+        self._stage = stage
+        self._ahead = ahead
+        self._staged: Optional[Tuple[int, Any, Any]] = None  # (stamp, settings, staged) from the stager
+        self._staging = False  # the stager is staging a pair
+        self._ahead_settings: Optional[Any] = None  # settings of the frame staged (or being staged) ahead
+        self._network_since: Optional[float] = None  # when the worker's frame left the host
+        self._network_s: Optional[float] = None  # running estimates, seconds
+        self._stage_s: Optional[float] = None
+        #: Frames the stager staged while the network ran (the rest the worker staged itself).
+        self.staged_ahead = 0
         self._batch = batch
         self._publish = publish
         self._stats = stats
@@ -81,10 +104,14 @@ class FrameHandover:
         self.worker = threading.Thread(target=self._worker_loop, name=f"{thread_prefix}_worker", daemon=True)
         self.publisher = threading.Thread(target=self._publisher_loop, name=f"{thread_prefix}_publisher",
                                           daemon=True)
+        self.stager = (threading.Thread(target=self._stager_loop, name=f"{thread_prefix}_stager", daemon=True)
+                       if stage is not None else None)
 
     def start(self) -> None:
         self.worker.start()
         self.publisher.start()
+        if self.stager is not None:
+            self.stager.start()
 
     # ------------------------------------------------------------------ state
     @property
@@ -97,7 +124,10 @@ class FrameHandover:
     def upcoming(self) -> Any:
         """The settings the next frame will be matched with."""
         with self._cond:
-            return self._next_settings if self._next_settings is not None else self._settings
+            for settings in (self._next_settings, self._ahead_settings):
+                if settings is not None:
+                    return settings
+            return self._settings
 
     def swap_in(self, settings: Any) -> None:
         """Match the frames after the current one with ``settings``."""
@@ -137,9 +167,10 @@ class FrameHandover:
         publisher thread may publish now. ``match`` calls it; a ``match`` that does not lets the
         publisher wait ``publish_wait_s`` (:data:`PUBLISH_WAIT_S`) or until the frame is matched."""
         with self._cond:
+            self._network_since = time.perf_counter()
             if self._worker_on_host:
                 self._worker_on_host = False
-                self._cond.notify_all()
+            self._cond.notify_all()  # the publisher may publish, the stager plan the next pair
 
     # ------------------------------------------------------------------ input
     def offer(self, stamp: int, pair: Any, source: Any = None, stats: Optional[Stats] = None) -> None:
@@ -172,33 +203,58 @@ class FrameHandover:
                        error=True)
         return True
 
+    def _take_pending(self) -> Tuple[int, Any]:
+        """With the lock held: (stamp, pair) of the pair waiting, or with ``batch`` (the first stamp,
+        every source's pair in the sources' order)."""
+        if self._batch:
+            taken = [self._pending[source] for source in sorted(self._pending, key=_order)]
+            self._pending = {}
+            return taken[0][0], [p for _, p in taken]
+        return self._pending.pop(next(iter(self._pending)))
+
+    def _take_settings(self) -> Any:
+        """With the lock held: the settings of the next frame taken (a change swapped in is used up)."""
+        if self._next_settings is not None:
+            settings, self._next_settings = self._next_settings, None
+            return settings
+        return self._ahead_settings if self._ahead_settings is not None else self._settings
+
     def _worker_loop(self) -> None:
         while not self._stop.is_set():
             with self._cond:
                 t = time.perf_counter()
-                if not self._wait_until(lambda: bool(self._pending)):
+                # A pair the stager is staging is newer than what it left waiting: wait for it.
+                if not self._wait_until(lambda: (self._staged is not None or bool(self._pending))
+                                        and not self._staging):
                     return
                 self.waits["worker_for_input"] += time.perf_counter() - t
                 self._worker_on_host = True
-                if self._batch:
-                    taken = [self._pending[source] for source in sorted(self._pending, key=_order)]
-                    stamp, pair = taken[0][0], [p for _, p in taken]
-                    self._pending = {}
+                if self._staged is not None:
+                    (stamp, settings, staged), self._staged = self._staged, None
+                    pair = None
                 else:
-                    source = next(iter(self._pending))
-                    stamp, pair = self._pending.pop(source)
-                if self._next_settings is not None:
-                    self._settings, self._next_settings = self._next_settings, None
-                settings = self._settings
+                    stamp, pair = self._take_pending()
+                    settings, staged = self._take_settings(), None
+                self._settings, self._ahead_settings = settings, None
                 self._in_flight = stamp
             matched = None
             try:
-                matched = self._match(settings, pair)
+                if self._stage is None:
+                    matched = self._match(settings, pair)
+                else:
+                    if pair is not None:
+                        t = time.perf_counter()
+                        staged = self._stage(settings, pair)
+                        self._stage_s = _smoothed(self._stage_s, time.perf_counter() - t)
+                    matched = self._match(settings, staged)
             except Exception as e:  # noqa: BLE001 - the worker must survive anything a frame does
                 if not self._internal_error("frame failed", e):
                     return
             finally:
                 with self._cond:
+                    if self._network_since is not None:
+                        self._network_s = _smoothed(self._network_s, time.perf_counter() - self._network_since)
+                        self._network_since = None
                     self._worker_on_host = False
                     if matched is not None:
                         # One frame waits for the publisher at most: this frame is published after
@@ -208,12 +264,55 @@ class FrameHandover:
                             self.waits["worker_for_publisher"] += time.perf_counter() - t
                             entry = self._matched = (stamp, matched)
                             # A pair waiting is taken at once: its host work goes before this publication.
-                            self._worker_on_host = bool(self._pending) and not self.serial
+                            self._worker_on_host = (bool(self._pending) and self._staged is None
+                                                    and not self.serial)
                             self._cond.notify_all()
                             if self.serial:
                                 self._wait_until(lambda: self._matched is not entry and self._publishing is None)
                     self._in_flight = None
                     self._cond.notify_all()
+
+    def _stage_due(self) -> Optional[float]:
+        """With the lock held: when the stager should stage the waiting pair (perf_counter), or None
+        when it should not (nothing waits, the network is not running, no estimates yet)."""
+        if (self.serial or not self._pending or self._staged is not None or self._staging
+                or self._network_since is None or self._network_s is None or self._stage_s is None):
+            return None
+        settings = self._next_settings if self._next_settings is not None else self._settings
+        if not self._ahead(settings):
+            return None
+        return self._network_since + max(self._network_s - self._stage_s - STAGE_MARGIN_S, 0.0)
+
+    def _stager_loop(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if self._stop.is_set():
+                        return
+                    due = self._stage_due()
+                    now = time.perf_counter()
+                    if due is not None and now >= due:
+                        break
+                    self._cond.wait(POLL_S if due is None else due - now)
+                stamp, pair = self._take_pending()
+                settings = self._ahead_settings = self._take_settings()
+                self._staging = True
+            staged = failed = None
+            try:
+                t = time.perf_counter()
+                staged = self._stage(settings, pair)
+                self._stage_s = _smoothed(self._stage_s, time.perf_counter() - t)
+            except Exception as e:  # noqa: BLE001 - the stager must survive anything a frame does
+                failed = e
+            finally:
+                with self._cond:
+                    self._staging = False
+                    if failed is None and staged is not None:
+                        self._staged = (stamp, settings, staged)
+                        self.staged_ahead += 1
+                    self._cond.notify_all()
+            if failed is not None and not self._internal_error("frame failed", failed):
+                return
 
     def _publisher_loop(self) -> None:
         while True:
@@ -249,10 +348,18 @@ class FrameHandover:
         if in_flight is not None and on_wait is not None:
             on_wait(in_flight)
         deadline = time.monotonic() + timeout_s
-        for thread in (self.worker, self.publisher):
+        for thread in (self.worker, self.publisher, self.stager):
+            if thread is None:
+                continue
             if thread.is_alive() and threading.current_thread() is not thread:
                 thread.join(max(deadline - time.monotonic(), 0.0))
-        return not (self.worker.is_alive() or self.publisher.is_alive())
+        return not (self.worker.is_alive() or self.publisher.is_alive()
+                    or (self.stager is not None and self.stager.is_alive()))
+
+
+def _smoothed(estimate: Optional[float], seconds: float) -> float:
+    """A running estimate updated with a new duration."""
+    return seconds if estimate is None else (1.0 - _SMOOTHING) * estimate + _SMOOTHING * seconds
 
 
 def _order(source: Any) -> Tuple[bool, Any]:

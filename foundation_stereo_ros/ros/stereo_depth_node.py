@@ -38,15 +38,14 @@ stereo test fixture publishes) gives the disparity (``t`` 0) and no depth or poi
 counted and logged as ``zero_baseline``, its disparity published.
 
 Threading (:mod:`.handover`): the synchroniser callback only stores the newest pair (an older
-pair still waiting is dropped and counted), so the executor never blocks on inference. Two
-threads form a pipeline: the worker decodes, rectifies and matches a pair, and hands the result
-to the publisher thread, which builds and publishes the messages while the worker already
-matches the next pair. On a GPU the network's time then hides the message building (several ms
-for a 640x480 point cloud), and the node's rate is the network's. Frames are published in
-order; the hand-over holds one result, so the worker waits rather than letting results pile up.
-Everything a frame is processed with (the processor and the output options) is one immutable
-:class:`FrameSettings`; a parameter change builds a new one (:mod:`.parameters`) and the worker
-swaps it in between frames, so no frame sees half of a change. The /diagnostics status is
+pair still waiting is dropped and counted), so the executor never blocks on inference. Three
+threads form a pipeline: the stager decodes and rectifies the next pair just before the network
+finishes the current one, the worker matches, and the publisher thread finishes (depth, points)
+and publishes while the worker already matches the next pair, so on a GPU the node's rate is the
+network's. Frames are published in order; the hand-over holds one result, so the worker waits
+rather than letting results pile up. Everything a frame is processed with is one immutable
+:class:`FrameSettings`; a parameter change builds a new one (:mod:`.parameters`), swapped in
+between frames, so no frame sees half of a change. The /diagnostics status is
 :func:`.diagnostics.diagnose` of the node's counters.
 
 Shutdown (Ctrl-C, SIGTERM from a launch shutdown): the executor stops, a frame in flight gets
@@ -64,7 +63,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import rclpy
 import rclpy.logging
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
@@ -73,7 +72,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from ..pipeline import FrameError, MessageFrame, Outputs, StereoProcessor
 from . import dds
 from .camera import Camera, Wanted
-from .diagnostics import StatsSnapshot, diagnose, resident_memory_mb
+from .diagnostics import StatsSnapshot, resident_memory_mb
 from .handover import FrameHandover
 from .parameters import (ALL_PARAMETERS, FrameSettings, StartupError, camera_names, change_parameters,
                          declare_cameras, declare_parameters, initial_settings)
@@ -87,6 +86,17 @@ SHUTDOWN_WAIT_S = 4.0
 
 #: Most cameras one node serves.
 MAX_CAMERAS = 8
+
+
+@dataclass
+class _Staged:
+    """Pairs decoded, checked and rectified, on their way from the stager (or the worker) to the
+    network: per frame its camera, what it wants and its messages, and the processor's batch."""
+
+    owners: List[Tuple[Camera, Wanted]]
+    frames: List[MessageFrame]
+    batch: Any  # StagedBatch
+    t0: float  # perf_counter when the pairs were taken
 
 
 @dataclass
@@ -130,7 +140,8 @@ class StereoDepthNode(Node):
 
         # _publish is looked up per frame, so that tests can wrap it.
         self._frames = FrameHandover(settings, self._match, self._publish_all, self._stats, self._log,
-                                     alive=lambda: rclpy.ok(context=self.context), batch=True)
+                                     alive=lambda: rclpy.ok(context=self.context), batch=True, stage=self._stage,
+                                     ahead=lambda s: s.processor.stages_on_host)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self._diag_timer = self.create_timer(float(values["diagnostics_period_s"]), self._publish_diagnostics)
@@ -221,11 +232,10 @@ class StereoDepthNode(Node):
         self._frames.offer(stamp, (camera, messages), source=self.cameras.index(camera), stats=camera.stats)
 
     # ------------------------------------------------------------------ worker thread
-    def _match(self, settings: FrameSettings, pairs: List[Tuple[Camera, Tuple[Any, ...]]]) -> Optional[List[_Matched]]:
-        """Match the pairs waiting (one per camera) for the outputs that have subscribers, frames of
-        one size in one network call; None when no camera wants anything. The publisher thread
-        finishes and publishes them (:meth:`_publish_all`)."""
-        processor = settings.processor
+    def _stage(self, settings: FrameSettings, pairs: List[Tuple[Camera, Tuple[Any, ...]]]) -> Optional[_Staged]:
+        """The host work on the pairs waiting (one per camera) before the network: decode, check and
+        rectify each for the outputs that have subscribers; None when no camera wants anything. The
+        stager thread does it while the network still runs on the frame before (handover.py)."""
         frames, owners = [], []
         for camera, (left_img, left_info, right_img, right_info) in pairs:
             want = camera.wanted()
@@ -245,26 +255,43 @@ class StereoDepthNode(Node):
             return None
         t0 = time.perf_counter()
         try:
-            # The publisher thread publishes the frame before once these frames' host work is done.
-            results = processor.match_messages_batch(frames, before_match=self._frames.host_work_done)
+            batch = settings.processor.stage_messages_batch(frames)
         except Exception as e:  # noqa: BLE001 - counted for every camera of the batch, the worker goes on
-            if self._frames.stopping or not rclpy.ok(context=self.context):
-                return None
-            for camera, _ in owners:
-                camera.stats.problem("internal_error")
-                camera.log.warn("internal_error", f"frame failed: {type(e).__name__}: {e}\n"
-                                                  f"{traceback.format_exc(limit=4)}", error=True)
+            self._frame_failed(owners, e)
+            return None
+        return _Staged(owners, frames, batch, t0)
+
+    def _match(self, settings: FrameSettings, staged: Optional[_Staged]) -> Optional[List[_Matched]]:
+        """Match a staged batch, frames of one size in one network call; the publisher thread
+        finishes and publishes them (:meth:`_publish_all`). None when nothing is left to publish."""
+        if staged is None:
+            return None
+        try:
+            # The publisher thread publishes the frame before once these frames leave the host.
+            results = settings.processor.match_staged(staged.batch, before_match=self._frames.host_work_done)
+        except Exception as e:  # noqa: BLE001 - counted for every camera of the batch, the worker goes on
+            self._frame_failed(staged.owners, e)
             return None
         if self._frames.stopping:
             return None  # shutting down: the publishers are going away
         matched = []
-        for (camera, want), frame, result in zip(owners, frames, results):
+        for (camera, want), frame, result in zip(staged.owners, staged.frames, results):
             if isinstance(result, FrameError):  # counted here: a refused frame never waits for the publisher
                 camera.stats.problem(result.problem)
                 camera.log.warn(result.problem, f"frame {stamp_ns(frame.left_image) / 1e9:.6f} skipped: {result}")
             else:
-                matched.append(_Matched(settings, camera, result, frame.left_image, frame.right_image, want, t0))
+                matched.append(_Matched(settings, camera, result, frame.left_image, frame.right_image, want,
+                                        staged.t0))
         return matched or None
+
+    def _frame_failed(self, owners: List[Tuple[Camera, Wanted]], e: Exception) -> None:
+        """An unexpected exception while processing a batch: an internal error of each of its cameras."""
+        if self._frames.stopping or not rclpy.ok(context=self.context):
+            return
+        for camera, _ in owners:
+            camera.stats.problem("internal_error")
+            camera.log.warn("internal_error", f"frame failed: {type(e).__name__}: {e}\n"
+                                              f"{traceback.format_exc(limit=4)}", error=True)
 
     def _checked(self, matched: _Matched) -> Tuple[Any, Wanted]:
         """A camera's frame finished and ready to publish (its result and what to publish of it), its
@@ -327,20 +354,8 @@ class StereoDepthNode(Node):
 
     # ------------------------------------------------------------------ diagnostics (executor thread)
     def _publish_diagnostics(self) -> None:
-        processor = self._frames.settings.processor
-        rss_mb = resident_memory_mb()
-        statuses = []
-        for camera in self.cameras:
-            snapshot = camera.stats.snapshot()
-            health = diagnose(snapshot, camera.diag_previous, processor.config,
-                              getattr(processor.backend, "providers", ()), rss_mb)
-            camera.diag_previous = snapshot
-            name = f"{self.get_name()}: stereo depth" + (f" ({camera.name})" if camera.name else "")
-            hardware_id = self.get_fully_qualified_name() + (f"/{camera.name}" if camera.name else "")
-            statuses.append(DiagnosticStatus(level=bytes([health.level]), name=name, message=health.message,
-                                             hardware_id=hardware_id,
-                                             values=[KeyValue(key=k, value=v) for k, v in health.values]))
-        msg = DiagnosticArray(status=statuses)
+        processor, rss_mb = self._frames.settings.processor, resident_memory_mb()
+        msg = DiagnosticArray(status=[camera.diagnostic_status(self, processor, rss_mb) for camera in self.cameras])
         msg.header.stamp = self.get_clock().now().to_msg()
         self._pub_diag.publish(msg)
 

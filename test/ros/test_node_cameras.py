@@ -64,13 +64,13 @@ def test_two_cameras_publish_under_their_namespaces_and_are_matched_together():
         rear = OtherCamera(h, "rear")
         batches = []
         proc = h.node.processor
-        original = proc.match_messages_batch
+        original = proc.stage_messages_batch
 
         def spy(frames, **kw):
             batches.append(len(frames))
             return original(frames, **kw)
 
-        proc.match_messages_batch = spy
+        proc.stage_messages_batch = spy
         left, right, _ = textured_scene(H, W)
         infos = rectified_infos(W, H, F, B, W / 2, W / 2, H / 2)
         # A different scene on the rear camera: its outputs must be its own, not the front's.

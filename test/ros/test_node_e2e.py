@@ -189,13 +189,13 @@ def test_only_outputs_with_subscribers_are_computed():
     try:
         seen = []
         proc = h.node.processor
-        original = proc.match_messages_batch
+        original = proc.stage_messages_batch
 
         def spy(frames, **kw):
             seen.extend(frame.outputs for frame in frames)
             return original(frames, **kw)
 
-        proc.match_messages_batch = spy
+        proc.stage_messages_batch = spy
         left, right, _ = textured_scene(H, W)
         stamp = time.time_ns()
         h.publish_arrays(left, right, "rgb8", rectified_infos(W, H, F, B, CX_L, CX_R, CY), stamp)
@@ -292,7 +292,7 @@ def test_publishing_a_frame_overlaps_matching_the_next_and_keeps_the_order():
         matching_second = threading.Event()
         overlapped = []
         proc = node.processor
-        real_process, real_publish = proc.match_messages_batch, node._publish
+        real_process, real_publish = proc.match_staged, node._publish
         calls = []
 
         def process(*args, **kw):
@@ -306,7 +306,7 @@ def test_publishing_a_frame_overlaps_matching_the_next_and_keeps_the_order():
                 overlapped.append(matching_second.wait(20.0))
             return real_publish(matched)
 
-        proc.match_messages_batch = process
+        proc.match_staged = process
         node._publish = publish
         left, right, _ = textured_scene(H, W)
         infos = rectified_infos(W, H, F, B, CX_L, CX_R, CY)
@@ -374,7 +374,7 @@ def test_an_exception_in_the_worker_or_the_publisher_is_counted_and_the_node_goe
     try:
         node = h.node
         proc = node.processor
-        real_process, real_publish = proc.match_messages_batch, node._publish
+        real_process, real_publish = proc.match_staged, node._publish
         fail = {"process": 1, "publish": 1}
 
         def process(*args, **kw):
@@ -389,7 +389,7 @@ def test_an_exception_in_the_worker_or_the_publisher_is_counted_and_the_node_goe
                 raise RuntimeError("a bug in publishing")
             return real_publish(matched)
 
-        proc.match_messages_batch = process
+        proc.match_staged = process
         node._publish = publish
         left, right, _ = textured_scene(H, W)
         infos = rectified_infos(W, H, F, B, CX_L, CX_R, CY)

@@ -379,3 +379,90 @@ def test_an_offered_pair_wakes_the_worker_even_when_the_publisher_waits_too(monk
         with handover._cond:
             handover._cond.notify_all()
         assert handover.stop(WAIT_S)
+
+
+class NetworkStages:
+    """Stage and match functions like the node's: ``stage`` takes ``stage_s``, ``match`` says its
+    frame left the host and then 'runs the network' for ``network_s``. Records who staged what when."""
+
+    def __init__(self, network_s: float = 0.2, stage_s: float = 0.02, fail_call: Optional[int] = None) -> None:
+        self.network_s, self.stage_s, self.fail_call = network_s, stage_s, fail_call
+        self.failed: Optional[int] = None  # the pair whose staging failed
+        self.handover: Optional[FrameHandover] = None
+        self.staged: List[Any] = []  # (pair, thread name, start)
+        self.networks: List[Any] = []  # (pair, start, end)
+        self.published: List[int] = []
+
+    def stage(self, settings: Any, pair: int) -> Any:
+        self.staged.append((pair, threading.current_thread().name, time.perf_counter()))
+        time.sleep(self.stage_s)
+        if len(self.staged) == self.fail_call:
+            self.failed = pair
+            raise RuntimeError("a bug in staging")
+        return ("staged", pair)
+
+    def match(self, settings: Any, staged: Any) -> Any:
+        assert staged[0] == "staged"
+        self.handover.host_work_done()
+        start = time.perf_counter()
+        time.sleep(self.network_s)
+        self.networks.append((staged[1], start, time.perf_counter()))
+        return staged[1]
+
+    def publish(self, pair: int) -> None:
+        self.published.append(pair)
+
+
+def run_with_stager(stages: NetworkStages, seconds: float, ahead=lambda settings: True, serial: bool = False):
+    """Pairs offered every 30 ms for ``seconds`` to a handover with a stager; (handover, stats, log lines)."""
+    stats, lines = Stats(), Lines()
+    handover = FrameHandover("A", stages.match, stages.publish, stats, ThrottledLog(lines, 0.0),
+                             thread_prefix="staging", stage=stages.stage, ahead=ahead)
+    stages.handover = handover
+    handover.serial = serial
+    handover.start()
+    try:
+        end, stamp = time.monotonic() + seconds, 0
+        while time.monotonic() < end:
+            stamp += 1
+            handover.offer(stamp, stamp)
+            time.sleep(0.03)
+        time.sleep(0.05)  # the last pair: taken by the worker or the stager
+        assert eventually(lambda: handover.in_flight is None and handover.matched is None
+                          and handover.publishing is None and len(stages.published) == len(stages.networks))
+    finally:
+        assert handover.stop(WAIT_S)
+    return handover, stats, lines
+
+
+def test_the_stager_stages_the_next_pair_just_before_the_network_ends():
+    stages = NetworkStages()
+    handover, stats, _ = run_with_stager(stages, 2.5)
+    ahead = [(pair, start) for pair, thread, start in stages.staged if thread == "staging_stager"]
+    assert handover.staged_ahead == len(ahead) >= 5
+    assert all(thread in ("staging_stager", "staging_worker") for _, thread, _ in stages.staged)
+    for pair, start in ahead:
+        # The network it overlapped: staged in its last part (just in time), not as it started.
+        net = next((p, s, e) for p, s, e in stages.networks if s <= start <= e)
+        assert start - net[1] >= 0.5 * stages.network_s, (pair, start - net[1])
+    # Every frame matched is the one staged from its own pair, published in order, none twice.
+    assert stages.published == sorted(stages.published) == [p for p, _, _ in stages.networks]
+    assert len(set(stages.published)) == len(stages.published)
+    assert set(stages.published) <= {pair for pair, _, _ in stages.staged}
+    assert stats.problems == {}
+
+
+def test_the_worker_stages_itself_when_frames_may_not_be_staged_ahead_or_publishing_is_serial():
+    for ahead, serial in ((lambda settings: False, False), (lambda settings: True, True)):
+        stages = NetworkStages(network_s=0.1)
+        handover, _, _ = run_with_stager(stages, 1.0, ahead=ahead, serial=serial)
+        assert handover.staged_ahead == 0
+        assert {thread for _, thread, _ in stages.staged} == {"staging_worker"}
+        assert len(stages.published) >= 3
+
+
+def test_a_failed_staging_is_an_internal_error_and_the_next_pairs_go_on():
+    stages = NetworkStages(fail_call=5)  # by then the stager stages ahead
+    handover, stats, lines = run_with_stager(stages, 2.0)
+    assert stats.problems.get("internal_error") == 1 and any("a bug in staging" in line for line in lines.lines)
+    assert stages.failed not in stages.published and any(p > stages.failed for p in stages.published)

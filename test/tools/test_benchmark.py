@@ -209,9 +209,11 @@ def test_node_rate_runs_the_live_node_and_relates_its_period_to_the_network(tmp_
         assert set(r["problems"]) <= {"unpaired"}, r["problems"]
         # Where the time went: the pairs sent and lost, CPU per thread, the handover's waits.
         assert r["pairs_sent"] > 0 and 0.0 <= r["input_lost_pct"] <= 100.0
-        assert set(r["cpu_ms_per_frame"]) == {"worker", "publisher", "executor", "dds_and_rest", "robot_side"}
+        assert set(r["cpu_ms_per_frame"]) == {"worker", "stager", "publisher", "executor", "dds_and_rest",
+                                                "robot_side"}
         assert r["cpu_ms_per_frame"]["worker"] > 0 and r["cpu_ms_per_frame"]["robot_side"] > 0
         assert set(r["waits_ms_per_frame"]) == {"worker_for_input", "worker_for_publisher", "publisher_for_worker"}
+        assert 0.0 <= r["staged_ahead_pct"] <= 100.0
         assert r["dds_profile"] == os.environ.get("FASTRTPS_DEFAULT_PROFILES_FILE", dds.LARGE_DATA_PROFILE)
     assert not any(os.environ.get(v) != before.get(v) for v in dds.PROFILE_VARIABLES)  # not left behind
     result = json.loads(out.read_text())

@@ -20,7 +20,7 @@ which a best-effort reader loses images). The profile is read once per process, 
 participant: compare profiles in separate benchmark runs.
 
 Each row also profiles the node: the pairs the robot side sent in the window and how many reached
-the node whole; the CPU time per published frame of the node's worker, publisher and executor
+the node whole; the CPU time per published frame of the node's worker, stager, publisher and executor
 threads, of the rest of the node's process (DDS), and of the robot side; and how long the worker
 waited for a pair or for the publisher, and the publisher for the worker's host work.
 
@@ -134,12 +134,13 @@ def _cpu_seconds(stat_path: str) -> float:
 
 
 def _cpu_sample(node, robot_pid: int) -> Dict[str, float]:
-    """CPU seconds so far of the node's worker, publisher and executor threads, of its whole
+    """CPU seconds so far of the node's worker, publisher, stager and executor threads, of its whole
     process, and of the robot side (Linux /proc; zeros elsewhere)."""
     frames = node._frames
     threads = {"worker": frames.worker.native_id, "publisher": frames.publisher.native_id,
-               "executor": node.spinner.native_id}
-    out = {name: _cpu_seconds(f"/proc/self/task/{tid}/stat") for name, tid in threads.items()}
+               "executor": node.spinner.native_id,
+               "stager": frames.stager.native_id if frames.stager is not None else None}
+    out = {name: _cpu_seconds(f"/proc/self/task/{tid}/stat") if tid else 0.0 for name, tid in threads.items()}
     out["process"] = _cpu_seconds("/proc/self/stat")
     out["robot_side"] = _cpu_seconds(f"/proc/{robot_pid}/stat")
     return out
@@ -153,15 +154,17 @@ def _measure_window(node, seconds: float, robot_pid: int) -> SimpleNamespace:
         if time.monotonic() > deadline:
             raise RuntimeError("the node published no frames")
         time.sleep(0.05)
-    start, cpu0, waits0, t0 = node.stats_snapshot(), _cpu_sample(node, robot_pid), dict(node._frames.waits), time.monotonic()
+    frames = node._frames
+    start, cpu0, waits0, t0 = node.stats_snapshot(), _cpu_sample(node, robot_pid), dict(frames.waits), time.monotonic()
+    ahead0 = frames.staged_ahead
     time.sleep(seconds)
-    end, cpu1, waits1, t1 = node.stats_snapshot(), _cpu_sample(node, robot_pid), dict(node._frames.waits), time.monotonic()
+    end, cpu1, waits1, t1 = node.stats_snapshot(), _cpu_sample(node, robot_pid), dict(frames.waits), time.monotonic()
     cpu = {k: cpu1[k] - cpu0[k] for k in cpu0}
-    cpu["dds_and_rest"] = cpu.pop("process") - cpu["worker"] - cpu["publisher"] - cpu["executor"]
+    cpu["dds_and_rest"] = cpu.pop("process") - cpu["worker"] - cpu["publisher"] - cpu["executor"] - cpu["stager"]
     return SimpleNamespace(window=end.published_since(start.taken_at), span=(t0, t1),
                            received=end.pairs_received - start.pairs_received,
                            dropped=end.dropped - start.dropped, problems=dict(end.problems), cpu=cpu,
-                           waits={k: waits1[k] - waits0[k] for k in waits0})
+                           waits={k: waits1[k] - waits0[k] for k in waits0}, staged_ahead=frames.staged_ahead - ahead0)
 
 
 def _shut_down(robot: Optional[subprocess.Popen], node, executor) -> str:
@@ -242,6 +245,7 @@ def _rate_row(options: NodeRateOptions, on_device: bool, measured: SimpleNamespa
     profile = dict(cpu_ms_per_frame={k: v * 1e3 / frames for k, v in measured.cpu.items()},
                    waits_ms_per_frame={k: v * 1e3 / frames for k, v in measured.waits.items()},
                    pairs_sent=measured.sent,
+                   staged_ahead_pct=100.0 * min(measured.staged_ahead / frames, 1.0),
                    # pairs sent just before the window may arrive in it: never below 0
                    input_lost_pct=(max(100.0 * (1.0 - measured.received / measured.sent), 0.0) if measured.sent
                                    else None))
@@ -302,17 +306,17 @@ def format_rows(rows: Sequence[Dict[str, Any]]) -> str:
 def format_profiles(rows: Sequence[Dict[str, Any]]) -> str:
     """Where each measured row's time went: input pairs sent and lost, CPU ms per published frame
     by thread, and the handover's waits (ms per frame)."""
-    hdr = (f"{'size':>9} {'pipeline':>9} {'sent':>5} {'lost':>6} {'worker':>7} {'publish':>7} {'exec':>6} "
-           f"{'dds+':>6} {'robot':>6} {'w:input':>7} {'w:pub':>6} {'p:worker':>8}")
+    hdr = (f"{'size':>9} {'pipeline':>9} {'sent':>5} {'lost':>6} {'worker':>7} {'stager':>7} {'publish':>7} {'exec':>6} "
+           f"{'dds+':>6} {'robot':>6} {'w:input':>7} {'w:pub':>6} {'p:worker':>8} {'ahead':>6}")
     lines = [hdr, "-" * len(hdr)]
     for r in rows:
         cpu, waits = r["cpu_ms_per_frame"], r["waits_ms_per_frame"]
         lost = f"{r['input_lost_pct']:5.1f}%" if r.get("input_lost_pct") is not None else f"{'-':>6}"
         sent = f"{r['pairs_sent']:5d}" if r.get("pairs_sent") is not None else f"{'-':>5}"
         lines.append(f"{r['height']}x{r['width']:<5} {r['pipeline']:>9} {sent} {lost} {cpu['worker']:7.1f} "
-                     f"{cpu['publisher']:7.1f} {cpu['executor']:6.1f} {cpu['dds_and_rest']:6.1f} "
+                     f"{cpu['stager']:7.1f} {cpu['publisher']:7.1f} {cpu['executor']:6.1f} {cpu['dds_and_rest']:6.1f} "
                      f"{cpu['robot_side']:6.1f} {waits['worker_for_input']:7.1f} {waits['worker_for_publisher']:6.1f} "
-                     f"{waits['publisher_for_worker']:8.1f}")
+                     f"{waits['publisher_for_worker']:8.1f} {r['staged_ahead_pct']:5.0f}%")
     return "\n".join(lines)
 
 
@@ -324,9 +328,10 @@ def print_node_rates(rows: Sequence[Dict[str, Any]]) -> None:
     if done:
         profiles = sorted({str(r.get("dds_profile")) for r in done})
         print(f"\nwhere the time went (Fast DDS profile: {', '.join(profiles)}): pairs sent in the window and lost "
-              f"on the way; CPU ms per published frame of the node's worker, publisher and executor threads, the "
+              f"on the way; CPU ms per published frame of the node's worker, stager, publisher and executor threads, the "
               f"rest of its process (DDS) and the robot side; ms per frame the worker waited for input (w:input) "
-              f"or for the publisher (w:pub), and the publisher for the worker's host work (p:worker)")
+              f"or for the publisher (w:pub), the publisher for the worker's host work (p:worker); frames staged "
+              f"while the network ran (ahead)")
         print(format_profiles(done))
     for r in rows:
         if r.get("status") != "ok":
