@@ -157,8 +157,8 @@ def test_node_stage_timing_runs_the_node_code_on_both_geometry_paths(monkeypatch
     from foundation_stereo_ros.ros import conversions  # needs the ROS 2 message packages
 
     calls = []
-    real_process = StereoProcessor.match_batch  # every frame's way through the processor
-    monkeypatch.setattr(StereoProcessor, "match_batch",
+    real_process = StereoProcessor.match_staged  # every frame's way through the processor
+    monkeypatch.setattr(StereoProcessor, "match_staged",
                         lambda self, *a, **k: calls.append("process") or real_process(self, *a, **k))
     real_cloud = conversions.pointcloud2_msg
     monkeypatch.setattr(conversions, "pointcloud2_msg", lambda *a, **k: calls.append("cloud") or real_cloud(*a, **k))
