@@ -110,7 +110,7 @@ class _Matched:
     left_img: Any  # Image or CompressedImage: only its header is used
     right_img: Any
     wanted: Wanted
-    t0: float  # perf_counter when the worker took the pair
+    t0: float  # perf_counter when its pair was taken (for staging)
 
 
 class StereoDepthNode(Node):
