@@ -168,8 +168,7 @@ class FrameHandover:
         publisher wait ``publish_wait_s`` (:data:`PUBLISH_WAIT_S`) or until the frame is matched."""
         with self._cond:
             self._network_since = time.perf_counter()
-            if self._worker_on_host:
-                self._worker_on_host = False
+            self._worker_on_host = False
             self._cond.notify_all()  # the publisher may publish, the stager plan the next pair
 
     # ------------------------------------------------------------------ input
@@ -263,9 +262,10 @@ class FrameHandover:
                         if self._wait_until(lambda: self._matched is None):
                             self.waits["worker_for_publisher"] += time.perf_counter() - t
                             entry = self._matched = (stamp, matched)
-                            # A pair waiting is taken at once: its host work goes before this publication.
+                            # A pair waiting is taken (and staged) at once: its host work goes before
+                            # this publication. A pair staged ahead has none left.
                             self._worker_on_host = (bool(self._pending) and self._staged is None
-                                                    and not self.serial)
+                                                    and not self._staging and not self.serial)
                             self._cond.notify_all()
                             if self.serial:
                                 self._wait_until(lambda: self._matched is not entry and self._publishing is None)
