@@ -40,9 +40,10 @@ def _one(results: List[Union["StereoResult", FrameError]]) -> "StereoResult":
 class StereoProcessor:
     """Rectify -> match -> depth -> points for one pair at a time (see the package docstring).
 
-    Not thread-safe: call from one thread (the node's worker) at a time. Caches the backend
-    (network weights, SGBM matcher), the rectification maps per calibration, validated
-    calibrations and the back-projection rays, so repeated frames do no setup work.
+    Caches the backend, the rectification maps, validated calibrations and the back-projection
+    rays, so repeated frames do no setup work. Not thread-safe, but its three steps may run in
+    three threads, one call of each at a time (the node's stager, worker and publisher): staging
+    uses the calibrations and maps, matching the backend, finishing the rays.
     """
 
     def __init__(self, config: ProcessorConfig, backend: Optional[DisparityBackend] = None,
@@ -191,8 +192,7 @@ class StereoProcessor:
 
     @property
     def stages_on_host(self) -> bool:
-        """Whether :meth:`stage_messages_batch` does host work only (no device transfers), so that it
-        may run beside the network in another thread."""
+        """Whether staging is host work only (no device transfers): it may run beside the network."""
         return not self.geometry_on_device
 
     def _stage_items(self, items: Sequence["BatchItem"], positions: Sequence[int], size: int) -> StagedBatch:
