@@ -29,6 +29,12 @@ API
 
     proc2 = proc.reconfigured(config.replace(iters=16))   # shares the loaded network and maps
 
+    # In three steps, each of which may run in its own thread (as the node's stager, worker and
+    # publisher do): host work before the network, the match, the host work after it.
+    staged = proc.stage_messages_batch([MessageFrame(left_img, right_img, left_info, right_info)])
+    pending = proc.match_staged(staged)[0]                # PendingResult, or the frame's FrameError
+    result = pending.finish()
+
 ``StereoResult`` fields (all arrays (H, W[, C]) at the camera resolution):
 
 * ``disparity`` float32 px, NaN invalid, *pre-adjusted* as stereo_msgs/DisparityImage requires:
