@@ -107,8 +107,8 @@ class StereoProcessor:
         ``depth_problem`` names what is missing."""
         return _one(self.process_batch([BatchItem(pair, calibration, outputs)]))
 
-    def process_messages_batch(self, frames: Sequence["MessageFrame"],
-                               before_match: Optional[Callable[[], None]] = None) -> List[Union[StereoResult, FrameError]]:
+    def process_messages_batch(self, frames: Sequence["MessageFrame"], before_match: Optional[Callable[[], None]] = None
+                               ) -> List[Union[StereoResult, FrameError]]:
         """:meth:`process_messages` for several frames (cameras) at once: each frame is decoded and
         checked on its own, then :meth:`process_batch` matches frames of one size in one network
         call. Per frame, its result or the :class:`FrameError` it raised (one bad frame never
@@ -261,8 +261,8 @@ class StereoProcessor:
     def _backend_facts(self, size: Tuple[int, int]) -> Dict[str, Any]:
         """What the backend says of the match it just made, for frames of ``size`` (H, W)."""
         backend, (h, w) = self.backend, size
-        return dict(search_range=backend.search_range(w), delta_d=backend.delta_d, valid_window=backend.valid_window(w, h),
-                    network_scale=backend.last_scale, oom_retries=backend.last_oom_retries,
+        return dict(search_range=backend.search_range(w), delta_d=backend.delta_d,
+                    valid_window=backend.valid_window(w, h), network_scale=backend.last_scale, oom_retries=backend.last_oom_retries,
                     fast_execution=backend.last_fast)
 
     def _finish(self, frame: "StagedFrame") -> StereoResult:

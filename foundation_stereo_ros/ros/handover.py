@@ -39,7 +39,7 @@ from __future__ import annotations
 import threading
 import time
 import traceback
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .diagnostics import Stats, ThrottledLog
 
@@ -73,14 +73,17 @@ class FrameHandover:
         self._publish_wait_s = publish_wait_s
         self._stage = stage
         self._ahead = ahead
-        self._staged: Optional[Tuple[int, Any, Any]] = None  # (stamp, settings, staged) from the stager
+        # (stamp, settings, staged, the sources' counters, when it was staged) from the stager
+        self._staged: Optional[Tuple[int, Any, Any, List[Stats], float]] = None
         self._staging = False  # the stager is staging a pair
         self._ahead_settings: Optional[Any] = None  # settings of the frame staged (or being staged) ahead
         self._network_since: Optional[float] = None  # when the worker's frame left the host
         self._network_s: Optional[float] = None  # running estimates, seconds
         self._stage_s: Optional[float] = None
-        #: Frames the stager staged while the network ran (the rest the worker staged itself).
+        #: Frames the stager staged while the network ran (the rest the worker staged itself), and
+        #: those of them dropped for a newer pair because they had waited too long.
         self.staged_ahead = 0
+        self.staged_stale = 0
         self._batch = batch
         self._publish = publish
         self._stats = stats
@@ -89,7 +92,8 @@ class FrameHandover:
         self._cond = threading.Condition()
         self._settings = settings
         self._next_settings: Optional[Any] = None  # taken by the worker before its next frame
-        self._pending: Dict[Any, Tuple[int, Any]] = {}  # source -> (stamp, pair) the worker has not taken yet
+        # source -> (stamp, pair, the source's counters) the worker has not taken yet
+        self._pending: Dict[Any, Tuple[int, Any, Stats]] = {}
         self._in_flight: Optional[int] = None  # stamp of the frame the worker is matching
         self._matched: Optional[Tuple[int, Any]] = None  # (stamp, matched) the publisher has not taken yet
         self._publishing: Optional[int] = None  # stamp of the frame the publisher thread is publishing
@@ -138,7 +142,7 @@ class FrameHandover:
     def pending(self) -> Optional[int]:
         """Stamp of the (newest) pair waiting for the worker, None if none."""
         with self._cond:
-            return max((stamp for stamp, _ in self._pending.values()), default=None)
+            return max((entry[0] for entry in self._pending.values()), default=None)
 
     @property
     def in_flight(self) -> Optional[int]:
@@ -182,7 +186,7 @@ class FrameHandover:
                 stats.pairs_received += 1
                 if source in self._pending:
                     stats.dropped += 1  # the waiting pair is stale
-            self._pending[source] = (stamp, pair)
+            self._pending[source] = (stamp, pair, stats)
             self._cond.notify_all()  # the worker, not only whichever thread waits first (the publisher waits too)
 
     # ------------------------------------------------------------------ threads
@@ -202,14 +206,15 @@ class FrameHandover:
                        error=True)
         return True
 
-    def _take_pending(self) -> Tuple[int, Any]:
-        """With the lock held: (stamp, pair) of the pair waiting, or with ``batch`` (the first stamp,
-        every source's pair in the sources' order)."""
+    def _take_pending(self) -> Tuple[int, Any, List[Stats]]:
+        """With the lock held: (stamp, pair, [its source's counters]) of the pair waiting, or with
+        ``batch`` (the first stamp, every source's pair in the sources' order, their counters)."""
         if self._batch:
             taken = [self._pending[source] for source in sorted(self._pending, key=_order)]
             self._pending = {}
-            return taken[0][0], [p for _, p in taken]
-        return self._pending.pop(next(iter(self._pending)))
+            return taken[0][0], [p for _, p, _ in taken], [st for _, _, st in taken]
+        stamp, pair, stats = self._pending.pop(next(iter(self._pending)))
+        return stamp, pair, [stats]
 
     def _take_settings(self) -> Any:
         """With the lock held: the settings of the next frame taken (a change swapped in is used up)."""
@@ -228,12 +233,20 @@ class FrameHandover:
                     return
                 self.waits["worker_for_input"] += time.perf_counter() - t
                 self._worker_on_host = True
+                staged = pair = None
                 if self._staged is not None:
-                    (stamp, settings, staged), self._staged = self._staged, None
-                    pair = None
-                else:
-                    stamp, pair = self._take_pending()
-                    settings, staged = self._take_settings(), None
+                    (stamp, settings, staged, counters, staged_at), self._staged = self._staged, None
+                    if self._pending and time.perf_counter() - staged_at > (self._stage_s or 0.0) + STAGE_MARGIN_S:
+                        # A newer pair waits, and the staged one has waited longer than planned (the
+                        # network ran longer than expected): the newest pair wins, as without a stager.
+                        for st in counters:
+                            with st.lock:
+                                st.dropped += 1
+                        self.staged_stale += 1
+                        staged = None
+                if staged is None:
+                    stamp, pair, _ = self._take_pending()
+                    settings = self._take_settings()
                 self._settings, self._ahead_settings = settings, None
                 self._in_flight = stamp
             matched = None
@@ -274,9 +287,14 @@ class FrameHandover:
 
     def _stage_due(self) -> Optional[float]:
         """With the lock held: when the stager should stage the waiting pair (perf_counter), or None
-        when it should not (nothing waits, the network is not running, no estimates yet)."""
+        when it should not (nothing waits, the network is not running, no estimates yet, the
+        publisher is behind)."""
         if (self.serial or not self._pending or self._staged is not None or self._staging
                 or self._network_since is None or self._network_s is None or self._stage_s is None):
+            return None
+        if self._matched is not None:
+            # The publisher is behind: the worker will wait to hand its frame over, and a pair staged
+            # now would age meanwhile. It takes the newest pair itself afterwards.
             return None
         settings = self._next_settings if self._next_settings is not None else self._settings
         if not self._ahead(settings):
@@ -294,7 +312,7 @@ class FrameHandover:
                     if due is not None and now >= due:
                         break
                     self._cond.wait(POLL_S if due is None else due - now)
-                stamp, pair = self._take_pending()
+                stamp, pair, counters = self._take_pending()
                 settings = self._ahead_settings = self._take_settings()
                 self._staging = True
             staged = failed = None
@@ -308,7 +326,7 @@ class FrameHandover:
                 with self._cond:
                     self._staging = False
                     if failed is None and staged is not None:
-                        self._staged = (stamp, settings, staged)
+                        self._staged = (stamp, settings, staged, counters, time.perf_counter())
                         self.staged_ahead += 1
                     self._cond.notify_all()
             if failed is not None and not self._internal_error("frame failed", failed):

@@ -26,7 +26,8 @@ def _load_generic_launch():
 
 def test_the_profile_gives_every_process_a_segment_for_a_point_cloud_and_keeps_udp():
     root = ET.parse(dds.LARGE_DATA_PROFILE).getroot()
-    transports = {t.findtext("p:transport_id", namespaces=NS): t for t in root.iterfind(".//p:transport_descriptor", NS)}
+    transports = {t.findtext("p:transport_id", namespaces=NS): t
+                  for t in root.iterfind(".//p:transport_descriptor", NS)}
     kinds = {name: t.findtext("p:type", namespaces=NS) for name, t in transports.items()}
     assert sorted(kinds.values()) == ["SHM", "UDPv4"]  # other machines and discovery still over UDP
     shm = next(t for name, t in transports.items() if kinds[name] == "SHM")
@@ -94,7 +95,8 @@ _COUNTER = textwrap.dedent('''
     stamps = {"left": [], "right": []}
     for side in stamps:
         node.create_subscription(Image, f"{side}/image_rect",
-                                 lambda m, s=side: stamps[s].append(m.header.stamp.sec * 10**9 + m.header.stamp.nanosec), qos)
+                                 lambda m, s=side: stamps[s].append(m.header.stamp.sec * 10**9
+                                                                    + m.header.stamp.nanosec), qos)
     end = time.monotonic() + float(sys.argv[2])
     while time.monotonic() < end:
         rclpy.spin_once(node, timeout_sec=0.05)

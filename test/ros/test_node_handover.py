@@ -385,8 +385,10 @@ class NetworkStages:
     """Stage and match functions like the node's: ``stage`` takes ``stage_s``, ``match`` says its
     frame left the host and then 'runs the network' for ``network_s``. Records who staged what when."""
 
-    def __init__(self, network_s: float = 0.2, stage_s: float = 0.02, fail_call: Optional[int] = None) -> None:
+    def __init__(self, network_s: float = 0.2, stage_s: float = 0.02, fail_call: Optional[int] = None,
+                 slow_network: Optional[int] = None) -> None:
         self.network_s, self.stage_s, self.fail_call = network_s, stage_s, fail_call
+        self.slow_network = slow_network  # this network call takes five times as long
         self.failed: Optional[int] = None  # the pair whose staging failed
         self.handover: Optional[FrameHandover] = None
         self.staged: List[Any] = []  # (pair, thread name, start)
@@ -405,7 +407,7 @@ class NetworkStages:
         assert staged[0] == "staged"
         self.handover.host_work_done()
         start = time.perf_counter()
-        time.sleep(self.network_s)
+        time.sleep(self.network_s * (5 if len(self.networks) + 1 == self.slow_network else 1))
         self.networks.append((staged[1], start, time.perf_counter()))
         return staged[1]
 
@@ -466,3 +468,16 @@ def test_a_failed_staging_is_an_internal_error_and_the_next_pairs_go_on():
     handover, stats, lines = run_with_stager(stages, 2.0)
     assert stats.problems.get("internal_error") == 1 and any("a bug in staging" in line for line in lines.lines)
     assert stages.failed not in stages.published and any(p > stages.failed for p in stages.published)
+
+
+def test_a_staged_pair_that_waited_longer_than_planned_gives_way_to_the_newest():
+    """The network ran five times longer than expected: the pair staged for after it is older than
+    the pairs that came meanwhile, so the worker drops it (counted) and takes the newest."""
+    stages = NetworkStages(network_s=0.1, slow_network=8)
+    handover, stats, _ = run_with_stager(stages, 2.5)
+    assert handover.staged_stale >= 1 and stats.dropped >= handover.staged_stale
+    slow_end = stages.networks[7][2]
+    after = stages.networks[8]  # the frame matched after the slow network: a pair offered just before it ended
+    staged_then = [start for pair, thread, start in stages.staged if pair == after[0]]
+    assert staged_then and staged_then[0] >= slow_end - 0.06, (staged_then, slow_end)
+    assert stages.published == sorted(stages.published)

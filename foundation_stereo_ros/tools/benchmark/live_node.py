@@ -306,7 +306,8 @@ def format_rows(rows: Sequence[Dict[str, Any]]) -> str:
 def format_profiles(rows: Sequence[Dict[str, Any]]) -> str:
     """Where each measured row's time went: input pairs sent and lost, CPU ms per published frame
     by thread, and the handover's waits (ms per frame)."""
-    hdr = (f"{'size':>9} {'pipeline':>9} {'sent':>5} {'lost':>6} {'worker':>7} {'stager':>7} {'publish':>7} {'exec':>6} "
+    hdr = (f"{'size':>9} {'pipeline':>9} {'sent':>5} {'lost':>6} {'worker':>7} {'stager':>7} {'publish':>7} "
+           f"{'exec':>6} "
            f"{'dds+':>6} {'robot':>6} {'w:input':>7} {'w:pub':>6} {'p:worker':>8} {'ahead':>6}")
     lines = [hdr, "-" * len(hdr)]
     for r in rows:
@@ -328,7 +329,8 @@ def print_node_rates(rows: Sequence[Dict[str, Any]]) -> None:
     if done:
         profiles = sorted({str(r.get("dds_profile")) for r in done})
         print(f"\nwhere the time went (Fast DDS profile: {', '.join(profiles)}): pairs sent in the window and lost "
-              f"on the way; CPU ms per published frame of the node's worker, stager, publisher and executor threads, the "
+              f"on the way; CPU ms per published frame of the node's worker, stager, publisher and executor "
+              f"threads, the "
               f"rest of its process (DDS) and the robot side; ms per frame the worker waited for input (w:input) "
               f"or for the publisher (w:pub), the publisher for the worker's host work (p:worker); frames staged "
               f"while the network ran (ahead)")
