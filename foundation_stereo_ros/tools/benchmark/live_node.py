@@ -213,10 +213,10 @@ def measure_node_rate(options: NodeRateOptions) -> Dict[str, Any]:
     os.environ.update(profile)
     namespace = f"/node_rate_{os.getpid()}"
     context = Context()
-    rclpy.init(context=context, domain_id=domain)
     node = executor = robot = None
     robot_output = ""
     try:
+        rclpy.init(context=context, domain_id=domain)
         node, executor, processor = _start_node(context, namespace, options)
         robot = _start_robot_side(namespace, options, env)
         _wait_until_connected(node, namespace, robot, options.outputs)
