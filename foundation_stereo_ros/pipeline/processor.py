@@ -262,8 +262,8 @@ class StereoProcessor:
         """What the backend says of the match it just made, for frames of ``size`` (H, W)."""
         backend, (h, w) = self.backend, size
         return dict(search_range=backend.search_range(w), delta_d=backend.delta_d,
-                    valid_window=backend.valid_window(w, h), network_scale=backend.last_scale, oom_retries=backend.last_oom_retries,
-                    fast_execution=backend.last_fast)
+                    valid_window=backend.valid_window(w, h), network_scale=backend.last_scale,
+                    oom_retries=backend.last_oom_retries, fast_execution=backend.last_fast)
 
     def _finish(self, frame: "StagedFrame") -> StereoResult:
         """Everything after the match: edge filter, depth, points, colours, the result."""

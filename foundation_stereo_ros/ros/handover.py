@@ -223,6 +223,13 @@ class FrameHandover:
             return settings
         return self._ahead_settings if self._ahead_settings is not None else self._settings
 
+    def _timed_stage(self, settings: Any, pair: Any) -> Any:
+        """``stage(settings, pair)``, its duration added to the running estimate."""
+        t = time.perf_counter()
+        staged = self._stage(settings, pair)
+        self._stage_s = _smoothed(self._stage_s, time.perf_counter() - t)
+        return staged
+
     def _worker_loop(self) -> None:
         while not self._stop.is_set():
             with self._cond:
@@ -255,9 +262,7 @@ class FrameHandover:
                     matched = self._match(settings, pair)
                 else:
                     if pair is not None:
-                        t = time.perf_counter()
-                        staged = self._stage(settings, pair)
-                        self._stage_s = _smoothed(self._stage_s, time.perf_counter() - t)
+                        staged = self._timed_stage(settings, pair)
                     matched = self._match(settings, staged)
             except Exception as e:  # noqa: BLE001 - the worker must survive anything a frame does
                 if not self._internal_error("frame failed", e):
@@ -317,9 +322,7 @@ class FrameHandover:
                 self._staging = True
             staged = failed = None
             try:
-                t = time.perf_counter()
-                staged = self._stage(settings, pair)
-                self._stage_s = _smoothed(self._stage_s, time.perf_counter() - t)
+                staged = self._timed_stage(settings, pair)
             except Exception as e:  # noqa: BLE001 - the stager must survive anything a frame does
                 failed = e
             finally:
@@ -366,13 +369,11 @@ class FrameHandover:
         if in_flight is not None and on_wait is not None:
             on_wait(in_flight)
         deadline = time.monotonic() + timeout_s
-        for thread in (self.worker, self.publisher, self.stager):
-            if thread is None:
-                continue
+        threads = [t for t in (self.worker, self.publisher, self.stager) if t is not None]
+        for thread in threads:
             if thread.is_alive() and threading.current_thread() is not thread:
                 thread.join(max(deadline - time.monotonic(), 0.0))
-        return not (self.worker.is_alive() or self.publisher.is_alive()
-                    or (self.stager is not None and self.stager.is_alive()))
+        return not any(thread.is_alive() for thread in threads)
 
 
 def _smoothed(estimate: Optional[float], seconds: float) -> float:
