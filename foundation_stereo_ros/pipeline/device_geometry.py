@@ -61,7 +61,7 @@ def disparity_to_depth(disparity: torch.Tensor, f: float, baseline: float, min_d
     """Depth (same shape, float32), NaN where invalid: the host's rule
     (:func:`~foundation_stereo_ros.pipeline.geometry.depth_and_invalid`) on the device."""
     check_focal_baseline(f, baseline)
-    depth, bad = depth_and_invalid(disparity.float(), f * baseline, min_depth, max_depth, torch.isfinite)
+    depth, bad = depth_and_invalid(disparity.float(), f * baseline, min_depth, max_depth)
     return depth.masked_fill(bad, float("nan"))
 
 

@@ -9,7 +9,6 @@ from collections import OrderedDict
 from dataclasses import replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-import cv2
 import numpy as np
 
 from .backends import DisparityBackend, FoundationStereoBackend, make_backend
@@ -17,7 +16,7 @@ from .calibration import CameraModel, Rectifier, StereoCalibration
 from .config import ProcessorConfig
 from .errors import FrameError, PairMismatchError
 from .geometry import PointProjector, colorize_disparity, disparity_to_depth, remove_depth_edges
-from .image import DecodedPair, decode_stereo_pair
+from .image import DecodedPair, decode_stereo_pair, rgba_to_rgb
 from .results import (ALL_OUTPUTS, BatchItem, MessageFrame, Outputs, PendingResult, StagedBatch, StagedFrame,
                       StereoResult, check_frame_ids)
 
@@ -136,7 +135,8 @@ class StereoProcessor:
                     check_frame_ids(frame.right_image, frame.right_info, "right")
                 calib = self.calibration(frame.left_info, frame.right_info,
                                          require_baseline=not frame.outputs.disparity_without_baseline)
-                pair = decode_stereo_pair(frame.left_image, frame.right_image, expected_size=calib.left.size)
+                pair = decode_stereo_pair(frame.left_image, frame.right_image, expected_size=calib.left.size,
+                                          alpha=self._rectifies_on_host(calib))
             except FrameError as e:
                 errors[i] = e
                 continue
@@ -208,6 +208,15 @@ class StereoProcessor:
                 batch.out[position] = e
         return batch
 
+    def _rectifies_on_host(self, calibration: StereoCalibration) -> bool:
+        """Whether the host's Rectifier will rectify a frame of ``calibration`` (then it is decoded
+        as RGBA, the rectifier's input); not on the first frame of ``auto`` on CUDA, which times both paths."""
+        if not calibration.needs_rectification(self.config.rectify):
+            return False
+        if self._auto_on_device is None and self._geometry_choice() == "auto" and self.backend.device.type == "cuda":
+            return False
+        return not self.geometry_on_device
+
     def _stage(self, index: int, item: "BatchItem") -> "StagedFrame":
         """A frame's checks and rectification (on the host, or uploaded and rectified on the device)."""
         pair, calibration, outputs = item.pair, item.calibration, item.outputs
@@ -216,11 +225,14 @@ class StereoProcessor:
         timings: Dict[str, float] = {}
         t = time.perf_counter()
         left, right = pair.left, pair.right
-        if left.shape != right.shape or left.ndim != 3 or left.shape[2] != 3:
+        if left.shape != right.shape or left.ndim != 3 or left.shape[2] not in (3, 4):
             raise PairMismatchError("size_mismatch", f"left {left.shape} and right {right.shape} must both be "
                                                      f"(H, W, 3) of the same size")
         h, w = left.shape[:2]
         calibration.check_image_size(w, h)
+        if left.shape[2] == 4 and not self._rectifies_on_host(calibration):  # RGBA is the host rectifier's input
+            pair = replace(pair, left=rgba_to_rgb(left), right=rgba_to_rgb(right))
+            left, right = pair.left, pair.right
         frame = StagedFrame(index, pair, calibration, outputs, calibration.needs_rectification(self.config.rectify),
                         timings, (h, w))
         if self.geometry_on_device:
@@ -329,8 +341,8 @@ class StereoProcessor:
         disparity instead of the network (rectify; on the device the upload too, on the host the upload
         of the rectified pair; depth, points, the copies back), and keep the faster path for every frame.
         Best of ``repeats`` each, so one-off setup (remap tables) does not count. Run for a network on a
-        GPU: on a CPU the device path is the same memory with PyTorch's kernels instead of OpenCV's
-        fixed-point remap and numpy, slower at every size (README), so ``auto`` takes the host there."""
+        GPU: on a CPU the device path is the same memory with PyTorch's kernels instead of OpenCV's,
+        slower at every size (README), so ``auto`` takes the host there."""
         import torch  # the network's backend only: it has torch
 
         backend = self.backend
@@ -361,15 +373,14 @@ class StereoProcessor:
 
     def _device_remaps(self, calibration: StereoCalibration, device: Any) -> Tuple[Any, Any]:
         """Left and right :class:`~foundation_stereo_ros.pipeline.device_geometry.DeviceRemap` of a
-        calibration: the host's fixed-point tables (same 1/32 px positions), cached per calibration."""
+        calibration: the host's float tables (the same source positions), cached per calibration."""
         key = (calibration.key, str(device))
         remaps = self._remaps.get(key)
         if remaps is None:
             from .device_geometry import DeviceRemap  # PyTorch: the SGBM/host path never needs it
 
             maps = self.rectifier.maps(calibration)
-            remaps = tuple(DeviceRemap(*cv2.convertMaps(m[0], m[1], cv2.CV_32FC1), source_size=cam.size[::-1],
-                                       device=device)
+            remaps = tuple(DeviceRemap(m[0], m[1], source_size=cam.size[::-1], device=device)
                            for m, cam in ((maps.left, calibration.left), (maps.right, calibration.right)))
             self._remaps[key] = remaps
             while len(self._remaps) > 4:

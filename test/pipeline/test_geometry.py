@@ -220,7 +220,7 @@ def test_message_buffer_is_a_numpy_array_over_one_byte_array():
     from foundation_stereo_ros.pipeline.geometry import message_buffer, message_buffer_owner
 
     buf = message_buffer((3, 5, 4), np.float32)
-    assert buf.shape == (3, 5, 4) and buf.dtype == np.float32 and buf.flags.writeable and not buf.any()
+    assert buf.shape == (3, 5, 4) and buf.dtype == np.float32 and buf.flags.writeable
     owner = message_buffer_owner(buf)
     assert isinstance(owner, array.array) and owner.typecode == "B" and len(owner) == buf.nbytes
     buf[1, 2, 3] = 7.5
@@ -231,13 +231,47 @@ def test_message_buffer_is_a_numpy_array_over_one_byte_array():
     assert message_buffer_owner(buf.reshape(-1).view(np.uint8)) is owner  # views of the whole keep it
 
 
+def test_message_buffers_are_recycled_only_once_nothing_holds_them():
+    """A new buffer costs a zeroing pass; one that nothing references any more (no array, view,
+    tensor or message) is handed out again, never one that something still holds."""
+    import gc
+    import weakref
+
+    import torch
+
+    from foundation_stereo_ros.pipeline.geometry import message_buffer, message_buffer_owner
+
+    shape = (7, 11, 4)  # a size no other test uses
+
+    def owner_ref(a):
+        return weakref.ref(message_buffer_owner(a))
+
+    held = message_buffer(shape, np.float32)
+    held[...] = 1.0
+    first = owner_ref(held)
+    for keep in (lambda a: a[2:], lambda a: a.reshape(-1).view(np.uint8), torch.from_numpy,
+                 message_buffer_owner):  # a view, a tensor, and the array.array a message's data field holds
+        holder = keep(held)
+        del held
+        gc.collect()
+        assert first() is not None
+        others = [message_buffer(shape, np.float32) for _ in range(3)]
+        assert all(message_buffer_owner(o) is not first() for o in others)  # held: never handed out
+        del holder
+        gc.collect()
+        held = message_buffer(shape, np.float32)
+        assert message_buffer_owner(held) is first()  # free again: recycled, contents as left
+        assert np.all(held == 1.0)
+        del others
+
+
 @settings(max_examples=20, deadline=None)
 @given(st.integers(1, 9), st.integers(1, 9), st.integers(0, 2 ** 32 - 1))
 def test_cloud_is_bit_identical_to_the_previous_three_pass_layout(h, w, seed):
-    """The cloud is written once (x, y, z, then colour bytes by OpenCV) into a message buffer; the
+    """The cloud is written once (four planes interleaved by OpenCV) into a message buffer; the
     previous implementation filled np.empty in passes and packed colour with pack_rgb."""
     from foundation_stereo_ros.pipeline import PointProjector
-    from foundation_stereo_ros.pipeline.geometry import message_buffer_owner, write_packed_rgb
+    from foundation_stereo_ros.pipeline.geometry import message_buffer_owner, packed_rgb_plane
 
     rng = np.random.default_rng(seed)
     depth = rng.uniform(0.1, 50.0, (h, w)).astype(np.float32)
@@ -255,10 +289,11 @@ def test_cloud_is_bit_identical_to_the_previous_three_pass_layout(h, w, seed):
     old[..., 3] = pack_rgb(rgb).view(np.float32)
     np.testing.assert_array_equal(cloud.view(np.uint32), old.view(np.uint32))  # bits: NaN patterns too
     assert message_buffer_owner(cloud) is not None
+    np.testing.assert_array_equal(packed_rgb_plane(rgb).view(np.uint32), pack_rgb(rgb))
     with pytest.raises(ValueError, match="uint8"):
-        write_packed_rgb(rgb.astype(np.uint16), cloud)
-    with pytest.raises(ValueError, match="cloud"):
-        write_packed_rgb(rgb, cloud[..., :3])
+        packed_rgb_plane(rgb.astype(np.uint16))
+    with pytest.raises(ValueError, match="colour image"):
+        PointProjector().cloud(depth, rgb[:, :-1] if w > 1 else rgb[:-1] if h > 1 else rgb[:, :0], fx, fy, cx, cy)
 
 
 # ---------------------------------------------------------------------------------------------- processor

@@ -50,11 +50,15 @@ class _FixedDisparityNetwork:
         gen = torch.Generator().manual_seed(0)
         self._disparity = (torch.rand(1, 1, height, width, generator=gen) * 40 + 1).to(device)
         self.delay_s = delay_s
+        self.last_s = 0.0
 
     def infer(self, left, right, **_options):
+        t = time.perf_counter()
         if self.delay_s > 0:
             time.sleep(self.delay_s)
-        return self._disparity.expand(left.shape[0], -1, -1, -1).clone()  # (B, 1, H, W)
+        out = self._disparity.expand(left.shape[0], -1, -1, -1).clone()  # (B, 1, H, W)
+        self.last_s = time.perf_counter() - t  # the stand-in's own time: the network's, not the node's
+        return out
 
 
 def stored_disparity_processor(height: int, width: int, device, geometry: str = "host", delay_s: float = 0.0):
@@ -112,7 +116,8 @@ def time_node_stages(height: int, width: int, device, repeats: int, geometry: st
     processor = stored_disparity_processor(height, width, device, geometry)
     processor.sync_stages = True  # per-stage device times on a GPU
     images, infos = _camera_messages(height, width, ros)
-    times: Dict[str, List[float]] = {k: [] for k in NODE_STAGES}
+    network = processor.backend.model
+    times: Dict[str, List[float]] = {k: [] for k in NODE_STAGES + ("stand_in",)}
     for rep in range(repeats + 1):  # the first pass builds the remap tables and is dropped
         result = processor.process_messages(images[0], images[1], infos[0], infos[1], ALL_OUTPUTS)
         messages_ms = _message_building_ms(ros, result, images[0].header) if ros is not None else None
@@ -123,12 +128,16 @@ def time_node_stages(height: int, width: int, device, repeats: int, geometry: st
         tm = result.timings
         for name, key in _PIPELINE_TIMINGS:
             times[name].append(tm.get(key, 0.0) * 1e3)
-        # The network is a stored disparity: 'match' is the upload's share, 'download' (device
-        # path) the copies back.
-        times["upload_download"].append((tm.get("match", 0.0) + tm.get("download", 0.0)) * 1e3)
+        # The network is a stored disparity: 'match' less the stand-in's own time (making the
+        # network's new output memory, as a network does) is the upload's share, 'download'
+        # (device path) the copies back.
+        times["upload_download"].append((tm.get("match", 0.0) - network.last_s + tm.get("download", 0.0)) * 1e3)
+        times["stand_in"].append(network.last_s * 1e3)
+    stand_in = times.pop("stand_in")
     stages = {k: (summarize(v)["median"] if v else None) for k, v in times.items()}
     total = sum(v for v in stages.values() if v is not None)
-    out = dict(stages_ms=stages, total_ms=total, worker_ms=total - (stages.get("message_building") or 0.0),
+    out = dict(stages_ms=stages, total_ms=total, stand_in_ms=summarize(stand_in)["median"] if stand_in else None,
+               worker_ms=total - (stages.get("message_building") or 0.0),
                geometry_device=geometry,
                on_device=processor.geometry_on_device,
                sources=dict(functions="foundation_stereo_ros.pipeline.StereoProcessor",

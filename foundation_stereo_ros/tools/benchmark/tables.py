@@ -68,14 +68,18 @@ def _network_stage_table(staged: Sequence[Dict[str, Any]]) -> List[str]:
 
 
 def _node_stage_table(node: Dict[str, Dict[str, Any]]) -> List[str]:
-    lines = ["", "node stages per pair (network excluded), median ms; geometry on the host or the network's device"]
-    hdr = f"{'size':>9} {'geometry':>8} " + " ".join(f"{s:>16}" for s in NODE_STAGES) + f" {'total':>8}"
+    lines = ["", "node stages per pair (network excluded), median ms; geometry on the host or the network's device",
+             "(stand-in: the stored disparity's own copy, the network's new output memory; not in the total)"]
+    hdr = (f"{'size':>9} {'geometry':>8} " + " ".join(f"{s:>16}" for s in NODE_STAGES) + f" {'total':>8}"
+           + f" {'(stand-in)':>10}")
     lines += [hdr, "-" * len(hdr)]
     for size, nd in node.items():
         for name, path in (nd.get("by_geometry_device") or {nd.get("geometry_device", "-"): nd}).items():
             cells = [path["stages_ms"][s] for s in NODE_STAGES]
+            stand_in = path.get("stand_in_ms")
             lines.append(f"{size:>9} {name:>8} " + " ".join(f"{c:16.2f}" if c is not None else f"{'n/a':>16}"
-                                                            for c in cells) + f" {path['total_ms']:8.2f}")
+                                                            for c in cells) + f" {path['total_ms']:8.2f}"
+                         + (f" {stand_in:10.2f}" if stand_in is not None else f" {'-':>10}"))
             for stage, why in (path.get("not_measured") or {}).items():
                 lines.append(f"{'':>9} {'':>8} {stage} not measured: {why}")
     return lines
