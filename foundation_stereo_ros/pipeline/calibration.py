@@ -315,6 +315,19 @@ class StereoCalibration:
                                    f"{self.left.width}x{self.left.height}")
 
 
+def camera_info_key(info: Any) -> Optional[Tuple]:
+    """The fields of a ROS 2 CameraInfo-like object (rclpy or rosbags) that
+    :meth:`CameraModel.from_camera_info` reads, as bytes and numbers: equal keys give equal models
+    (or the same error). None for objects without those fields (e.g. ROS 1 names)."""
+    try:
+        roi = info.roi
+        return (int(info.width), int(info.height), str(info.distortion_model), int(info.binning_x or 0),
+                int(info.binning_y or 0), int(roi.x_offset), int(roi.y_offset), int(roi.width), int(roi.height),
+                *(np.asarray(getattr(info, name), dtype=np.float64).tobytes() for name in ("k", "d", "r", "p")))
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
 @dataclass(frozen=True, eq=False)
 class RectificationMaps:
     """cv2.remap tables for both cameras: (map_x, map_y) float32 (H, W) source positions each.
@@ -440,5 +453,5 @@ def camera_info_values(model: CameraModel) -> dict:
                 r=[float(v) for v in model.R.reshape(-1)], p=[float(v) for v in model.P.reshape(-1)])
 
 
-__all__ = ["CameraModel", "StereoCalibration", "RectificationMaps", "Rectifier", "rectification_maps",
+__all__ = ["CameraModel", "StereoCalibration", "RectificationMaps", "Rectifier", "camera_info_key", "rectification_maps",
            "make_camera_model", "camera_info_values", "rectified_pair", "RECTIFY_MODES"]

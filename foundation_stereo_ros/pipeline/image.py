@@ -168,8 +168,9 @@ def auto_max16(*images: np.ndarray) -> float:
 
 def to_rgb8(pixels: np.ndarray, encoding: str, max16: Optional[float] = None, alpha: bool = False) -> np.ndarray:
     """``(H, W, 3)`` RGB uint8 from :func:`image_to_numpy` output (a new, contiguous array);
-    ``alpha``: ``(H, W, 4)`` RGBA instead (alpha 255, the input of the host's rectification, which
-    remaps four-channel images fastest), written in the same single pass for 8-bit encodings.
+    ``alpha``: ``(H, W, 4)`` RGBA instead (the input of the host's rectification, which remaps
+    four-channel images fastest and drops the alpha channel again), written in the same single
+    pass for 8-bit encodings.
 
     16-bit data is scaled by ``255 / max16`` and clipped; ``max16=None`` picks it from this
     image alone (:func:`auto_max16`); a stereo pair should share one value.

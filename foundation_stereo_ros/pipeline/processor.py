@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .backends import DisparityBackend, FoundationStereoBackend, make_backend
-from .calibration import CameraModel, Rectifier, StereoCalibration
+from .calibration import CameraModel, Rectifier, StereoCalibration, camera_info_key
 from .config import ProcessorConfig
 from .errors import FrameError, PairMismatchError
 from .geometry import PointProjector, colorize_disparity, disparity_to_depth, remove_depth_edges
@@ -51,7 +51,7 @@ class StereoProcessor:
         self.backend = backend if backend is not None else make_backend(config)
         self.rectifier = _rectifier or Rectifier()
         self._projector = PointProjector()
-        self._calibrations: "OrderedDict[bytes, StereoCalibration]" = OrderedDict()
+        self._calibrations: "OrderedDict[Any, StereoCalibration]" = OrderedDict()  # by content, and by fields
         self._remaps: "OrderedDict[Tuple, Tuple[Any, Any]]" = OrderedDict()  # device rectification, per calibration
         #: Wait for the GPU after each stage of the device path, so ``timings`` holds each stage's
         #: device time (the benchmark); off, the stages are launched ahead and 'download' waits.
@@ -78,7 +78,13 @@ class StereoProcessor:
     # ------------------------------------------------------------------ calibration
     def calibration(self, left_info: Any, right_info: Any, require_baseline: bool = True) -> StereoCalibration:
         """Validated calibration of two CameraInfo-like objects, cached by content
-        (``require_baseline``: see :class:`StereoCalibration`)."""
+        (``require_baseline``: see :class:`StereoCalibration`). A camera driver sends the same
+        CameraInfo with every frame: its fields' bytes find the calibration without building the models."""
+        raw = (camera_info_key(left_info), camera_info_key(right_info), require_baseline)
+        calib = self._calibrations.get(raw) if None not in raw else None
+        if calib is not None:
+            self._calibrations.move_to_end(raw)
+            return calib
         left = CameraModel.from_camera_info(left_info, "left")
         right = CameraModel.from_camera_info(right_info, "right")
         key = left.key + b"||" + right.key + (b"" if require_baseline else b"|no-baseline")
@@ -86,8 +92,10 @@ class StereoProcessor:
         if calib is None:
             calib = StereoCalibration(left, right, require_baseline=require_baseline)  # validates; raises
             self._calibrations[key] = calib
-            while len(self._calibrations) > 4:
-                self._calibrations.popitem(last=False)
+        if None not in raw:
+            self._calibrations[raw] = calib
+        while len(self._calibrations) > 8:
+            self._calibrations.popitem(last=False)
         return calib
 
     # ------------------------------------------------------------------ processing

@@ -208,3 +208,16 @@ def test_16bit_rows_with_padding_or_odd_steps(pad):
     for big in (False, True):
         got = image_to_numpy(**vars_of(msg("16UC1", ir, bigendian=big, pad=pad)))
         np.testing.assert_array_equal(got, ir)
+
+
+@pytest.mark.parametrize("encoding", sorted(ENCODINGS))
+def test_the_rgba_decode_is_the_rgb_decode_with_an_alpha_channel(encoding):
+    """The host's rectifier takes RGBA pairs (decoded so in one pass): the same colour channels."""
+    info = ENCODINGS[encoding]
+    shape = (6, 8) if info.channels == 1 else (6, 8, info.channels)
+    high = 4096 if info.dtype == np.uint16 else 256
+    m = msg(encoding, RNG.integers(0, high, shape).astype(info.dtype))
+    rgb, rgba = decode_stereo_pair(m, m), decode_stereo_pair(m, m, alpha=True)
+    assert rgba.left.shape == (6, 8, 4) and rgba.left.dtype == np.uint8 and rgba.grey == rgb.grey
+    np.testing.assert_array_equal(rgba.left[..., :3], rgb.left)
+    np.testing.assert_array_equal(rgba.right[..., :3], rgb.right)

@@ -101,3 +101,62 @@ def test_a_pending_result_keeps_what_the_backend_said_of_its_own_match(processor
     backend.last_scale, backend.last_oom_retries, backend.last_fast = 0.25, 3, False  # "the next frame's"
     result = pending.finish()
     assert (result.network_scale, result.oom_retries, result.fast_execution) == said
+
+
+def test_the_calibration_is_found_by_the_camera_info_fields_and_follows_every_change():
+    """The node looks its calibration up by the CameraInfo fields' bytes (no models built per frame);
+    any change of a field gives the calibration of the new values, and a bad CameraInfo is refused
+    with every frame, never cached."""
+    from types import SimpleNamespace
+
+    from foundation_stereo_ros.pipeline import CalibrationError
+
+    from _ros_helpers import camera_info
+
+    processor = StereoProcessor(ProcessorConfig(backend="sgbm"))
+    calibration = rig_calibration(W, H, 50.0, 0.1, True, delta_cx=2.0)
+    infos = [camera_info(cam.width, cam.height, cam.K, cam.D, cam.R, cam.P)
+             for cam in (calibration.left, calibration.right)]
+    first = processor.calibration(*infos)
+    assert processor.calibration(*infos) is first
+    assert processor.calibration(*infos, require_baseline=False) is not first
+    moved = camera_info(W, H, calibration.right.K, calibration.right.D, calibration.right.R,
+                        calibration.right.P + np.array([[0, 0, 1.5, 0], [0] * 4, [0] * 4]))
+    assert processor.calibration(infos[0], moved).right.cx == first.right.cx + 1.5
+    assert processor.calibration(*infos) is first
+    binned = camera_info(W, H, calibration.left.K, calibration.left.D, calibration.left.R, calibration.left.P)
+    binned.binning_x = 2
+    for _ in range(2):
+        with pytest.raises(CalibrationError, match="binning"):
+            processor.calibration(binned, infos[1])
+    ros1 = SimpleNamespace(width=W, height=H, K=calibration.left.K.reshape(-1), D=calibration.left.D,
+                           R=calibration.left.R.reshape(-1), P=calibration.left.P.reshape(-1),
+                           distortion_model="plumb_bob")  # ROS 1 field names: built the slow way
+    assert processor.calibration(ros1, infos[1]).left.key == first.left.key
+
+
+@pytest.mark.parametrize("limits", [(0.0, 0.0), (0.3, 20.0), (1e-50, 0.0), (0.0, 1e39), (1e39, 0.0), (1e-50, 1e-50)])
+def test_host_depth_equals_the_previous_formula_on_every_kind_of_value(limits):
+    """The host's depth (OpenCV's range test and masked copy) against the previous numpy formula,
+    bit for bit: special values, overflow, subnormals, and limits that float32 rounds."""
+    from foundation_stereo_ros.pipeline.geometry import disparity_to_depth
+
+    tiny = np.nextafter(np.float32(0), np.float32(1))
+    values = [-1.0, -0.0, 0.0, tiny, 1e-38, 1e-30, 0.5, 2.0, 3.0, 200.0, 1e30, 3.4e38, np.inf, -np.inf, np.nan]
+    f, baseline = 60.0, 0.1
+    fb = np.float32(f * baseline)
+    lo, hi = limits
+    exact = [fb / np.float32(v) for v in (0.3, 20.0)]  # depths exactly at the limits
+    d = np.array(values + [fb / np.float32(0.3), fb / np.float32(20.0)] + [fb / z for z in exact], np.float32)
+    d = np.tile(d, (3, 1))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        expected = fb / d
+        bad = ~((expected > 0) & np.isfinite(expected))
+        if lo > 0:
+            bad |= expected < lo
+        if hi > 0:
+            bad |= expected > hi
+    expected[bad] = np.nan
+    got = disparity_to_depth(d, f, baseline, lo, hi)
+    assert got.tobytes() == expected.tobytes()
+    assert got.flags.c_contiguous and got.dtype == np.float32
