@@ -79,8 +79,7 @@ result's ``network_scale`` and ``oom_retries`` say what happened (see :mod:`.bac
 """
 from .backends import (BackendError, DisparityBackend, ExecutionModeError, FoundationStereoBackend, OnnxBackend,
                        SGBMBackend, is_out_of_memory, make_backend)
-from .calibration import (RECTIFY_MODES, CameraModel, Rectifier, RectificationMaps, StereoCalibration,
-                          camera_info_values, make_camera_model, rectification_maps)
+from .calibration import RECTIFY_MODES, CameraModel, StereoCalibration, camera_info_values, make_camera_model
 from .config import PROCESSOR_PARAMETERS, SPECS, ParamSpec, ProcessorConfig, config_problems
 from .compressed import decode_compressed, decode_compressed_msg, is_compressed
 from .errors import (CalibrationError, CompressedImageError, FrameError, ImageDecodeError, InferenceMemoryError,
@@ -89,6 +88,7 @@ from .geometry import (PointProjector, colorize_disparity, depth_to_points, disp
                        project_points, unpack_rgb)
 from .image import (ENCODINGS, DecodedPair, auto_max16, decode_image, decode_image_msg, decode_stereo_pair,
                     encoding_info, image_to_numpy, message_pixels, to_rgb8)
+from .rectification import RectificationMaps, Rectifier, rectification_maps
 from .processor import (ALL_OUTPUTS, BatchItem, MessageFrame, Outputs, PendingResult, StereoProcessor, StereoResult,
                         check_frame_ids)
 

@@ -3,7 +3,7 @@
 PyTorch-only: :class:`~.processor.StereoProcessor` imports it when ``geometry_device`` puts the
 geometry on the network's device (an SGBM or host-geometry pipeline never loads torch).
 
-The pipeline does these steps with OpenCV/numpy on the host (``pipeline.calibration.Rectifier``,
+The pipeline does these steps with OpenCV/numpy on the host (``pipeline.rectification.Rectifier``,
 ``pipeline.geometry``). On a GPU node the raw images can instead be uploaded once, rectified
 with ``grid_sample`` and handed to the network without a round trip, and depth and points can
 be computed beside the disparity; each result then comes back with a single device-to-host

@@ -12,12 +12,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .backends import DisparityBackend, FoundationStereoBackend, make_backend
-from .calibration import CameraModel, Rectifier, StereoCalibration, camera_info_key
+from .calibration import CameraModel, StereoCalibration, camera_info_key
 from .config import ProcessorConfig
 from .errors import FrameError, PairMismatchError
 from .geometry import PointProjector, colorize_disparity, disparity_to_depth, remove_depth_edges
 from .image import DecodedPair, decode_stereo_pair, rgba_to_rgb
-from .results import (ALL_OUTPUTS, BatchItem, MessageFrame, Outputs, PendingResult, StagedBatch, StagedFrame,
+from .rectification import Rectifier
+from .results import (ALL_OUTPUTS, lap, BatchItem, MessageFrame, Outputs, PendingResult, StagedBatch, StagedFrame,
                       StereoResult, check_frame_ids)
 
 __all__ = ["ALL_OUTPUTS", "BatchItem", "MessageFrame", "Outputs", "PendingResult", "StagedBatch", "StereoProcessor",
@@ -52,7 +53,7 @@ class StereoProcessor:
         self.rectifier = _rectifier or Rectifier()
         self._projector = PointProjector()
         self._calibrations: "OrderedDict[Any, StereoCalibration]" = OrderedDict()  # by content, and by fields
-        self._remaps: "OrderedDict[Tuple, Tuple[Any, Any]]" = OrderedDict()  # device rectification, per calibration
+        self._device: Any = None  # DevicePath: the geometry on the network's device, made when first used
         #: Wait for the GPU after each stage of the device path, so ``timings`` holds each stage's
         #: device time (the benchmark); off, the stages are launched ahead and 'download' waits.
         self.sync_stages = False
@@ -244,12 +245,12 @@ class StereoProcessor:
         frame = StagedFrame(index, pair, calibration, outputs, calibration.needs_rectification(self.config.rectify),
                         timings, (h, w))
         if self.geometry_on_device:
-            frame.images = self._rectify_on_device(frame)
+            frame.images = self._device_path.rectify(frame, self.backend, self.sync_stages)
         elif frame.rectified:
             frame.left, frame.right = self.rectifier.rectify(left, right, calibration)
         else:
             frame.left, frame.right = left, right
-        _lap(timings, "rectify", t)
+        lap(timings, "rectify", t)
         return frame
 
     def _match_group(self, group: List["StagedFrame"]) -> None:
@@ -293,14 +294,15 @@ class StereoProcessor:
         cam = calibration.rectified_left
         t = time.perf_counter()
         if frame.images is not None:
-            left, right, disparity, depth, cloud, t = self._finish_on_device(frame, t)
+            left, right, disparity, depth, cloud, t = self._device_path.finish(frame, self.backend, self.config,
+                                                                               self.sync_stages, t)
         else:
             left, right, disparity = frame.left, frame.right, frame.disparity
             if delta_cx:
                 disparity -= np.float32(delta_cx)
             if self.config.edge_filter > 0:
                 remove_depth_edges(disparity, self.config.edge_filter)
-                t = _lap(timings, "edge_filter", t)
+                t = lap(timings, "edge_filter", t)
         facts = frame.facts
         lo, hi = facts["search_range"]
         result = StereoResult(
@@ -319,17 +321,26 @@ class StereoProcessor:
             if outputs.depth or outputs.points:
                 result.depth = disparity_to_depth(disparity, calibration.f, calibration.baseline,
                                                   self.config.min_depth, self.config.max_depth)
-                t = _lap(timings, "depth", t)
+                t = lap(timings, "depth", t)
             if outputs.points:
                 result.set_cloud(self._projector.cloud(result.depth, left, cam.fx, cam.fy, cam.cx, cam.cy))
-                t = _lap(timings, "points", t)
+                t = lap(timings, "points", t)
         if outputs.disparity_color:
             result.disparity_color = colorize_disparity(disparity, result.min_disparity, result.max_disparity)
-            t = _lap(timings, "colorize", t)
+            t = lap(timings, "colorize", t)
         timings["total"] = sum(timings.values())
         return result
 
     # ------------------------------------------------------------------ on the network's device
+    @property
+    def _device_path(self) -> Any:
+        """The :class:`~.device_path.DevicePath` (PyTorch: imported only when the device path runs)."""
+        if self._device is None:
+            from .device_path import DevicePath
+
+            self._device = DevicePath(self.rectifier)
+        return self._device
+
     @property
     def geometry_on_device(self) -> bool:
         """Whether rectification, depth and points run on the network's device (``geometry_device``)."""
@@ -378,92 +389,3 @@ class StereoProcessor:
             return
         self._auto_on_device = best[True] < best[False]
         self.auto_geometry_ms = {"host": best[False] * 1e3, "network": best[True] * 1e3}
-
-    def _device_remaps(self, calibration: StereoCalibration, device: Any) -> Tuple[Any, Any]:
-        """Left and right :class:`~foundation_stereo_ros.pipeline.device_geometry.DeviceRemap` of a
-        calibration: the host's float tables (the same source positions), cached per calibration."""
-        key = (calibration.key, str(device))
-        remaps = self._remaps.get(key)
-        if remaps is None:
-            from .device_geometry import DeviceRemap  # PyTorch: the SGBM/host path never needs it
-
-            maps = self.rectifier.maps(calibration)
-            remaps = tuple(DeviceRemap(m[0], m[1], source_size=cam.size[::-1], device=device)
-                           for m, cam in ((maps.left, calibration.left), (maps.right, calibration.right)))
-            self._remaps[key] = remaps
-            while len(self._remaps) > 4:
-                self._remaps.popitem(last=False)
-        else:
-            self._remaps.move_to_end(key)
-        return remaps
-
-    def _rectify_on_device(self, frame: "StagedFrame") -> Any:
-        """Upload a frame's pair once and rectify it on the network's device: (2, 3, H, W) float
-        0..255. The rectified pair's copy for the host is launched here when it is wanted."""
-        import torch  # PyTorch only here: this module is also imported by SGBM users who have no torch
-
-        backend = self.backend
-        with torch.no_grad():
-            images = backend.upload(frame.pair.left, frame.pair.right).permute(0, 3, 1, 2).float()  # (2, 3, H, W)
-            if frame.rectified:
-                remap_left, remap_right = self._device_remaps(frame.calibration, images.device)
-                # Rounded like the host's uint8 remap, so the network sees the same kind of picture.
-                images = torch.cat([remap_left(images[:1]), remap_right(images[1:])]).round_().clamp_(0, 255)
-                if frame.outputs.rectified_images:  # else nobody needs them on the host: no copy
-                    frame.wanted["rect"] = images.to(torch.uint8).permute(0, 2, 3, 1)  # (2, H, W, 3)
-            if self.sync_stages and backend.device.type == "cuda":
-                torch.cuda.synchronize(backend.device)
-        return images
-
-    def _finish_on_device(self, frame: "StagedFrame", t: float):
-        """Edge filter, depth and points on the network's device; one copy back per output, all in
-        one transfer at the end. Returns (left_rect, right_rect, disparity, depth, cloud, time) on
-        the host, the cloud (H, W, 4) in the PointCloud2 layout of :meth:`StereoResult.set_cloud`.
-        On a GPU the stage times before ``download`` are mostly launch times; ``download`` waits for
-        the device and holds the rest."""
-        import torch
-
-        from .device_geometry import disparity_to_depth as depth_on_device, point_cloud, remove_depth_edges, to_host
-
-        backend = self.backend
-        calibration, outputs, timings, wanted = frame.calibration, frame.outputs, frame.timings, frame.wanted
-        sync = self.sync_stages and backend.device.type == "cuda"
-
-        def lap(stage: str, since: float) -> float:
-            if sync:  # each stage's own device time (benchmarks); otherwise launches run ahead
-                torch.cuda.synchronize(backend.device)
-            return _lap(timings, stage, since)
-
-        with torch.no_grad():
-            disparity = frame.disparity  # (H, W) raw, NaN invalid
-            if calibration.delta_cx:
-                disparity = disparity - calibration.delta_cx
-            if self.config.edge_filter > 0:
-                disparity = remove_depth_edges(disparity, self.config.edge_filter)
-                t = lap("edge_filter", t)
-            wanted["disparity"] = disparity
-            if outputs.depth or outputs.points:
-                depth_t = depth_on_device(disparity, calibration.f, calibration.baseline, self.config.min_depth,
-                                          self.config.max_depth)
-                wanted["depth"] = depth_t
-                t = lap("depth", t)
-                if outputs.points:
-                    cam = calibration.rectified_left
-                    # (H, W, 4): x, y, z and the colour of the matched left image, written once
-                    wanted["points"] = point_cloud(depth_t, frame.images[0], cam.fx, cam.fy, cam.cx, cam.cy)
-                    t = lap("points", t)
-            host = to_host(wanted)
-            t = _lap(timings, "download", t)
-        if "rect" in host:
-            left, right = host["rect"][0], host["rect"][1]
-        elif not frame.rectified:
-            left, right = frame.pair.left, frame.pair.right  # not rectified: the images as they came
-        else:
-            left = right = None
-        return left, right, host["disparity"], host.get("depth"), host.get("points"), t
-
-
-def _lap(timings: Dict[str, float], stage: str, since: float) -> float:
-    now = time.perf_counter()
-    timings[stage] = now - since
-    return now

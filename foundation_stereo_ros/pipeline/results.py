@@ -2,6 +2,7 @@
 outputs to compute, one frame's result, and the items of a batch."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
@@ -29,6 +30,13 @@ class Outputs:
 
 
 ALL_OUTPUTS = Outputs(depth=True, points=True, disparity_color=True)
+
+
+def lap(timings: Dict[str, float], stage: str, since: float) -> float:
+    """``timings[stage]`` := seconds since ``since`` (a ``time.perf_counter()``); returns now."""
+    now = time.perf_counter()
+    timings[stage] = now - since
+    return now
 
 
 @dataclass

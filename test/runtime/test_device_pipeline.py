@@ -144,9 +144,9 @@ def test_device_path_is_cached_per_calibration(processors, pair):
     calib = calibration(distorted=True)
     device.process(pair, calib, ALL_OUTPUTS)
     built = device.rectifier.maps_computed
-    remaps = len(device._remaps)
+    remaps = len(device._device_path._remaps)
     device.process(pair, calib, ALL_OUTPUTS)
-    assert device.rectifier.maps_computed == built and len(device._remaps) == remaps >= 1
+    assert device.rectifier.maps_computed == built and len(device._device_path._remaps) == remaps >= 1
 
 
 def test_device_outputs_come_back_as_arrays_of_their_own():
