@@ -133,6 +133,10 @@ class CameraModel:
 
     def needs_rectification(self) -> bool:
         """What ``rectify: auto`` looks at: distortion or rotation present."""
+        return self._distorted_or_rotated
+
+    @cached_property
+    def _distorted_or_rotated(self) -> bool:  # asked with every frame: computed once (the model is frozen)
         return self.has_distortion() or self.has_rotation()
 
     def rectified(self) -> "CameraModel":

@@ -110,7 +110,8 @@ def disparity_to_depth(disparity: np.ndarray, f: float, baseline: float, min_dep
 def set_nan_where(a: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """``a[mask] = NaN`` in place for a float32 ``a``: ``mask`` is a uint8 array of ``a``'s 2-D
     shape, non-zero where NaN goes (OpenCV's masked copy of a NaN image: one pass, however many
-    pixels it sets), or a bool array for any other shape. Returns ``a``."""
+    pixels it sets; a bool mask viewed as uint8 will do), or a bool array for any other shape.
+    Returns ``a``."""
     if mask.dtype == np.bool_:
         np.copyto(a, np.float32(np.nan), where=mask)
     elif a.flags.c_contiguous and a.dtype == np.float32:  # OpenCV writes into ``a`` itself
@@ -159,13 +160,17 @@ class _BufferPool:
     def take(self, nbytes: int) -> np.ndarray:
         """(nbytes,) uint8 over a free pooled buffer of that size, or a new one (zeroed)."""
         with self._lock:
-            pool = self._pools.setdefault(nbytes, [])
-            for buf, refs in zip(pool, self._references(pool)):
-                if refs == self._free_refs:
+            pool = self._pools.setdefault(nbytes, [])  # least recently taken first
+            refs = self._references(pool)
+            for i in range(len(pool) - 1, -1, -1):  # the most recently taken free one: the likeliest in the cache
+                if refs[i] == self._free_refs:
+                    buf = pool.pop(i)
+                    pool.append(buf)
                     return np.frombuffer(buf, np.uint8)  # the view holds it from now on
             buf = array.array("B", b"\0") * nbytes
-            if len(pool) < self.per_size:
-                pool.append(buf)
+            if len(pool) >= self.per_size:
+                pool.pop(0)  # let the least recently taken one go (whoever holds it keeps it)
+            pool.append(buf)
             return np.frombuffer(buf, np.uint8)
 
 
