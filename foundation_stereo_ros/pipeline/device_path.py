@@ -28,13 +28,13 @@ class DevicePath:
 
     def remaps(self, calibration: StereoCalibration, device: Any) -> Tuple[Any, Any]:
         """Left and right :class:`~foundation_stereo_ros.pipeline.device_geometry.DeviceRemap` of a
-        calibration: the host's float tables (the same source positions), cached per calibration."""
+        calibration: the host's tables as float (the same source positions), cached per calibration."""
         key = (calibration.key, str(device))
         remaps = self._remaps.get(key)
         if remaps is None:
-            maps = self.rectifier.maps(calibration)
+            tables = self.rectifier.maps(calibration).as_float()
             remaps = tuple(DeviceRemap(m[0], m[1], source_size=cam.size[::-1], device=device)
-                           for m, cam in ((maps.left, calibration.left), (maps.right, calibration.right)))
+                           for m, cam in zip(tables, (calibration.left, calibration.right)))
             self._remaps[key] = remaps
             while len(self._remaps) > 4:
                 self._remaps.popitem(last=False)

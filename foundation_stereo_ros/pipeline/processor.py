@@ -218,9 +218,9 @@ class StereoProcessor:
         return batch
 
     def _rectifies_on_host(self, calibration: StereoCalibration) -> bool:
-        """Whether the host's Rectifier will rectify a frame of ``calibration`` (then it is decoded
-        as RGBA, the rectifier's input); not on the first frame of ``auto`` on CUDA, which times both paths."""
-        if not calibration.needs_rectification(self.config.rectify):
+        """Whether the host's four-channel Rectifier will rectify a frame of ``calibration`` (then it is
+        decoded as RGBA, its input); not on the first frame of ``auto`` on CUDA, which times both paths."""
+        if not self.rectifier.four_channel or not calibration.needs_rectification(self.config.rectify):
             return False
         if self._auto_on_device is None and self._geometry_choice() == "auto" and self.backend.device.type == "cuda":
             return False

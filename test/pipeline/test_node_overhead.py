@@ -160,3 +160,29 @@ def test_host_depth_equals_the_previous_formula_on_every_kind_of_value(limits):
     got = disparity_to_depth(d, f, baseline, lo, hi)
     assert got.tobytes() == expected.tobytes()
     assert got.flags.c_contiguous and got.dtype == np.float32
+
+
+@pytest.mark.parametrize("four_channel", [True, False])
+def test_the_processor_rectifies_in_the_form_its_opencv_does_best(four_channel):
+    """OpenCV 5: bgr8 messages decoded straight to RGBA and remapped with float tables; OpenCV 4:
+    decoded to RGB and remapped with the fixed-point tables. Either way the pipeline's images are
+    the plain remap of the decoded RGB pair with those tables."""
+    from foundation_stereo_ros.pipeline import MessageFrame
+    from foundation_stereo_ros.pipeline.rectification import Rectifier
+    from foundation_stereo_ros.ros.conversions import numpy_to_image
+
+    from _ros_helpers import camera_info
+
+    processor = StereoProcessor(ProcessorConfig(backend="sgbm", rectify="always", sgbm_num_disparities=16),
+                                _rectifier=Rectifier(four_channel=four_channel))
+    calibration = rig_calibration(W, H, 50.0, 0.1, True, delta_cx=2.0)
+    infos = [camera_info(c.width, c.height, c.K, c.D, c.R, c.P) for c in (calibration.left, calibration.right)]
+    pair = _pair(5)
+    messages = [numpy_to_image(np.ascontiguousarray(im[..., ::-1]), "bgr8") for im in (pair.left, pair.right)]
+    staged = processor.stage_messages_batch([MessageFrame(*messages, *infos, ALL_OUTPUTS)])
+    frame = staged.frames[0]
+    assert frame.pair.left.shape[2] == (4 if four_channel else 3)  # RGBA only for the four-channel form
+    maps = processor.rectifier.maps(processor.calibration(*infos))
+    assert maps.float_tables == four_channel
+    for got, raw, table in ((frame.left, pair.left, maps.left), (frame.right, pair.right, maps.right)):
+        np.testing.assert_array_equal(got, cv2.remap(raw, table[0], table[1], cv2.INTER_LINEAR))

@@ -7,9 +7,10 @@ pixels filled by ``np.where``, every payload a plain copy of the array's bytes. 
 Middlebury Aloe pair (colour, already rectified) and a real chessboard calibration (grey,
 distorted, so every frame is remapped), both from Debian's opencv-doc.
 
-The one output that changed is the rectified image, by the interpolation precision alone: it is
-now exactly OpenCV's float remap (``cv2.initUndistortRectifyMap`` float tables), where it was the
-fixed-point tables' approximation of it (test_rectification_precision bounds that change).
+The one output that changed is the rectified image, by the interpolation precision alone: with
+OpenCV 5 it is now exactly OpenCV's float remap (``cv2.initUndistortRectifyMap`` float tables),
+where it was the fixed-point tables' approximation of it (test_rectification_precision bounds
+that change); with OpenCV 4 it is the fixed-point tables' image, as before.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import Dict
 import cv2
 import numpy as np
 
+from foundation_stereo_ros.pipeline.rectification import FOUR_CHANNEL_FLOAT
 from foundation_stereo_ros.ros.conversions import disparity_from_msg, image_to_array, numpy_to_image
 
 from _chessboard import calibrate_stereo, chessboard_pairs
@@ -91,7 +93,8 @@ def test_chessboard_outputs_through_rectification_are_byte_identical_to_the_prev
     images = [(cv2.imread(str(l), cv2.IMREAD_GRAYSCALE), cv2.imread(str(r), cv2.IMREAD_GRAYSCALE)) for l, r in pairs]
     rig = calibrate_stereo(images, rectify_flags=0)  # distorted and rotated: every frame is remapped
     size = rig.size
-    maps = [cv2.initUndistortRectifyMap(K, D, R, P[:, :3], size, cv2.CV_32FC1)
+    map_type = cv2.CV_32FC1 if FOUR_CHANNEL_FLOAT else cv2.CV_16SC2  # the host's form with this OpenCV
+    maps = [cv2.initUndistortRectifyMap(K, D, R, P[:, :3], size, map_type)
             for K, D, R, P in ((rig.K1, rig.D1, rig.R1, rig.P1), (rig.K2, rig.D2, rig.R2, rig.P2))]
     infos = (camera_info(size[0], size[1], rig.K1, rig.D1, rig.R1, rig.P1),
              camera_info(size[0], size[1], rig.K2, rig.D2, rig.R2, rig.P2))
