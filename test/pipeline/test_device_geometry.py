@@ -48,7 +48,7 @@ def test_remap_matches_opencv_on_float_images(chessboard):
 def test_remap_matches_the_pipeline_rectifier_on_uint8(chessboard):
     h, w = chessboard.shape[:2]
     mx, my = _rig_maps(h, w)
-    fixed = cv2.convertMaps(mx, my, cv2.CV_16SC2)  # the tables the pipeline's Rectifier uses
+    fixed = cv2.convertMaps(mx, my, cv2.CV_16SC2)  # the Rectifier's tables with OpenCV 4
     expected = cv2.remap(chessboard, fixed[0], fixed[1], cv2.INTER_LINEAR).astype(np.float32)
     got = DeviceRemap(mx, my, (h, w), DEVICE)(
         torch.from_numpy(chessboard).permute(2, 0, 1)[None].float().to(DEVICE))[0].permute(1, 2, 0).cpu().numpy()

@@ -114,7 +114,8 @@ def raw_camera(rvec, dist, width=320, height=240, f=260.0):
     return K, np.asarray(dist, float), R, P
 
 
-def test_rectification_maps_follow_the_camera_model():
+@pytest.mark.parametrize("float_tables", [True, False])
+def test_rectification_maps_follow_the_camera_model(float_tables):
     """Each rectified pixel samples the raw pixel where its ray lands, computed independently with
     cv2.projectPoints (ray = R^T P^-1 [u v 1], then K and D)."""
     K, D, R, P = raw_camera([0.01, -0.03, 0.005], [-0.25, 0.08, 0.001, -0.0005, -0.01])
@@ -122,26 +123,29 @@ def test_rectification_maps_follow_the_camera_model():
     Pr = P.copy()
     Pr[0, 3] = -P[0, 0] * 0.1
     right = make_camera_model(320, 240, K.ravel(), D, R.ravel(), Pr.ravel(), name="right")
-    maps = rectification_maps(StereoCalibration(left, right))
-    mapx, mapy = cv2.convertMaps(maps.left[0], maps.left[1], cv2.CV_32FC1)
+    maps = rectification_maps(StereoCalibration(left, right), float_tables)
+    assert maps.float_tables == float_tables
+    mapx, mapy = maps.as_float()[0]
     vs, us = np.mgrid[10:240:37, 10:320:41]
     pix = np.stack([us.ravel(), vs.ravel(), np.ones(us.size)], axis=0).astype(float)
     rays = (R.T @ np.linalg.inv(P[:, :3]) @ pix).T
     raw, _ = cv2.projectPoints(rays.reshape(-1, 1, 3), np.zeros(3), np.zeros(3), K, D)
     raw = raw.reshape(-1, 2)
     got = np.stack([mapx[vs.ravel(), us.ravel()], mapy[vs.ravel(), us.ravel()]], axis=1)
-    assert np.abs(got - raw).max() < 0.05  # fixed-point maps: 1/32 px
+    assert np.abs(got - raw).max() < 0.05  # the fixed-point form (OpenCV 4) rounds to 1/32 px
 
 
-def test_fisheye_calibration_is_rectified_with_the_fisheye_model():
+@pytest.mark.parametrize("float_tables", [True, False])
+def test_fisheye_calibration_is_rectified_with_the_fisheye_model(float_tables):
     K, _, R, P = raw_camera([0, 0, 0], [0, 0, 0, 0])
     D = np.array([0.05, -0.01, 0.002, -0.0003])
     left = make_camera_model(320, 240, K.ravel(), D, R.ravel(), P.ravel(), "equidistant", "left")
     Pr = P.copy()
     Pr[0, 3] = -P[0, 0] * 0.1
     right = make_camera_model(320, 240, K.ravel(), D, R.ravel(), Pr.ravel(), "equidistant", "right")
-    maps = rectification_maps(StereoCalibration(left, right))
-    mapx, mapy = cv2.convertMaps(maps.left[0], maps.left[1], cv2.CV_32FC1)
+    maps = rectification_maps(StereoCalibration(left, right), float_tables)
+    assert maps.float_tables == float_tables
+    mapx, mapy = maps.as_float()[0]
     u, v = 300, 200
     ray = np.linalg.inv(P[:, :3]) @ np.array([u, v, 1.0])
     raw, _ = cv2.fisheye.projectPoints(ray.reshape(1, 1, 3), np.zeros(3), np.zeros(3), K, D)

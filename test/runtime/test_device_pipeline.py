@@ -83,7 +83,7 @@ def test_device_rectification_matches_opencv_and_feeds_the_network(processors, p
     assert a.rectified and b.rectified
     for got, expected in ((b.left_rect, a.left_rect), (b.right_rect, a.right_rect)):
         diff = np.abs(got.astype(int) - expected.astype(int))
-        # Same 1/32 px sampling positions; OpenCV's fixed-point weights round a little differently.
+        # The same sampling positions; OpenCV's interpolation weights round a little differently.
         assert diff.max() <= 2 and diff.mean() < 0.1, (diff.max(), diff.mean())
     assert (b.left_rect != pair.left).mean() > 0.5  # the images really were remapped
     # The device disparity is the network's answer for the device-rectified images.
