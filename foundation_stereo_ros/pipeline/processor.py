@@ -18,8 +18,8 @@ from .errors import FrameError, PairMismatchError
 from .geometry import PointProjector, colorize_disparity, disparity_to_depth, remove_depth_edges
 from .image import DecodedPair, decode_stereo_pair, rgba_to_rgb
 from .rectification import Rectifier
-from .results import (ALL_OUTPUTS, lap, BatchItem, MessageFrame, Outputs, PendingResult, StagedBatch, StagedFrame,
-                      StereoResult, check_frame_ids)
+from .results import (ALL_OUTPUTS, BatchItem, MessageFrame, Outputs, PendingResult, StagedBatch, StagedFrame,
+                      StereoResult, check_frame_ids, lap)
 
 __all__ = ["ALL_OUTPUTS", "BatchItem", "MessageFrame", "Outputs", "PendingResult", "StagedBatch", "StereoProcessor",
            "StereoResult", "check_frame_ids"]
@@ -236,7 +236,7 @@ class StereoProcessor:
         left, right = pair.left, pair.right
         if left.shape != right.shape or left.ndim != 3 or left.shape[2] not in (3, 4):
             raise PairMismatchError("size_mismatch", f"left {left.shape} and right {right.shape} must both be "
-                                                     f"(H, W, 3) of the same size")
+                                                     f"(H, W, 3) RGB (or RGBA) of the same size")
         h, w = left.shape[:2]
         calibration.check_image_size(w, h)
         if left.shape[2] == 4 and not self._rectifies_on_host(calibration):  # RGBA is the host rectifier's input
