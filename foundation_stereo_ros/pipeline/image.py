@@ -201,11 +201,6 @@ def to_rgb8(pixels: np.ndarray, encoding: str, max16: Optional[float] = None, al
     return cv2.cvtColor(pixels, _TO_RGB[kind])
 
 
-def rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
-    """(H, W, 3) RGB of an (H, W, 4) RGBA uint8 image (a new array)."""
-    return cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB)
-
-
 _TO_RGB = {"mono": cv2.COLOR_GRAY2RGB, "bgr": cv2.COLOR_BGR2RGB, "rgba": cv2.COLOR_RGBA2RGB, "bgra": cv2.COLOR_BGRA2RGB}
 _TO_RGBA = {"mono": cv2.COLOR_GRAY2RGBA, "rgb": cv2.COLOR_RGB2RGBA, "bgr": cv2.COLOR_BGR2RGBA,
             "bgra": cv2.COLOR_BGRA2RGBA}

@@ -16,7 +16,7 @@ from .calibration import CameraModel, StereoCalibration, camera_info_key
 from .config import ProcessorConfig
 from .errors import FrameError, PairMismatchError
 from .geometry import PointProjector, colorize_disparity, disparity_to_depth, remove_depth_edges
-from .image import DecodedPair, decode_stereo_pair, rgba_to_rgb
+from .image import DecodedPair, decode_stereo_pair, to_rgb8
 from .rectification import Rectifier
 from .results import (ALL_OUTPUTS, BatchItem, MessageFrame, Outputs, PendingResult, StagedBatch, StagedFrame,
                       StereoResult, check_frame_ids, lap)
@@ -240,7 +240,7 @@ class StereoProcessor:
         h, w = left.shape[:2]
         calibration.check_image_size(w, h)
         if left.shape[2] == 4 and not self._rectifies_on_host(calibration):  # RGBA is the host rectifier's input
-            pair = replace(pair, left=rgba_to_rgb(left), right=rgba_to_rgb(right))
+            pair = replace(pair, left=to_rgb8(left, "rgba8"), right=to_rgb8(right, "rgba8"))
             left, right = pair.left, pair.right
         frame = StagedFrame(index, pair, calibration, outputs, calibration.needs_rectification(self.config.rectify),
                         timings, (h, w))

@@ -111,23 +111,23 @@ class Rectifier:
             cv2.remap(right, x_r, y_r, cv2.INTER_LINEAR, dst=out[1])
             return out[0], out[1]
         out = np.empty((2, h, w, 3), np.uint8)
-        raw, rect = self._rgba_scratch(left.shape[:2], (h, w))
+        rect = self._rgba_scratch("rect", (h, w))
+        raw = self._rgba_scratch("raw", left.shape[:2]) if channels == (3,) else None
         for i, (image, x, y) in enumerate(((left, x_l, y_l), (right, x_r, y_r))):
-            if channels == (3,):
+            if raw is not None:
                 image = cv2.cvtColor(image, cv2.COLOR_RGB2RGBA, dst=raw[i])
             cv2.remap(image, x, y, cv2.INTER_LINEAR, dst=rect[i])
         cv2.cvtColor(rect.reshape(2 * h, w, 4), cv2.COLOR_RGBA2RGB, dst=out.reshape(2 * h, w, 3))
         return out[0], out[1]
 
-    def _rgba_scratch(self, raw_size: Tuple[int, int], size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
-        """This thread's (2, h, w, 4) uint8 buffers for the raw and the rectified RGBA pair (reused
-        while the sizes stay: they stay in the cache and cost no allocation)."""
-        scratch = self._scratch
-        if getattr(scratch, "sizes", None) != (raw_size, size):
-            scratch.raw = np.empty((2,) + raw_size + (4,), np.uint8)
-            scratch.rect = np.empty((2,) + size + (4,), np.uint8)
-            scratch.sizes = (raw_size, size)
-        return scratch.raw, scratch.rect
+    def _rgba_scratch(self, name: str, size: Tuple[int, int]) -> np.ndarray:
+        """This thread's (2, h, w, 4) uint8 buffer ``name`` ('raw': the widened pair, 'rect': the
+        remapped one), reused while the size stays: it stays in the cache and costs no allocation."""
+        buffer = getattr(self._scratch, name, None)
+        if buffer is None or buffer.shape[1:3] != size:
+            buffer = np.empty((2,) + tuple(size) + (4,), np.uint8)
+            setattr(self._scratch, name, buffer)
+        return buffer
 
 
 __all__ = ["FOUR_CHANNEL_FLOAT", "RectificationMaps", "Rectifier", "rectification_maps"]

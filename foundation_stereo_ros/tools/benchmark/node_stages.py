@@ -47,7 +47,7 @@ class _FixedDisparityNetwork:
 
     On the CPU that copy is numpy's, on one thread: a PyTorch copy of that size runs on PyTorch's
     OpenMP threads, which then spin for a while and took a core from OpenCV's threads in the
-    stages after it (the two remaps of a 480x640 pair: 1.3-1.6 ms instead of 0.7-0.9 ms on the
+    stages after it (the two remaps of a 480x640 pair: 1.2-1.5 ms instead of 0.7-0.8 ms on the
     2-core VM). A network on a GPU wakes no host threads: its output comes back by a device copy."""
 
     def __init__(self, height: int, width: int, device, delay_s: float = 0.0) -> None:
